@@ -1,0 +1,18 @@
+"""speedrun: a referee, a ledger and reference optimizers for the NanoGPT speedrun.
+
+A submission is a training script. It calls `speedrun.init()` and gets a `Run` that owns the data, the clock
+and the measurement of validation loss (see `speedrun/spec.py`, the whole contract in one file).
+
+`API_VERSION` is the version of the surface record scripts use (`init`, `Run`, `speedrun.optim`). It only
+ever grows: a record script written against version N keeps running under every later harness.
+"""
+
+__version__ = "0.1.0"
+API_VERSION = 1
+
+
+def init(*args, **kwargs):
+    """Set up the referee for this process and return its `Run` (see `speedrun.spec.init`)."""
+    from speedrun.spec import init as _init
+
+    return _init(*args, **kwargs)

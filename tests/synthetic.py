@@ -1,0 +1,54 @@
+"""A small hub-style track on random shards, for tests that exercise the launcher and referee quickly.
+
+`make_track(root, ...)` writes `root/tracks/<name>.toml` and its shards under `root/data/<repo name>/`, and
+returns the environment variables that point the harness at them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from speedrun import data
+
+TRACK = """\
+name = "{name}"
+description = "synthetic test track"
+metric = "{metric}"
+target_val_loss = {target}
+val_tokens = {val_tokens}
+vocab_size = {vocab}
+bos_token = {bos}
+hardware = "test"
+
+[rule]
+test = "ttest"
+min_runs = 1
+
+[checks]
+require_logits = {require_logits}
+
+[data]
+source = "hub"
+repo = "local/{name}-data"
+val_files = ["{name}_val_000000.bin"]
+train_pattern = "{name}_train_{{:06d}}.bin"
+train_range = [1, 2]
+"""
+
+
+def make_track(root: Path, name: str = "smoke", vocab: int = 512, val_tokens: int = 16384, target: float = 7.0,
+               metric: str = "wallclock", train_tokens: int = 200_000, require_logits: bool = True) -> dict:
+    root = Path(root)
+    (root / "tracks").mkdir(parents=True, exist_ok=True)
+    (root / "tracks" / f"{name}.toml").write_text(TRACK.format(
+        name=name, metric=metric, target=target, val_tokens=val_tokens, vocab=vocab, bos=vocab - 1,
+        require_logits=str(require_logits).lower()))
+    folder = root / "data" / f"{name}-data"
+    rng = np.random.default_rng(0)
+    data.write_shard(folder / f"{name}_val_000000.bin", rng.integers(0, vocab, val_tokens + 1000))
+    for i in (1, 2):
+        data.write_shard(folder / f"{name}_train_{i:06d}.bin", rng.integers(0, vocab, train_tokens))
+    return {"SPEEDRUN_TRACKS_DIR": str(root / "tracks"), "SPEEDRUN_DATA_DIR": str(root / "data"),
+            "SPEEDRUN_RUNS_DIR": str(root / "runs")}
