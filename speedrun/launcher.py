@@ -117,8 +117,16 @@ def _cached_sha256(path: Path) -> str:
     return cache[key]
 
 
+def hardware_label(env: dict, nproc: int, nnodes: int = 1) -> str:
+    """e.g. '8xNVIDIA H100 80GB HBM3', or '2-core AMD EPYC' for CPU runs (whose ranks share the cores)."""
+    if env.get("device_count"):
+        return f"{nproc * nnodes}x{env['devices'][0]}"
+    return f"{env.get('cpu_count')}-core {env.get('cpu')}"
+
+
 def build_manifest(track: Track, script_copy: Path, command: list[str], nproc: int, runs: int,
                    seeds: list[int], data_files: list[Path]) -> dict:
+    env = environment()
     return {
         "harness_version": __version__,
         "api_version": API_VERSION,
@@ -127,7 +135,8 @@ def build_manifest(track: Track, script_copy: Path, command: list[str], nproc: i
         "track": {"name": track.name, "config_sha256": track.config_sha256},
         "script": {"name": script_copy.name, "sha256": evidence.sha256_file(script_copy)},
         "data": data_hashes(track, data_files),
-        "env": environment(),
+        "env": env,
+        "hardware": hardware_label(env, nproc),
         "command": command,
         "nproc_per_node": nproc,
         "runs": runs,
@@ -271,49 +280,67 @@ def run_repetition(cmd: list[str], env: dict, log: Path, progress: Progress, tim
     return proc.returncode, wall
 
 
+class Launch:
+    """One run directory and the torchrun command that fills it, one repetition at a time."""
+
+    def __init__(self, script: Path, track: Track, nproc: int, runs: int, out: str | Path | None, seed: int,
+                 script_args: list[str], rdzv: dict, data_dir: str | None = None, timeout: float | None = None,
+                 wandb_project: str | None = None):
+        if not script.is_file():
+            raise SpeedrunError(f"{script}: no such script")
+        if runs < 1 or nproc < 1:
+            raise SpeedrunError("--runs and --nproc must be at least 1")
+        self.track, self.runs, self.timeout, self.wandb_project = track, runs, timeout, wandb_project
+        self.data_dir = str(Path(data_dir).resolve()) if data_dir else None
+        train, val = data.track_files(track, Path(data_dir) if data_dir else None)
+        self.run_dir = new_run_dir(track, script, str(out) if out else None)
+        copy = self.run_dir / script.name
+        shutil.copyfile(script, copy)
+        self.cmd = torchrun_command(copy, nproc, script_args, rdzv)
+        self.seeds = [seed + k for k in range(runs)]
+        self.manifest = build_manifest(track, copy, self.cmd, nproc, runs, self.seeds, train + val)
+        evidence.write_json_atomic(self.run_dir / evidence.MANIFEST, self.manifest)
+
+    def repetition(self, k: int) -> dict:
+        """Run repetition k (1-based); record its exit code, wallclock and status in the manifest."""
+        env = dict(os.environ, SPEEDRUN_TRACK=str(self.track.path), SPEEDRUN_RUN_DIR=str(self.run_dir.resolve()),
+                   SPEEDRUN_REPETITION=str(k), SPEEDRUN_SEED=str(self.seeds[k - 1]), PYTHONUNBUFFERED="1")
+        if self.data_dir:
+            env["SPEEDRUN_DATA_DIR"] = self.data_dir
+        sink = None
+        if self.wandb_project:
+            from speedrun import wandb_log
+
+            sink = wandb_log.WandbSink.open(self.wandb_project, self.manifest, k, self.run_dir,
+                                            name=f"{self.run_dir.name}-{k}")
+        label = f"{self.run_dir.name} {k}/{self.runs}"
+        progress = Progress(evidence.events_path(self.run_dir, k), label, sink)
+        code, wall = run_repetition(self.cmd, env, evidence.log_path(self.run_dir, k), progress, self.timeout)
+        status = "ok" if code == 0 else "failed"
+        rep = {"k": k, "status": status, "exit_code": code, "wall_s": round(wall, 3), "seed": self.seeds[k - 1]}
+        if code != 0:
+            rep["tail"], rep["error"] = failure_summary(evidence.log_path(self.run_dir, k))
+            console.print(f"  {label} [red]failed[/red] with exit code {code}: "
+                          f"{rep['error'] or 'see run-%d.log' % k}", highlight=False)
+        else:
+            console.print(f"  {progress.describe()}  (process {wall:.1f} s)", highlight=False)
+        if sink is not None:
+            sink.finish(status)
+        self.manifest["repetitions"].append(rep)
+        evidence.write_json_atomic(self.run_dir / evidence.MANIFEST, self.manifest)
+        return rep
+
+
 def launch(script: Path, track: Track, nproc: int, runs: int, out: str | None, seed: int,
            script_args: list[str], rdzv: dict, data_dir: str | None = None, timeout: float | None = None,
            wandb_project: str | None = None) -> Path:
     """Run the script `runs` times; returns the run directory (verification is separate)."""
-    if not script.is_file():
-        raise SpeedrunError(f"{script}: no such script")
-    if runs < 1 or nproc < 1:
-        raise SpeedrunError("--runs and --nproc must be at least 1")
-    train, val = data.track_files(track, Path(data_dir) if data_dir else None)
-    run_dir = new_run_dir(track, script, out)
-    copy = run_dir / script.name
-    shutil.copyfile(script, copy)
-    cmd = torchrun_command(copy, nproc, script_args, rdzv)
-    seeds = [seed + k for k in range(runs)]
-    manifest = build_manifest(track, copy, cmd, nproc, runs, seeds, train + val)
-    evidence.write_json_atomic(run_dir / evidence.MANIFEST, manifest)
-    console.print(f"[bold]speedrun run[/bold] {script.name} on track {track.name}: {runs} x {nproc} proc -> {run_dir}")
-
+    job = Launch(script, track, nproc, runs, out, seed, script_args, rdzv, data_dir, timeout, wandb_project)
+    console.print(f"[bold]speedrun run[/bold] {script.name} on track {track.name}: {runs} x {nproc} proc "
+                  f"-> {job.run_dir}", highlight=False)
     for k in range(1, runs + 1):
-        env = dict(os.environ, SPEEDRUN_TRACK=str(track.path), SPEEDRUN_RUN_DIR=str(run_dir.resolve()),
-                   SPEEDRUN_REPETITION=str(k), SPEEDRUN_SEED=str(seeds[k - 1]), PYTHONUNBUFFERED="1")
-        if data_dir:
-            env["SPEEDRUN_DATA_DIR"] = str(Path(data_dir).resolve())
-        sink = None
-        if wandb_project:
-            from speedrun import wandb_log
-
-            sink = wandb_log.WandbSink.open(wandb_project, manifest, k, run_dir, name=f"{run_dir.name}-{k}")
-        progress = Progress(evidence.events_path(run_dir, k), f"run {k}/{runs}", sink)
-        code, wall = run_repetition(cmd, env, evidence.log_path(run_dir, k), progress, timeout)
-        status = "ok" if code == 0 else "failed"
-        rep = {"k": k, "status": status, "exit_code": code, "wall_s": round(wall, 3), "seed": seeds[k - 1]}
-        if code != 0:
-            rep["tail"], rep["error"] = failure_summary(evidence.log_path(run_dir, k))
-            console.print(f"  run {k}/{runs} [red]failed[/red] with exit code {code}: "
-                          f"{rep['error'] or 'see run-%d.log' % k}", highlight=False)
-        else:
-            console.print(f"  run {k}/{runs} done: {progress.describe()}  (process {wall:.1f} s)")
-        if sink is not None:
-            sink.finish(status)
-        manifest["repetitions"].append(rep)
-        evidence.write_json_atomic(run_dir / evidence.MANIFEST, manifest)
-    return run_dir
+        job.repetition(k)
+    return job.run_dir
 
 
 # --- command ---------------------------------------------------------------------------------------------------

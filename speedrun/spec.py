@@ -89,20 +89,28 @@ class Clock:
 
 
 class TrainLoader:
-    """This rank's slice of the canonical train stream; the referee counts the batches and tokens it serves."""
+    """This rank's slice of the canonical train stream; the referee counts the batches and tokens it serves.
 
-    def __init__(self, run: "Run", stream: data.TrainStream, batch_tokens: int, seq_len: int):
+    With `accum_steps > 1` each `next()` gives one micro-batch (1/accum_steps of the step's global batch, in
+    stream order), so N ranks accumulating 8/N micro-batches see the same tokens per step as 8 ranks."""
+
+    def __init__(self, run: "Run", stream: data.TrainStream, batch_tokens: int, seq_len: int, accum_steps: int):
         self._run, self._stream = run, stream
-        self.batch_tokens, self.seq_len = batch_tokens, seq_len
-        self.batches = 0
+        self.batch_tokens, self.seq_len, self.accum_steps = batch_tokens, seq_len, accum_steps
+        self.micro_batches = 0
+
+    @property
+    def batches(self) -> int:
+        """Full (global) batches served: the referee's step count."""
+        return self.micro_batches // self.accum_steps
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return self
 
     def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
         batch = next(self._stream)
-        self.batches += 1
-        if self.batches % TRAIN_EVENT_EVERY == 0 and self._run._timing:
+        self.micro_batches += 1
+        if self.micro_batches % (TRAIN_EVENT_EVERY * self.accum_steps) == 0 and self._run._timing:
             self._run._event("train", batches=self.batches, timed_s=round(self._run.clock.timed(), 4),
                              tokens=self._stream.tokens_served)
         return batch
@@ -112,11 +120,11 @@ class TrainLoader:
         return self._stream.tokens_served
 
     def _snapshot(self) -> tuple[dict, int]:
-        return self._stream.state_dict(), self.batches
+        return self._stream.state_dict(), self.micro_batches
 
     def _restore(self, snap: tuple[dict, int]) -> None:
         self._stream.load_state_dict(snap[0])
-        self.batches = snap[1]
+        self.micro_batches = snap[1]
 
 
 class Run:
@@ -158,10 +166,11 @@ class Run:
 
     # --- data ---------------------------------------------------------------------------------------------
 
-    def train_loader(self, batch_tokens: int, seq_len: int, *, align_to_bos: bool = False,
+    def train_loader(self, batch_tokens: int, seq_len: int, *, accum_steps: int = 1, align_to_bos: bool = False,
                      max_doc_len: int | None = None) -> TrainLoader:
         """This rank's slice of the canonical train stream: each `next()` gives `(inputs, targets)` of shape
-        [batch_tokens // world_size // seq_len, seq_len], int64, on `run.device`. `batch_tokens` is global."""
+        [batch_tokens // accum_steps // world_size // seq_len, seq_len], int64, on `run.device`.
+        `batch_tokens` is the global batch of one optimizer step; `accum_steps` micro-batches make one step."""
         if self._loader is not None:
             raise SpeedrunError("train_loader() may be called once per run")
         checks = self.track.checks
@@ -170,15 +179,15 @@ class Run:
                                 f"got {batch_tokens}")
         if checks.fixed_seq_len and seq_len != checks.fixed_seq_len:
             raise SpeedrunError(f"track {self.track.name} fixes seq_len={checks.fixed_seq_len}, got {seq_len}")
-        if batch_tokens % (self.world_size * seq_len):
-            raise SpeedrunError(f"batch_tokens={batch_tokens} is not a multiple of world_size*seq_len="
-                                f"{self.world_size * seq_len}")
-        stream = data.TrainStream(self._train_files, batch_tokens, seq_len, rank=self.rank,
+        if accum_steps < 1 or batch_tokens % (accum_steps * self.world_size * seq_len):
+            raise SpeedrunError(f"batch_tokens={batch_tokens} is not a multiple of accum_steps*world_size*seq_len="
+                                f"{accum_steps * self.world_size * seq_len}")
+        stream = data.TrainStream(self._train_files, batch_tokens // accum_steps, seq_len, rank=self.rank,
                                   world_size=self.world_size, device=self.device, align_to_bos=align_to_bos,
                                   bos_token=self.track.bos_token, max_doc_len=max_doc_len)
-        self._loader = TrainLoader(self, stream, batch_tokens, seq_len)
-        self._event("loader", batch_tokens=batch_tokens, seq_len=seq_len, align_to_bos=align_to_bos,
-                    max_doc_len=max_doc_len)
+        self._loader = TrainLoader(self, stream, batch_tokens, seq_len, accum_steps)
+        self._event("loader", batch_tokens=batch_tokens, seq_len=seq_len, accum_steps=accum_steps,
+                    align_to_bos=align_to_bos, max_doc_len=max_doc_len)
         return self._loader
 
     # --- warm-up --------------------------------------------------------------------------------------------
@@ -229,8 +238,8 @@ class Run:
                  seq_len: int | None = None, logits_fn: LogitsFn | None = None) -> float:
         """Measure the mean val loss over exactly the track's val tokens, with the clock paused.
 
-        `batch_tokens` (global per step) and `seq_len` default to the train loader's; they must tile the val
-        tokens. Returns the loss (the same number on every rank)."""
+        `batch_tokens` (global per step) and `seq_len` default to the train loader's (one micro-batch); they
+        must tile the val tokens. Returns the loss (the same number on every rank)."""
         if self.clock.started is None:
             raise SpeedrunError("validate() before start()")
         if self._finished:
@@ -239,7 +248,7 @@ class Run:
         self.clock.pause()
         timed_s = self.clock.timed()
         seq_len = seq_len or (self._loader.seq_len if self._loader else None)
-        batch_tokens = batch_tokens or (self._loader.batch_tokens if self._loader else None)
+        batch_tokens = batch_tokens or (self._loader.batch_tokens // self._loader.accum_steps if self._loader else None)
         if not seq_len or not batch_tokens:
             raise SpeedrunError("validate() needs seq_len and batch_tokens when there is no train loader")
         self._in_validation = True
@@ -252,7 +261,8 @@ class Run:
         self._last_loss_fn, self._last_logits_fn = loss_fn, logits_fn
         self._val_shape = (batch_tokens, seq_len)
         batches = self._loader.batches if self._loader else 0
-        self._last_val = self._event("val", step=step, batches=batches, timed_s=round(timed_s, 4),
+        micro = self._loader.micro_batches if self._loader else 0
+        self._last_val = self._event("val", step=step, batches=batches, micro_batches=micro, timed_s=round(timed_s, 4),
                                      loss=loss, tokens=tokens, seconds=round(seconds, 4),
                                      batch_tokens=batch_tokens, seq_len=seq_len)
         return loss
@@ -269,10 +279,11 @@ class Run:
         self._finished = True
         timed_s = self.clock.timed()
         batches = self._loader.batches if self._loader else 0
+        micro = self._loader.micro_batches if self._loader else 0
         tokens = self._loader.tokens_served if self._loader else 0
-        self._event("finish", batches=batches, timed_s=round(timed_s, 4), tokens=tokens)
+        self._event("finish", batches=batches, micro_batches=micro, timed_s=round(timed_s, 4), tokens=tokens)
         last = self._last_val
-        if last is None or last["batches"] != batches:
+        if last is None or last["micro_batches"] != micro:
             self._event("probe", name="final-validation", passed=False,
                         detail="finish() must directly follow a validation of the final model")
         else:
@@ -386,7 +397,7 @@ def _normalisation_probe(loss_fn: LossFn, logits_fn: LogitsFn, inputs, targets, 
                          seed: int) -> dict:
     """At sampled positions: the distribution covers the vocabulary, its probabilities sum to 1, and
     loss_fn's loss is -log p(target) under it."""
-    logits = logits_fn(inputs).double()
+    logits = logits_fn(inputs)
     if logits.dim() != 3 or logits.shape[:2] != inputs.shape or logits.shape[2] < vocab_size:
         return {"passed": False, "detail": f"logits_fn must return [B, T, V>={vocab_size}], got "
                                            f"{tuple(logits.shape)}"}
@@ -394,15 +405,16 @@ def _normalisation_probe(loss_fn: LossFn, logits_fn: LogitsFn, inputs, targets, 
     B, T = inputs.shape
     rows = torch.randint(0, B, (16,), generator=gen)
     cols = torch.randint(0, T, (16,), generator=gen)
-    picked = logits[rows, cols]
+    r, c = rows.to(logits.device), cols.to(logits.device)
+    picked = logits[r, c].double().cpu()
     logp = torch.log_softmax(picked, dim=-1)
     total = logp.exp().sum(-1)
     if not torch.isfinite(picked).all() or (total - 1).abs().max().item() > 1e-6:
         return {"passed": False, "detail": "probabilities do not sum to 1 (non-finite logits?)"}
-    expected = -logp[torch.arange(16), targets[rows, cols].cpu()]
-    got = loss_fn(inputs, targets).double()[rows, cols].cpu()
-    gap = (expected.cpu() - got).abs().max().item()
-    tol = 5e-2 if logits.dtype != torch.float64 and _tolerance(loss_fn(inputs[:1], targets[:1])) > 1e-3 else 1e-3
+    expected = -logp[torch.arange(16), targets[r, c].cpu()]
+    got = loss_fn(inputs, targets)[r, c].double().cpu()
+    gap = (expected - got).abs().max().item()
+    tol = 5e-2 if logits.dtype in (torch.bfloat16, torch.float16) else 2e-3
     if gap > tol:
         return {"passed": False, "detail": f"loss_fn differs from -log softmax(logits)[target] by {gap:.3g}"}
     return {"passed": True, "detail": f"16 positions; sum of probabilities 1 within 1e-6; loss gap {gap:.2g}"}

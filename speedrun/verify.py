@@ -94,8 +94,9 @@ def check_repetition(track: Track, events: evidence.Events, rep: dict, self_repo
         return out
 
     final = vals[-1]
-    if finish is not None and finish.get("batches") is not None and final.get("batches") is not None \
-            and finish["batches"] != final["batches"]:
+    counter = "micro_batches" if finish is not None and "micro_batches" in finish else "batches"
+    if finish is not None and finish.get(counter) is not None and final.get(counter) is not None \
+            and finish[counter] != final[counter]:
         problems.append(f"repetition {k}: trained after its last validation")
     out["final_loss"] = final.get("loss")
     out["timed_s"] = finish.get("timed_s") if finish and finish.get("timed_s") is not None else final.get("timed_s")
@@ -189,7 +190,7 @@ def verify_run_dir(run_dir: str | Path, write: bool = True) -> dict:
                    "values": values, "mean": mean, "sd": sd},
         "repetitions": results,
         "script_sha256": (manifest.get("script") or {}).get("sha256"),
-        "hardware": (manifest.get("env") or {}).get("devices"),
+        "hardware": manifest.get("hardware"),
         "harness_version": manifest.get("harness_version"),
         "verified_by": __version__,
         "verified_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -1,15 +1,20 @@
-"""Tiny track, record #1: the AdamW baseline with a GPT-2-style architecture.
+"""AdamW baseline with a GPT-2-style architecture, for every track.
 
-Learned absolute positions, pre-LayerNorm blocks, GELU MLP, tied embedding and head, AdamW with linear
-warm-up and linear decay. fp32 (this track runs on a CPU). Run it with
+Learned absolute positions, pre-LayerNorm blocks, GELU MLP, embedding tied to the head, AdamW with linear
+warm-up and linear decay to zero. The model size and schedule come from CONFIGS by track: the same code is
+the tiny track's record #1 (fp32 on a CPU) and the GPT-2 small/medium baselines (bf16 and torch.compile on
+CUDA). One optimizer step always sees `batch_tokens` tokens: with fewer GPUs each rank accumulates more
+micro-batches, in the same stream order, so 1, 2, 4 or 8 GPUs give the same result.
 
-    speedrun run records/tiny/001_adamw-baseline/train.py --track tiny --nproc 2 --runs 3
+    speedrun run train.py --track tiny --nproc 2 --runs 3          # a 2-core CPU
+    speedrun run train.py --track gpt2-small --nproc 8 --runs 3    # 8xH100
 
-Hyper-parameters are the defaults below; `-- --lr 3e-3` etc. override them (used by scripts/sweep_tiny.py).
+`-- --lr 3e-3 --steps 250` etc. override CONFIGS (scripts/sweep_tiny.py does); a record runs without them.
 """
 
 import argparse
 import math
+from contextlib import nullcontext
 
 import torch
 import torch.nn as nn
@@ -17,20 +22,27 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import speedrun
+from speedrun.optim import AdamW
 
-# --- hyper-parameters -------------------------------------------------------------------------------------------
+CONFIGS = {
+    # micro_rows: sequences per rank per micro-batch (memory); the step's batch is fixed by batch_tokens
+    "tiny": dict(dim=128, layers=4, heads=4, seq_len=128, batch_tokens=4096, micro_rows=16,
+                 steps=300, lr=3e-3, warmup_steps=20, weight_decay=0.1, val_every=0),
+    "gpt2-small": dict(dim=768, layers=12, heads=12, seq_len=1024, batch_tokens=524288, micro_rows=64,
+                       steps=9536, lr=1.8e-3, warmup_steps=700, weight_decay=0.1, val_every=500),
+    "gpt2-medium": dict(dim=1024, layers=24, heads=16, seq_len=1024, batch_tokens=524288, micro_rows=32,
+                        steps=19073, lr=1.2e-3, warmup_steps=700, weight_decay=0.1, val_every=1000),
+}
+CONFIGS["optimization"] = CONFIGS["gpt2-small"]
+
+run = speedrun.init()
 parser = argparse.ArgumentParser()
-parser.add_argument("--steps", type=int, default=300)
-parser.add_argument("--batch-tokens", type=int, default=4096)  # global, per step
-parser.add_argument("--seq-len", type=int, default=128)
-parser.add_argument("--dim", type=int, default=128)
-parser.add_argument("--layers", type=int, default=4)
-parser.add_argument("--heads", type=int, default=4)
-parser.add_argument("--lr", type=float, default=3e-3)
-parser.add_argument("--weight-decay", type=float, default=0.1)
-parser.add_argument("--warmup-steps", type=int, default=20)
-parser.add_argument("--val-every", type=int, default=0)  # 0: validate only at the end
+parser.add_argument("--config", default=run.track.name if run.track.name in CONFIGS else "tiny")
+config_name = parser.parse_known_args()[0].config
+for key, value in CONFIGS[config_name].items():
+    parser.add_argument(f"--{key.replace('_', '-')}", type=type(value), default=value)
 args, _ = parser.parse_known_args()
+on_cuda = run.device.type == "cuda"
 
 
 # --- model ----------------------------------------------------------------------------------------------------
@@ -61,7 +73,7 @@ class GPT(nn.Module):
         self.blocks = nn.ModuleList(Block(dim, heads) for _ in range(layers))
         self.ln_f = nn.LayerNorm(dim)
         self.apply(self._init)
-        for block in self.blocks:  # GPT-2's scaled init of residual projections
+        for block in self.blocks:  # GPT-2's scaled init of the residual projections
             for w in (block.proj.weight, block.out.weight):
                 nn.init.normal_(w, std=0.02 / math.sqrt(2 * layers))
 
@@ -77,47 +89,58 @@ class GPT(nn.Module):
         x = self.wte(idx) + self.wpe(pos)
         for block in self.blocks:
             x = block(x)
-        return self.ln_f(x) @ self.wte.weight.T  # tied head: logits [B, T, V]
+        return (self.ln_f(x) @ self.wte.weight.T).float()  # tied head: logits [B, T, V]
 
 
 # --- set-up ------------------------------------------------------------------------------------------------------
-run = speedrun.init()
 torch.manual_seed(run.seed)
+if on_cuda:
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
 model = GPT(run.track.vocab_size, args.seq_len, args.dim, args.layers, args.heads).to(run.device)
-ddp = DDP(model) if run.world_size > 1 else model
-decay = [p for p in model.parameters() if p.dim() >= 2]
-no_decay = [p for p in model.parameters() if p.dim() < 2]
-optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
-                               {"params": no_decay, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.95))
-train = run.train_loader(batch_tokens=args.batch_tokens, seq_len=args.seq_len)
+fwd = torch.compile(model) if on_cuda else model
+ddp = DDP(fwd, device_ids=[run.local_rank] if on_cuda else None) if run.world_size > 1 else fwd
+autocast = torch.autocast("cuda", dtype=torch.bfloat16) if on_cuda else nullcontext()
+optimizer = AdamW([{"params": [p for p in model.parameters() if p.dim() >= 2], "weight_decay": args.weight_decay},
+                   {"params": [p for p in model.parameters() if p.dim() < 2], "weight_decay": 0.0}],
+                  lr=args.lr, betas=(0.9, 0.95))
+rows = min(args.micro_rows, args.batch_tokens // (run.world_size * args.seq_len))
+accum = args.batch_tokens // (run.world_size * rows * args.seq_len)
+train = run.train_loader(batch_tokens=args.batch_tokens, seq_len=args.seq_len, accum_steps=accum)
+run.print0(f"config {config_name}: {sum(p.numel() for p in model.parameters()):,} parameters, "
+           f"{run.world_size} rank(s) x {accum} micro-batch(es) of {rows} x {args.seq_len} per step")
 
 
 def lr_at(step: int) -> float:
     if step < args.warmup_steps:
         return args.lr * (step + 1) / args.warmup_steps
-    return args.lr * max(0.0, (args.steps - step) / (args.steps - args.warmup_steps))
+    return args.lr * max(0.0, (args.steps - step) / max(1, args.steps - args.warmup_steps))
 
 
-def train_step(step: int) -> torch.Tensor:
-    inputs, targets = next(train)
-    loss = F.cross_entropy(ddp(inputs).flatten(0, 1), targets.flatten())
-    loss.backward()
+def train_step(step: int) -> None:
+    for micro in range(accum):
+        inputs, targets = next(train)
+        sync = ddp.no_sync() if run.world_size > 1 and micro < accum - 1 else nullcontext()
+        with sync, autocast:
+            loss = F.cross_entropy(ddp(inputs).flatten(0, 1), targets.flatten())
+        (loss / accum).backward()
     for group in optimizer.param_groups:
         group["lr"] = lr_at(step)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return loss
 
 
 def loss_fn(inputs, targets):  # per-token loss [B, T] in nats, as the referee requires
-    return F.cross_entropy(model(inputs).flatten(0, 1), targets.flatten(), reduction="none").view_as(targets)
+    with autocast:
+        logits = fwd(inputs)
+    return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view_as(targets)
 
 
 def logits_fn(inputs):
-    return model(inputs)
+    with autocast:
+        return fwd(inputs)
 
 
-# --- warm-up (untimed; the referee restores the state afterwards) ---------------------------------------------------
+# --- warm-up (untimed: compiles on CUDA; the referee restores the state afterwards) ---------------------------------
 with run.warmup(model, [optimizer]):
     for step in range(3):
         train_step(step)
@@ -133,6 +156,6 @@ for step in range(args.steps + 1):
         run.print0(f"step {step}/{args.steps} val_loss {val_loss:.4f} timed {run.clock.timed():.2f}s")
     if last:
         break
-    loss = train_step(step)
+    train_step(step)
 result = run.finish()
 run.print0(f"final val_loss {result['val_loss']:.4f} in {result['timed_s']:.2f}s")

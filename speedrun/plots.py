@@ -1,0 +1,267 @@
+"""Pictures of runs and of the record progression (`speedrun plot`), drawn from evidence files only.
+
+A loss curve against the referee's timed seconds is the quickest way to see whether a run is a record and
+where it gains: the target as a line, every repetition, and the track's current record underneath. The
+progression plot puts the ledger's own records beside the external (self-reported) history, in different marks,
+so nobody mistakes one for the other. Everything is read from run directories, `record.toml` files and
+`records/history/`, never from a live process, and drawn with matplotlib's Agg backend (no display needed).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from speedrun.errors import SpeedrunError
+from speedrun.evidence import MANIFEST, events_path, iter_repetitions, read_events, read_json
+from speedrun.ledger import Record, load_records
+from speedrun.ledger import current_record as ledger_current
+
+X_CHOICES = ("seconds", "steps", "both")
+
+
+@dataclass
+class Curve:
+    """The validation losses of one repetition."""
+
+    run: str
+    k: int
+    steps: list[int] = field(default_factory=list)
+    seconds: list[float | None] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
+
+
+def read_curves(run_dir: str | os.PathLike) -> tuple[str | None, list[Curve]]:
+    """(track name from the manifest, one curve per repetition) of a run directory."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise SpeedrunError(f"{run_dir}: not a run directory")
+    manifest = read_json(run_dir / MANIFEST)
+    track = (manifest.get("track") or {}).get("name") if isinstance(manifest, dict) else None
+    curves = []
+    for k in iter_repetitions(run_dir):
+        curve = Curve(run=run_dir.name, k=k)
+        for event in read_events(events_path(run_dir, k)).of("val"):
+            if isinstance(event.get("loss"), (int, float)) and isinstance(event.get("step"), int):
+                curve.steps.append(event["step"])
+                t = event.get("timed_s")
+                curve.seconds.append(float(t) if isinstance(t, (int, float)) else None)
+                curve.losses.append(float(event["loss"]))
+        curves.append(curve)
+    if not any(c.losses for c in curves):
+        raise SpeedrunError(f"{run_dir}: no validation events to plot")
+    return track, curves
+
+
+# --- records: read through the ledger ------------------------------------------------------------------------
+
+
+def ledger_records(track: str, records_dir: str | os.PathLike | None = None) -> list[Record]:
+    return load_records(track, Path(records_dir) if records_dir is not None else None)
+
+
+def current_record(track: str, records_dir: str | os.PathLike | None = None) -> Record | None:
+    return ledger_current(track, Path(records_dir) if records_dir is not None else None)
+
+
+# --- run plots ----------------------------------------------------------------------------------------------
+
+
+def _figure(ncols: int):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.5 * ncols, 4.8), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig, [fig.add_subplot(1, ncols, i + 1) for i in range(ncols)]
+
+
+def _save(fig, out: Path) -> None:
+    """Render beside the target and rename, so a failed draw never leaves half a PNG."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    try:
+        fig.savefig(tmp, format="png", dpi=120)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _draw_curve(ax, curve: Curve, axis: str, label: str | None, gid: str, **style) -> bool:
+    if axis == "steps":
+        xs, ys = curve.steps, curve.losses
+    else:
+        pairs = [(t, y) for t, y in zip(curve.seconds, curve.losses) if t is not None]
+        xs, ys = [p[0] for p in pairs], [p[1] for p in pairs]
+    if not xs:
+        return False
+    (line,) = ax.plot(xs, ys, label=label or "_nolegend_", marker=".", markersize=4, **style)
+    line.set_gid(gid)
+    return True
+
+
+def _loss_limits(losses: list[float], targets: list[float]) -> tuple[float, float]:
+    """Zoom on the approach to the target: the first losses (~10.8 nats) would flatten everything else."""
+    low = min(losses + targets)
+    high = max(max(targets, default=low) + 1.0, min(losses) + 0.5)
+    high = min(high, max(losses))
+    pad = 0.05 * max(high - low, 0.1)
+    return low - pad, high + pad
+
+
+def plot_runs(run_dirs: list[str | os.PathLike], out: str | os.PathLike, x: str = "both",
+              records_dir: str | os.PathLike | None = None):
+    """Val loss of every repetition of each run, with each track's target and current record; returns the Figure."""
+    from matplotlib import colormaps
+
+    from speedrun.tracks import load_track
+
+    if x not in X_CHOICES:
+        raise SpeedrunError(f"--x: expected one of {', '.join(X_CHOICES)}, got {x!r}")
+    runs = [(Path(d), *read_curves(d)) for d in run_dirs]
+    axes_kinds = ["seconds", "steps"] if x == "both" else [x]
+    fig, axes = _figure(len(axes_kinds))
+    colors = colormaps["tab10"].colors
+    targets: dict[float, str] = {}
+    records: list[tuple[Record, list[Curve]]] = []
+    for track in sorted({t for _, t, _ in runs if t}):
+        try:
+            targets[load_track(track).target_val_loss] = track
+        except SpeedrunError as exc:
+            print(f"speedrun: note: no target line for track {track!r}: {exc}")
+        record = current_record(track, records_dir)
+        if record is not None and record.path.resolve() not in {d.resolve() for d, _, _ in runs}:
+            records.append((record, read_curves(record.path)[1]))
+
+    all_losses = []
+    for ax, axis in zip(axes, axes_kinds):
+        drawn = 0
+        for record, curves in records:
+            for i, c in enumerate(curves):
+                label = f"current record #{record.number} {record.slug}" if i == 0 else None
+                _draw_curve(ax, c, axis, label, f"record:{record.number}:{c.k}", color="0.45", linestyle="--",
+                            linewidth=1.2)
+        for n, (path, _, curves) in enumerate(runs):
+            color = colors[n % len(colors)]
+            for i, c in enumerate(curves):
+                label = f"{path.name} ({len(curves)} repetition{'s' * (len(curves) != 1)})" if i == 0 else None
+                drawn += _draw_curve(ax, c, axis, label, f"run:{path.name}:{c.k}", color=color, linewidth=1.4,
+                                     alpha=0.85)
+                all_losses += c.losses
+        if not drawn:
+            raise SpeedrunError(f"no validation with timed seconds in {', '.join(str(d) for d, _, _ in runs)} "
+                                f"(self-reported logs of early eras have none); use --x steps")
+        for target, track in targets.items():
+            line = ax.axhline(target, color="tab:red", linestyle=":", linewidth=1.5,
+                              label=f"target {target:g} ({track})")
+            line.set_gid(f"target:{track}")
+        ax.set_xlabel("timed seconds (validation excluded)" if axis == "seconds" else "step")
+        ax.set_ylabel("validation loss (nats/token)")
+        ax.set_title(f"val loss vs {'time' if axis == 'seconds' else 'step'}")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize="small")
+    lo, hi = _loss_limits(all_losses, list(targets))
+    for ax in axes:
+        ax.set_ylim(lo, hi)
+    _save(fig, Path(out))
+    return fig
+
+
+# --- progression --------------------------------------------------------------------------------------------
+
+
+def plot_progression(track: str, out: str | os.PathLike, history_path: str | os.PathLike | None = None,
+                     records_dir: str | os.PathLike | None = None):
+    """Record time (or steps) against date on a log scale: external history vs this ledger's records."""
+    import datetime as dt
+
+    import matplotlib.dates as mdates
+    from matplotlib.ticker import FuncFormatter
+
+    from speedrun.history import load_history
+    from speedrun.tracks import load_track
+
+    metric = load_track(track).metric
+    history = [r for r in load_history(history_path) if r.track == track]
+    dated = [r for r in history if r.day]
+    ours = [r for r in ledger_records(track, records_dir) if r.verified]
+    if not dated and not ours:
+        raise SpeedrunError(f"no dated records for track {track!r} in the history or in the ledger")
+
+    fig, (ax,) = _figure(1)
+    fig.set_size_inches(9, 5.2)
+    if dated:
+        (line,) = ax.plot([r.day for r in dated], [r.seconds for r in dated], drawstyle="steps-post",
+                          marker="o", markersize=4, linewidth=1, color="tab:blue",
+                          label=f"modded-nanogpt history (external, self-reported; {len(dated)} records)")
+        line.set_gid("history")
+    if ours:
+        (line,) = ax.plot([dt.date.fromisoformat(r.date) for r in ours], [r.metric_mean for r in ours],
+                          linestyle="none", marker="*", markersize=13, color="tab:red",
+                          markeredgecolor="black", label=f"speedrun ledger (refereed; {len(ours)} record{'s' * (len(ours) != 1)})")
+        line.set_gid("ledger")
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(FuncFormatter(_minor_log_label))
+    locator = mdates.AutoDateLocator()
+    ax.xaxis.set_major_locator(locator)
+    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
+    what = "record time (seconds, log scale)" if metric == "wallclock" else "record steps (log scale)"
+    ax.set_ylabel(what)
+    ax.set_xlabel("date")
+    undated = len(history) - len(dated)
+    note = f" ({undated} undated history row{'s' * (undated != 1)} not shown)" if undated else ""
+    ax.set_title(f"{track}: record progression{note}")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize="small")
+    _save(fig, Path(out))
+    return fig
+
+
+def _minor_log_label(value: float, _pos) -> str:
+    """Label the 2s, 3s and 5s between decades in plain digits (not 2e+04); leave the rest unlabelled."""
+    if value <= 0:
+        return ""
+    mantissa = round(value / 10 ** math.floor(math.log10(value)))
+    return f"{value:g}" if mantissa in (2, 3, 5) else ""
+
+
+# --- command line -------------------------------------------------------------------------------------------
+
+
+def _cmd_plot(args) -> int:
+    targets = args.targets
+    if targets[0] == "progression":  # a run directory of that name can be given as ./progression
+        if len(targets) > 1:
+            raise SpeedrunError("plot progression takes no run directories (use ./progression for a run dir "
+                                "named so)")
+        if not args.track:
+            raise SpeedrunError("plot progression needs --track (e.g. --track gpt2-small)")
+        out = Path(args.out or f"progression-{args.track}.png")
+        plot_progression(args.track, out, records_dir=args.records)
+    else:
+        if args.track:
+            raise SpeedrunError("--track is only for `plot progression`; run plots take the track from each "
+                                "run's manifest")
+        out = Path(args.out) if args.out else (Path(targets[0]) / "val_loss.png" if len(targets) == 1
+                                               else Path("val_loss.png"))
+        plot_runs(targets, out, x=args.x, records_dir=args.records)
+    print(f"wrote {out}")
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "plot", help="plot val loss of run directories, or the record progression of a track",
+        description="`plot RUN_DIR...`: val loss against timed seconds and/or steps, one line per repetition, "
+                    "with the target and the track's current record. `plot progression --track T`: record "
+                    "time against date (log scale), external history and ledger records marked apart.")
+    p.add_argument("targets", nargs="+", metavar="RUN_DIR", help="run directories, or the word `progression`")
+    p.add_argument("--out", help="PNG to write (default RUN_DIR/val_loss.png for one run, ./val_loss.png for "
+                                 "several, ./progression-TRACK.png)")
+    p.add_argument("--x", choices=X_CHOICES, default="both", help="x axis for run plots (default both)")
+    p.add_argument("--track", help="track for `plot progression`")
+    p.add_argument("--records", help="ledger records directory (default the checkout's records/)")
+    p.set_defaults(func=_cmd_plot)

@@ -1,0 +1,168 @@
+"""The ledger: record add (with its refusals), crash safety, the lock, generated tables, compare and replay."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import synthetic
+
+from speedrun import compare, ledger, verify
+from speedrun.cli import main
+from speedrun.errors import SpeedrunError
+from speedrun.tracks import REPO_ROOT, load_track
+
+BASELINE = REPO_ROOT / "records" / "tiny" / "001_adamw-baseline" / "train.py"
+FAST = ["--steps", "6", "--warmup-steps", "2", "--dim", "32", "--layers", "1", "--heads", "2"]
+SLOW_SLEEP_S = 0.5  # per step: the slow variant is ~3 s slower over 6 steps
+
+
+def small_script(folder: Path, name: str, sleep_s: float = 0.0) -> Path:
+    """The baseline with a small model baked in (records run without arguments); optionally slowed down."""
+    source = BASELINE.read_text()
+    old_args, old_step = "args, _ = parser.parse_known_args()", "    loss = train_step(step)\n"
+    assert old_args in source and old_step in source
+    source = source.replace(old_args, f"args, _ = parser.parse_known_args({FAST!r})")
+    if sleep_s:
+        source = "import time\n" + source.replace(old_step, old_step + f"    time.sleep({sleep_s})\n")
+    path = folder / f"{name}.py"
+    path.write_text(source)
+    return path
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A synthetic track, an empty ledger, and verified run directories of a slow and a fast script."""
+    root = tmp_path_factory.mktemp("ledger")
+    env = synthetic.make_track(root)
+    env["SPEEDRUN_RECORDS_DIR"] = str(root / "records")
+    mp = pytest.MonkeyPatch()
+    for k, v in env.items():
+        mp.setenv(k, v)
+    scripts = {"slow": small_script(root, "slow", SLOW_SLEEP_S), "fast": small_script(root, "fast")}
+    runs = {}
+    for name, script in scripts.items():
+        out = root / "runs" / name
+        assert main(["run", str(script), "--track", "smoke", "--nproc", "1", "--runs", "2", "--out", str(out)]) == 0
+        runs[name] = out
+    yield {"root": root, "records": root / "records", "runs": runs, "scripts": scripts}
+    mp.undo()
+
+
+def test_ledger_grows_only_with_faster_verified_runs(world, tmp_path):
+    records = world["records"]
+    # first record: nothing to beat
+    first = ledger.add_record(world["runs"]["slow"], "slow baseline", ["@a"])
+    assert first.number == 1 and first.verified and first.prior == 0
+    entry = records / "smoke" / "001_slow-baseline"
+    assert {"train.py", "record.toml", "manifest.json", "verdict.json", "run-1.jsonl", "run-2.jsonl",
+            "run-1.log"} <= {p.name for p in entry.iterdir()}
+    assert verify.verify_run_dir(entry, write=False)["qualifies"]  # an entry re-verifies from its own files
+    table = (records / "smoke" / "README.md").read_text()
+    assert "| [1](001_slow-baseline/) |" in table and "slow baseline" in table
+
+    # the same script again is refused
+    with pytest.raises(SpeedrunError, match="already recorded as #1"):
+        ledger.add_record(world["runs"]["slow"], "again", ["@a"])
+    # a wrong track is refused
+    with pytest.raises(SpeedrunError, match="not tiny"):
+        ledger.add_record(world["runs"]["fast"], "fast", ["@b"], track_name="tiny")
+
+    # the fast script beats #1 in an interleaved comparison run now
+    second = ledger.add_record(world["runs"]["fast"], "fast variant", ["@b"], compare_runs=2)
+    assert second.number == 2 and second.prior == 1
+    assert second.comparison["passed"] and second.comparison["ratio"] < 0.8
+    assert (records / "smoke" / "002_fast-variant" / "compare.json").exists()
+    assert ledger.current_record("smoke").number == 2
+    assert ledger.stale_tables(records) == []
+
+    # a slower script is refused against the current record (#2), through the CLI: one line, exit 1
+    slow_again, script = tmp_path / "slow_again", tmp_path / "slow_again.py"
+    script.write_text(world["scripts"]["slow"].read_text() + "# another slow script\n")
+    assert main(["run", str(script), "--track", "smoke", "--runs", "2", "--out", str(slow_again)]) == 0
+    assert main(["record", "add", str(slow_again), "--description", "slower", "--contributors", "@c",
+                 "--compare-runs", "2"]) == 1
+    assert [r.number for r in ledger.load_records("smoke")] == [1, 2]
+
+
+def test_run_with_script_arguments_is_refused(world, tmp_path):
+    out = tmp_path / "with_args"
+    assert main(["run", str(world["scripts"]["fast"]), "--track", "smoke", "--runs", "2", "--out", str(out),
+                 "--", "--lr", "0.004"]) == 0
+    with pytest.raises(SpeedrunError, match="without arguments"):
+        ledger.add_record(out, "with args", ["@x"], root=tmp_path / "ledger")
+
+
+def test_unverified_run_is_refused(world, tmp_path):
+    doctored = tmp_path / "doctored"
+    shutil.copytree(world["runs"]["fast"], doctored)
+    with open(doctored / "run-1.jsonl", "a") as f:
+        f.write('{"event":"val","loss":0.1}\n')
+    with pytest.raises(SpeedrunError, match="not verified: run-1.jsonl was modified"):
+        ledger.add_record(doctored, "doctored", ["@x"], root=tmp_path / "ledger")
+
+
+def test_a_crash_mid_write_leaves_the_ledger_as_it_was(world, tmp_path, monkeypatch):
+    root = tmp_path / "ledger"
+    copies = []
+
+    def failing_copy(src, dst):
+        copies.append(dst)
+        if len(copies) == 3:
+            raise OSError("disk full (simulated)")
+        return shutil.copy2(src, dst)
+
+    monkeypatch.setattr(ledger.shutil, "copyfile", failing_copy)
+    with pytest.raises(OSError, match="simulated"):
+        ledger.add_record(world["runs"]["fast"], "fast", ["@b"], root=root)
+    assert ledger.load_records("smoke", root) == []
+    assert not list((root / "smoke").glob(".tmp-*"))
+    monkeypatch.undo()
+    (root / "smoke" / ".tmp-999-001").mkdir()  # as if killed before cleaning up
+    assert ledger.load_records("smoke", root) == []
+    rec = ledger.add_record(world["runs"]["fast"], "fast", ["@b"], root=root)
+    assert rec.number == 1 and not list((root / "smoke").glob(".tmp-*"))
+
+
+def test_concurrent_add_waits_for_the_lock(world, tmp_path, monkeypatch):
+    root = tmp_path / "ledger"
+    (root / "smoke").mkdir(parents=True)
+    monkeypatch.setattr(ledger, "LOCK_TIMEOUT_S", 0.5)
+    with open(root / "smoke" / ".lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(SpeedrunError, match="holds the ledger lock"):
+            ledger.add_record(world["runs"]["fast"], "fast", ["@b"], root=root)
+    assert ledger.load_records("smoke", root) == []
+
+
+def test_malformed_record_names_file_and_field(tmp_path):
+    entry = tmp_path / "smoke" / "001_x"
+    entry.mkdir(parents=True)
+    (entry / "record.toml").write_text('number = 1\nslug = "x"\n')
+    with pytest.raises(SpeedrunError, match="001_x/record.toml: field 'date': missing"):
+        ledger.load_records("smoke", tmp_path)
+
+
+def test_unverified_entry_is_never_the_current_record(world, tmp_path):
+    root = tmp_path / "ledger"
+    rec = ledger.add_unverified(BASELINE, load_track("smoke"), "gpu baseline", ["@d"],
+                                "no verified run exists yet", root=root)
+    assert not rec.verified and ledger.current_record("smoke", root) is None
+    assert "not verified: no verified run exists yet" in (root / "smoke" / "README.md").read_text()
+
+
+def test_replay_reruns_a_record_and_compares_times(world, tmp_path):
+    report = compare.replay(load_track("smoke"), 1, runs=2, out=tmp_path / "replay")
+    assert report["qualifies"] and report["recorded"] is not None
+    assert 0.2 < report["ratio"] < 5
+    assert report["flags"] == []
+
+
+def test_committed_tables_are_fresh(monkeypatch):
+    for var in ("SPEEDRUN_TRACKS_DIR", "SPEEDRUN_RECORDS_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    stale = ledger.stale_tables()
+    assert stale == [], f"generated tables are stale: {stale}; run `speedrun leaderboard --write`"
