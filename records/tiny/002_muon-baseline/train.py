@@ -11,6 +11,8 @@ GPUs each rank accumulates more micro-batches in the same stream order, so the r
     speedrun run train.py --track gpt2-small --nproc 8 --runs 3    # 8xH100
 
 `-- --muon-lr 0.05 --steps 200` etc. override CONFIGS (scripts/sweep_tiny.py does); a record runs without them.
+`-- --optimizer adamw --adam-lr 3e-3` trains the same architecture with AdamW on the hidden matrices too: the
+optimizer ablation of scripts/ablate_optimizer.py.
 """
 
 import argparse
@@ -38,6 +40,8 @@ CONFIGS["optimization"] = CONFIGS["gpt2-small"]
 
 run = speedrun.init()
 parser = argparse.ArgumentParser()
+parser.add_argument("--optimizer", choices=("muon", "adamw"), default="muon")  # adamw: the ablation
+parser.add_argument("--adam-lr", type=float, default=3e-3)  # hidden matrices' lr under --optimizer adamw
 parser.add_argument("--config", default=run.track.name if run.track.name in CONFIGS else "tiny")
 config_name = parser.parse_known_args()[0].config
 for key, value in CONFIGS[config_name].items():
@@ -112,7 +116,11 @@ fwd = torch.compile(model) if on_cuda else model
 ddp = DDP(fwd, device_ids=[run.local_rank] if on_cuda else None) if run.world_size > 1 else fwd
 autocast = torch.autocast("cuda", dtype=torch.bfloat16) if on_cuda else nullcontext()
 split = split_params(model, lr={"muon": args.muon_lr, "embed": args.embed_lr, "head": args.head_lr})
-optimizers = [Muon(split.muon, momentum=0.95), AdamW(split.adamw, betas=(0.8, 0.95), eps=1e-10, weight_decay=0.0)]
+if args.optimizer == "muon":
+    optimizers = [Muon(split.muon, momentum=0.95), AdamW(split.adamw, betas=(0.8, 0.95), eps=1e-10, weight_decay=0.0)]
+else:  # ablation: the hidden matrices join AdamW at their own learning rate
+    hidden = [dict(group, lr=args.adam_lr) for group in split.muon]
+    optimizers = [AdamW(hidden + split.adamw, betas=(0.8, 0.95), eps=1e-10, weight_decay=0.0)]
 for opt in optimizers:
     for group in opt.param_groups:
         group["initial_lr"] = group["lr"]

@@ -1,0 +1,114 @@
+"""`speedrun tracks` (one row per track) and `speedrun tracks show NAME` (one track in full).
+
+Showing the tiny track also reports its corpus' entropy per token, the floor under any achievable val loss,
+read from the generated corpus' sidecar (no regeneration: `speedrun data fetch tiny` makes it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("tracks", help="list tracks, or show one in full")
+    sub = parser.add_subparsers(dest="tracks_command", metavar="ACTION")
+    show = sub.add_parser("show", help="print one track's every field, its config sha256 and data status")
+    show.add_argument("name", help="track name or path to a track .toml")
+    show.add_argument("--data-dir", type=Path, help="data folder (default $SPEEDRUN_DATA_DIR or <repo>/data)")
+    show.set_defaults(func=cmd_show)
+    parser.set_defaults(func=cmd_list)
+
+
+def _console():
+    from rich.console import Console
+
+    return Console() if sys.stdout.isatty() else Console(width=200)
+
+
+def _data_summary(track) -> str:
+    ds = track.data
+    if ds.source == "generator":
+        return f"generator {ds.generator} (seed {ds.seed}, {ds.train_tokens:,} train tokens)"
+    lo, hi = ds.train_range
+    return f"hub {ds.repo} ({hi - lo + 1} train shards)"
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from speedrun import tracks
+
+    table = Table(title=f"tracks in {tracks.tracks_dir()}")
+    for column in ("name", "metric", "target", "val tokens", "vocab", "hardware", "data"):
+        table.add_column(column, justify="right" if column in ("target", "val tokens", "vocab") else "left")
+    for track in tracks.all_tracks():
+        table.add_row(track.name, track.metric, f"{track.target_val_loss:g}", f"{track.val_tokens:,}",
+                      f"{track.vocab_size:,}", track.hardware, _data_summary(track))
+    _console().print(table)
+    return 0
+
+
+def _rows(track) -> list[tuple[str, str]]:
+    ds, rule, checks = track.data, track.rule, track.checks
+    rows = [("name", track.name), ("description", track.description), ("file", str(track.path)),
+            ("config sha256", track.config_sha256), ("metric", track.metric),
+            ("target val loss", f"{track.target_val_loss:g}"), ("val tokens", f"{track.val_tokens:,}"),
+            ("vocab size", f"{track.vocab_size:,}"), ("bos token", str(track.bos_token)),
+            ("hardware", track.hardware), ("rule.test", rule.test), ("rule.min_runs", str(rule.min_runs))]
+    if rule.test == "ttest":
+        rows.append(("rule.p_value", f"{rule.p_value:g}"))
+    else:
+        rows.append(("rule.margin", f"{rule.margin:g}"))
+    rows += [("checks.forbidden", ", ".join(checks.forbidden) or "-"),
+             ("checks.fixed_batch_tokens", str(checks.fixed_batch_tokens or "free")),
+             ("checks.fixed_seq_len", str(checks.fixed_seq_len or "free")),
+             ("checks.systems_speedup_without_loss_test", str(checks.systems_speedup_without_loss_test).lower()),
+             ("data.source", ds.source)]
+    if ds.source == "hub":
+        train = ds.train_files
+        rows += [("data.repo", f"{ds.repo} ({ds.repo_type})"), ("data.val_files", ", ".join(ds.val_files)),
+                 ("data.train_files", f"{train[0]} .. {train[-1]} ({len(train)} shards)")]
+    else:
+        rows += [("data.generator", ds.generator), ("data.seed", str(ds.seed)),
+                 ("data.train_tokens", f"{ds.train_tokens:,}"), ("data.shard_tokens", f"{ds.shard_tokens:,}"),
+                 ("data.val_split_tokens", f"{ds.val_split_tokens:,}"),
+                 ("data.files", ", ".join(ds.all_val_files + ds.train_files))]
+    if ds.sha256:
+        rows += [(f"data.sha256 {name}", digest) for name, digest in sorted(ds.sha256.items())]
+    else:
+        rows.append(("data.sha256", "no pins" + (" (checked against the hub's sha256)" if ds.source == "hub" else "")))
+    return rows
+
+
+def _entropy_rows(track, data_dir) -> list[tuple[str, str]]:
+    from speedrun import corpus
+
+    meta = corpus.entropy(track, data_dir)
+    if meta is None:
+        return [("entropy bound", f"corpus not generated yet: run `speedrun data fetch {track.name}` "
+                                  "(its sidecar then holds the entropy per token)")]
+    ent = meta["entropy_nats"]
+    return [("entropy bound (val)", f"{ent['val']:.4f} nats/token: no model can reach a lower expected val loss"),
+            ("entropy (train)", f"{ent['train']:.4f} nats/token"),
+            ("unigram entropy", f"{meta['unigram_entropy_nats']:.4f} nats/token"),
+            ("mean document length", f"{meta['mean_doc_tokens']:.1f} tokens")]
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from speedrun import tracks
+
+    track = tracks.load_track(args.name)
+    rows = _rows(track)
+    if track.data.source == "generator":
+        rows += _entropy_rows(track, args.data_dir)
+    table = Table(title=f"track {track.name}", show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value")
+    for field, value in rows:
+        table.add_row(field, value)
+    _console().print(table)
+    return 0
