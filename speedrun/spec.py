@@ -311,7 +311,7 @@ class Run:
                                     f"got {tuple(losses.shape)}")
             total[0] += losses.double().sum()
             total[1] += losses.numel()
-        if self.world_size > 1:
+        if dist.is_initialized():
             dist.all_reduce(total)
         tokens = int(total[1].item())
         if tokens != self.track.val_tokens:
@@ -319,23 +319,15 @@ class Run:
         return float(total[0].item()) / self.track.val_tokens, tokens
 
     @torch.no_grad()
-    def _probe_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        batch_tokens, seq_len = self._val_shape
-        stream = self._val_stream(batch_tokens, seq_len)
-        inputs, targets = next(iter(stream))
-        return inputs[:2], targets[:2]
-
-    @torch.no_grad()
     def _run_probes(self) -> None:
+        batch_tokens, seq_len = self._val_shape
         self._in_validation = True
         try:
-            inputs, targets = self._probe_batch()
-            self._event("probe", name="causality", **_causality_probe(self._last_loss_fn, inputs, targets,
-                                                                        self.track.vocab_size, self.seed))
-            if self._last_logits_fn is not None:
-                self._event("probe", name="normalisation", **_normalisation_probe(
-                    self._last_loss_fn, self._last_logits_fn, inputs, targets, self.track.vocab_size, self.seed))
-            elif self.track.checks.require_logits:
+            inputs, targets = next(iter(self._val_stream(batch_tokens, seq_len)))
+            for name, outcome in _probes(self._last_loss_fn, self._last_logits_fn, inputs, targets,
+                                         self.track.vocab_size, self.seed):
+                self._event("probe", name=name, **outcome)
+            if self._last_logits_fn is None and self.track.checks.require_logits:
                 self._event("probe", name="normalisation", passed=False,
                             detail=f"track {self.track.name} requires validate(..., logits_fn=...)")
         finally:
@@ -345,7 +337,7 @@ class Run:
 
     def _barrier(self) -> None:
         _sync(self.device)
-        if self.world_size > 1:
+        if dist.is_initialized():
             dist.barrier()
 
     def _event(self, kind: str, **fields) -> dict:
@@ -372,38 +364,67 @@ def _tolerance(losses: torch.Tensor) -> float:
     return 2e-2 if losses.dtype in (torch.bfloat16, torch.float16) else 1e-4
 
 
-def _causality_probe(loss_fn: LossFn, inputs, targets, vocab_size: int, seed: int) -> dict:
-    """Perturb every input from position j on; the losses before j must not move beyond dtype noise."""
-    T = inputs.shape[1]
+def _at_val_shape(fn, rows: torch.Tensor, filler: torch.Tensor) -> torch.Tensor:
+    """Apply `fn` to `rows` in chunks of exactly the validation batch's row count (padding the last chunk
+    with rows of `filler`), so a compiled model sees no new shape; returns the outputs of `rows` only."""
+    B = filler.shape[0]
+    outs = []
+    for start in range(0, rows.shape[0], B):
+        chunk = rows[start:start + B]
+        n = chunk.shape[0]
+        if n < B:
+            chunk = torch.cat([chunk, filler[: B - n]])
+        outs.append(fn(chunk)[:n])
+    return torch.cat(outs)
+
+
+def _probes(loss_fn: LossFn, logits_fn: LogitsFn | None, inputs, targets, vocab_size: int,
+            seed: int) -> list[tuple[str, dict]]:
+    """The final probes on one validation batch ([B, T], the shape validation used).
+
+    causality: for a few positions j, every input from j on is replaced by random tokens; the losses before j
+    must not move beyond dtype noise. All perturbed copies go through the model together with the originals.
+    normalisation (when `logits_fn` is given): at sampled positions the distribution covers the vocabulary,
+    its probabilities sum to 1, and `loss_fn`'s loss is -log p(target) under it."""
+    B, T = inputs.shape
+    n = min(2, B)
     gen = torch.Generator().manual_seed(seed + 1)
-    base = loss_fn(inputs, targets).float()
-    tol = _tolerance(base)
-    worst = 0.0
     positions = sorted({T // 2, max(1, T // 8), int(torch.randint(1, T, (1,), generator=gen))})
+    rows, row_targets = [inputs[:n]], [targets[:n]]
     for j in positions:
-        changed = inputs.clone()
-        noise = torch.randint(0, vocab_size, changed[:, j:].shape, generator=gen).to(changed.device)
-        changed[:, j:] = noise
-        moved = (loss_fn(changed, targets).float()[:, :j] - base[:, :j]).abs().max().item()
+        changed = inputs[:n].clone()
+        changed[:, j:] = torch.randint(0, vocab_size, changed[:, j:].shape, generator=gen).to(changed.device)
+        rows.append(changed)
+        row_targets.append(targets[:n])
+    rows_t, targets_t = torch.cat(rows), torch.cat(row_targets)
+    pairs = torch.stack([rows_t, targets_t], dim=1)  # chunk inputs and targets together
+    filler = torch.stack([inputs, targets], dim=1)
+    losses = _at_val_shape(lambda c: loss_fn(c[:, 0], c[:, 1]), pairs, filler).float()
+    base = losses[:n]
+    tol = _tolerance(losses)
+    worst, causal = 0.0, None
+    for i, j in enumerate(positions, start=1):
+        moved = (losses[i * n:(i + 1) * n, :j] - base[:, :j]).abs().max().item()
         worst = max(worst, moved)
-        if not moved <= tol * (1 + base[:, :j].abs().max().item()):
-            return {"passed": False, "detail": f"losses before position {j} moved by {moved:.3g} when inputs "
-                                               f"from {j} on were changed (tolerance {tol:g}): the model sees "
-                                               f"the future"}
-    return {"passed": True, "detail": f"positions {positions}; largest change before them {worst:.3g}"}
+        if causal is None and not moved <= tol * (1 + base[:, :j].abs().max().item()):
+            causal = {"passed": False, "detail": f"losses before position {j} moved by {moved:.3g} when inputs "
+                                                 f"from {j} on were changed (tolerance {tol:g}): the model sees "
+                                                 f"the future"}
+    results = [("causality", causal or {"passed": True, "detail": f"positions {positions}; largest change "
+                                                                  f"before them {worst:.3g}"})]
+    if logits_fn is not None:
+        results.append(("normalisation", _normalisation(logits_fn, inputs, targets, base, vocab_size, seed)))
+    return results
 
 
-def _normalisation_probe(loss_fn: LossFn, logits_fn: LogitsFn, inputs, targets, vocab_size: int,
-                         seed: int) -> dict:
-    """At sampled positions: the distribution covers the vocabulary, its probabilities sum to 1, and
-    loss_fn's loss is -log p(target) under it."""
+def _normalisation(logits_fn: LogitsFn, inputs, targets, base_losses, vocab_size: int, seed: int) -> dict:
     logits = logits_fn(inputs)
     if logits.dim() != 3 or logits.shape[:2] != inputs.shape or logits.shape[2] < vocab_size:
         return {"passed": False, "detail": f"logits_fn must return [B, T, V>={vocab_size}], got "
                                            f"{tuple(logits.shape)}"}
+    n, T = base_losses.shape
     gen = torch.Generator().manual_seed(seed + 2)
-    B, T = inputs.shape
-    rows = torch.randint(0, B, (16,), generator=gen)
+    rows = torch.randint(0, n, (16,), generator=gen)
     cols = torch.randint(0, T, (16,), generator=gen)
     r, c = rows.to(logits.device), cols.to(logits.device)
     picked = logits[r, c].double().cpu()
@@ -412,7 +433,7 @@ def _normalisation_probe(loss_fn: LossFn, logits_fn: LogitsFn, inputs, targets, 
     if not torch.isfinite(picked).all() or (total - 1).abs().max().item() > 1e-6:
         return {"passed": False, "detail": "probabilities do not sum to 1 (non-finite logits?)"}
     expected = -logp[torch.arange(16), targets[r, c].cpu()]
-    got = loss_fn(inputs, targets)[r, c].double().cpu()
+    got = base_losses[r, c].double().cpu()
     gap = (expected - got).abs().max().item()
     tol = 5e-2 if logits.dtype in (torch.bfloat16, torch.float16) else 2e-3
     if gap > tol:
@@ -424,7 +445,8 @@ def _normalisation_probe(loss_fn: LossFn, logits_fn: LogitsFn, inputs, targets, 
 
 
 def _setup_distributed() -> tuple[int, int, int, torch.device]:
-    """nccl on CUDA, gloo on CPU; `SPEEDRUN_DEVICE=cpu` forces the CPU on a GPU machine."""
+    """nccl on CUDA, gloo on CPU; `SPEEDRUN_DEVICE=cpu` forces the CPU on a GPU machine. Under torchrun the
+    process group is set up even for one process, so the same collectives run at every world size."""
     rank = int(os.environ.get("RANK", 0))
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
@@ -434,7 +456,8 @@ def _setup_distributed() -> tuple[int, int, int, torch.device]:
         device = torch.device("cuda", local_rank)
     else:
         device = torch.device("cpu")
-    if world_size > 1 and not dist.is_initialized():
+    under_torchrun = "TORCHELASTIC_RUN_ID" in os.environ or world_size > 1
+    if under_torchrun and not dist.is_initialized():
         backend = "nccl" if use_cuda else "gloo"
         kwargs = {"device_id": device} if use_cuda else {}
         dist.init_process_group(backend=backend, **kwargs)

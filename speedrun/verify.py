@@ -223,7 +223,8 @@ def print_verdict(verdict: dict) -> None:
     if m["values"]:
         console.print(f"{m['name']}: {m['mean']:.3f} ± {m['sd']:.3f} {m['unit']}", highlight=False)
     word = "[green]QUALIFIES[/green]" if verdict["qualifies"] else "[red]DOES NOT QUALIFY[/red]"
-    console.print(f"verdict: {word}")
+    suffix = " (on self-reported numbers only)" if verdict["self_reported"] else ""
+    console.print(f"verdict: {word}{suffix}")
 
 
 def register(sub: argparse._SubParsersAction) -> None:

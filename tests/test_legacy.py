@@ -303,3 +303,20 @@ def test_cli_step_flag_and_unknown_track(tmp_path, capsys):
     assert rc == 0 and "judged at step 3325" in capsys.readouterr().out
     rc = cli.main(["import-log", str(LOGS / "muon_2024-10.txt"), "--out", str(tmp_path), "--track", "nope"])
     assert rc == 1 and "unknown track 'nope'" in capsys.readouterr().err
+
+
+def test_verify_applies_the_track_statistics_to_imported_evidence(tmp_path, capsys):
+    from speedrun import verify
+
+    run_dir = import_log(LOGS / "optimization_3trials.txt", out=tmp_path).run_dir
+    v = verify.verify_run_dir(run_dir)
+    assert v["self_reported"] and v["problems"] == []
+    assert v["target"]["rule"] == "margin" and v["target"]["n"] == 3
+    assert v["metric"]["values"] == [3350, 3350, 3350]
+    assert v["qualifies"]
+    assert cli.main(["verify", str(run_dir)]) == 0
+    assert "SELF-REPORTED" in capsys.readouterr().out
+
+    truncated = import_log(LOGS / "truncated_2025-03.txt", out=tmp_path, track="gpt2-small").run_dir
+    v = verify.verify_run_dir(truncated)
+    assert not v["qualifies"] and any("truncated" in p for p in v["problems"])

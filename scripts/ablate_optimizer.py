@@ -1,0 +1,80 @@
+"""The tiny baselines' sweeps and the optimizer ablation: Muon against a tuned AdamW on the same architecture.
+
+Three configurations, each swept over a learning-rate grid crossed with step budgets (every budget is a run
+with its own full schedule), through the real launcher (`scripts/sweep_tiny.py`):
+
+  adamw-gpt2    record #1's script (GPT-2 architecture, AdamW): lr in 4 values
+  muon          record #2's script (modern architecture, Muon on hidden matrices, AdamW on the rest):
+                Muon lr x embedding lr, 6 points
+  adamw-modern  record #2's script with `--optimizer adamw` (same architecture, AdamW on everything):
+                AdamW lr of the hidden matrices x embedding lr, 6 points: tuned as thoroughly as Muon
+
+Steps-to-target of a configuration = the smallest budget at which its best grid point ends at or below the
+target. The ablation's figure is steps(muon) / steps(adamw-modern) (goal <= 0.75).
+
+    python scripts/ablate_optimizer.py --out runs/ablation --parallel 12      # run the sweeps (a GPU helps)
+    python scripts/ablate_optimizer.py --from runs/ablation/results.json --target 4.35
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import sweep_tiny
+
+ROOT = Path(__file__).resolve().parent.parent
+ADAMW = ROOT / "records" / "tiny" / "001_adamw-baseline" / "train.py"
+MUON = ROOT / "records" / "tiny" / "002_muon-baseline" / "train.py"
+BUDGETS = [100, 150, 200, 250, 300, 400]
+CONFIGS = {
+    "adamw-gpt2": (ADAMW, {"lr": [1e-3, 2e-3, 4e-3, 8e-3]}, {}),
+    "muon": (MUON, {"muon_lr": [0.02, 0.04, 0.08], "embed_lr": [0.1, 0.3]}, {}),
+    "adamw-modern": (MUON, {"adam_lr": [2e-3, 4e-3, 8e-3], "embed_lr": [0.1, 0.3]}, {"optimizer": "adamw"}),
+}
+
+
+def report(results: list[dict], target: float) -> None:
+    sweep_tiny.summarise(results, target)
+    steps = {name: sweep_tiny.steps_to_target(results, target, name) for name in CONFIGS}
+    print(f"\nsteps to val loss {target}:")
+    for name, hit in steps.items():
+        print(f"  {name:13s} {hit['steps'] if hit else 'not reached within ' + str(max(BUDGETS))}")
+    if steps["muon"] and steps["adamw-modern"]:
+        ratio = steps["muon"]["steps"] / steps["adamw-modern"]["steps"]
+        print(f"Muon / tuned AdamW on the same architecture: {ratio:.3f} (goal <= 0.75)")
+    if steps["muon"] and steps["adamw-gpt2"]:
+        print(f"record #2 / record #1 configurations: {steps['muon']['steps'] / steps['adamw-gpt2']['steps']:.3f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--parallel", type=int, default=2)
+    parser.add_argument("--target", type=float)
+    parser.add_argument("--only", help="comma-separated configurations to run")
+    parser.add_argument("--from", dest="source", type=Path, help="report on an earlier results.json")
+    args = parser.parse_args()
+    if args.source:
+        report(json.loads(args.source.read_text()), args.target)
+        return
+    if args.out is None:
+        parser.error("--out is needed to run the sweeps")
+    os.environ.setdefault("SPEEDRUN_RUNS_DIR", str(args.out / "runs"))
+    names = args.only.split(",") if args.only else list(CONFIGS)
+    results = []
+    for name in names:
+        script, grid, fixed = CONFIGS[name]
+        results += sweep_tiny.sweep(script, grid, BUDGETS, args.out / name, fixed, args.parallel, label=name)
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "results.json").write_text(json.dumps(results, indent=1))
+    if args.target is not None:
+        report(results, args.target)
+    else:
+        sweep_tiny.summarise(results, None)
+
+
+if __name__ == "__main__":
+    main()
