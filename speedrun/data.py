@@ -32,7 +32,6 @@ silent truncation.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 from dataclasses import dataclass
@@ -43,6 +42,7 @@ import numpy as np
 import torch
 
 from speedrun.errors import SpeedrunError
+from speedrun.evidence import sha256_file  # re-exported: data.sha256_file
 
 MAGIC = 20240520
 VERSION = 1
@@ -136,14 +136,6 @@ class ShardInfo:
     path: Path
     tokens: int
     sha256: str
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def shard_info(path: str | os.PathLike) -> ShardInfo:

@@ -27,7 +27,7 @@ from speedrun.optim import AdamW
 CONFIGS = {
     # micro_rows: sequences per rank per micro-batch (memory); the step's batch is fixed by batch_tokens
     "tiny": dict(dim=128, layers=4, heads=4, seq_len=128, batch_tokens=4096, micro_rows=16,
-                 steps=300, lr=3e-3, warmup_steps=20, weight_decay=0.1, val_every=0),
+                 steps=200, lr=4e-3, warmup_steps=20, weight_decay=0.1, val_every=0),
     "gpt2-small": dict(dim=768, layers=12, heads=12, seq_len=1024, batch_tokens=524288, micro_rows=64,
                        steps=9536, lr=1.8e-3, warmup_steps=700, weight_decay=0.1, val_every=500),
     "gpt2-medium": dict(dim=1024, layers=24, heads=16, seq_len=1024, batch_tokens=524288, micro_rows=16,

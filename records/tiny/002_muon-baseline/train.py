@@ -28,8 +28,8 @@ from speedrun.optim import AdamW, Muon, split_params
 
 CONFIGS = {
     # micro_rows: sequences per rank per micro-batch (memory); the step's batch is fixed by batch_tokens
-    "tiny": dict(dim=128, layers=4, heads=4, seq_len=128, batch_tokens=4096, micro_rows=16, steps=300,
-                 muon_lr=0.05, embed_lr=0.3, head_lr=0.008, cooldown=0.5, softcap=15.0, val_every=0),
+    "tiny": dict(dim=128, layers=4, heads=4, seq_len=128, batch_tokens=4096, micro_rows=16, steps=25,
+                 muon_lr=0.02, embed_lr=0.3, head_lr=0.008, cooldown=0.5, softcap=15.0, val_every=0),
     "gpt2-small": dict(dim=768, layers=12, heads=6, seq_len=1024, batch_tokens=524288, micro_rows=32, steps=3200,
                        muon_lr=0.05, embed_lr=0.6, head_lr=0.008, cooldown=0.4, softcap=15.0, val_every=250),
     "gpt2-medium": dict(dim=1024, layers=24, heads=8, seq_len=1024, batch_tokens=524288, micro_rows=16,

@@ -1,0 +1,56 @@
+"""The GPT-2-scale baselines run through the real launcher on a CPU: their gpt2-small and gpt2-medium
+configurations at reduced width on synthetic GPT-2-vocabulary shards. One optimizer step sees the same tokens
+whatever the number of ranks (gradient accumulation), so 1 and 2 ranks end at the same loss."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import synthetic
+
+from speedrun import evidence
+from speedrun.cli import main
+from speedrun.tracks import REPO_ROOT
+
+SMALL = ["--dim", "64", "--layers", "2", "--heads", "2", "--seq-len", "128", "--batch-tokens", "2048",
+         "--micro-rows", "4", "--steps", "3"]
+ENTRIES = [p for track in ("gpt2-small", "gpt2-medium", "optimization")
+           for p in sorted((REPO_ROOT / "records" / track).glob("0*_*/train.py"))]
+SCRIPTS = {evidence.sha256_file(p): p for p in ENTRIES}  # the tracks share the same two scripts
+
+
+def test_every_gpt2_track_has_both_baselines():
+    assert len(ENTRIES) == 6 and len(SCRIPTS) == 2
+    for track in ("gpt2-small", "gpt2-medium", "optimization"):
+        names = sorted(p.parent.name for p in ENTRIES if p.parent.parent.name == track)
+        assert names == ["001_adamw-baseline", "002_muon-baseline"]
+
+
+@pytest.fixture(scope="module")
+def gpt2_env(tmp_path_factory):
+    return synthetic.make_track(tmp_path_factory.mktemp("gpt2"), name="gpt2-synthetic", vocab=50257,
+                                val_tokens=8192, train_tokens=60_000)
+
+
+def launch(script: Path, out: Path, nproc: int, config: str) -> float:
+    assert main(["run", str(script), "--track", "gpt2-synthetic", "--nproc", str(nproc), "--out", str(out),
+                 "--no-verify", "--", "--config", config, *SMALL]) == 0
+    log = (out / "run-1.log").read_text()
+    accum = 4 // nproc  # 2048 tokens per step = ranks x accum x 4 rows x 128
+    assert f"config {config}" in log and f"{nproc} rank(s) x {accum} micro-batch(es) of 4 x 128" in log
+    events = evidence.read_events(out / "run-1.jsonl")
+    assert [p["passed"] for p in events.of("probe")] == [True, True]
+    return events.last("val")["loss"]
+
+
+@pytest.mark.parametrize("script", sorted(SCRIPTS.values()), ids=lambda p: p.parent.name)
+def test_gpt2_baseline_runs_and_world_size_does_not_change_the_result(script, gpt2_env, tmp_path, monkeypatch):
+    for k, v in gpt2_env.items():
+        monkeypatch.setenv(k, v)
+    one = launch(script, tmp_path / "n1", 1, "gpt2-small")
+    two = launch(script, tmp_path / "n2", 2, "gpt2-small")
+    assert one == pytest.approx(two, abs=2e-3)
+    assert 10.0 < one < 11.5  # ~ln(50257) = 10.8 after three steps on random tokens
+    medium = launch(script, tmp_path / "medium", 2, "gpt2-medium")
+    assert 10.0 < medium < 11.5
