@@ -32,7 +32,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-from speedrun import API_VERSION, __version__, evidence, stats
+from speedrun import API_VERSION, __version__, evidence
 from speedrun.errors import SpeedrunError
 from speedrun.tracks import REPO_ROOT, Track, load_track, track_names
 

@@ -21,7 +21,8 @@ Rules the referee enforces (and `speedrun verify` re-checks from the evidence):
   and divides by exactly the track's val token count. A batch shape that does not tile the val tokens is an error.
 - The clock counts everything between `start()` and `finish()` except validations. Each boundary is a device sync
   and a barrier, so asynchronous GPU work is never hidden from the clock.
-- Warm-up can never be free training: its digests of model+optimizer state before and after are recorded.
+- Warm-up can never be free training: its digests of model+optimizer state before and after are recorded,
+  and training batches taken before `start()` outside `warmup()` fail the run.
 - `finish()` must follow a validation with no training in between (the result is measured on the final model).
   It then runs the probes: causality (perturbing inputs from a position on must not move earlier losses) and,
   when `logits_fn` is given to `validate` or the track requires it, normalisation (probabilities over the
@@ -232,7 +233,8 @@ class Run:
         self._barrier()
         self.clock.started = time.perf_counter()
         self._timing = True
-        self._event("start")
+        # after warm-up the stream is rewound: anything served now was trained on outside the clock
+        self._event("start", micro_batches=self._loader.micro_batches if self._loader else 0)
 
     def validate(self, loss_fn: LossFn, step: int | None = None, *, batch_tokens: int | None = None,
                  seq_len: int | None = None, logits_fn: LogitsFn | None = None) -> float:

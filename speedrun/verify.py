@@ -75,6 +75,9 @@ def check_repetition(track: Track, events: evidence.Events, rep: dict, self_repo
             problems.append(f"repetition {k} never called start()")
         if finish is None:
             problems.append(f"repetition {k} never called finish()")
+        if start is not None and start.get("micro_batches"):
+            problems.append(f"repetition {k} took {start['micro_batches']} training batch(es) before start() "
+                            f"outside warmup(): untimed training")
         for w in events.of("warmup"):
             if not w.get("restored") or w.get("digest_before") != w.get("digest_after"):
                 problems.append(f"repetition {k}: warm-up changed the model/optimizer state")

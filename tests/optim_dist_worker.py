@@ -55,7 +55,7 @@ def main(out: Path) -> None:
     import torch.distributed as dist
 
     dist.init_process_group("gloo")
-    rank, world = dist.get_rank(), dist.get_world_size()
+    rank = dist.get_rank()
 
     # 1. gradients already averaged (identical on every rank)
     params = make_params()

@@ -1,5 +1,6 @@
-"""The GPT-2-scale baselines run through the real launcher on a CPU: their gpt2-small and gpt2-medium
-configurations at reduced width on synthetic GPT-2-vocabulary shards. One optimizer step sees the same tokens
+"""The GPT-2-scale baselines run through the real launcher on a CPU: their gpt2-small configuration at
+reduced width on synthetic GPT-2-vocabulary shards (the medium configuration differs only in sizes, which the
+reduced-width flags override). One optimizer step sees the same tokens
 whatever the number of ranks (gradient accumulation), so 1 and 2 ranks end at the same loss."""
 
 from __future__ import annotations
@@ -52,5 +53,3 @@ def test_gpt2_baseline_runs_and_world_size_does_not_change_the_result(script, gp
     two = launch(script, tmp_path / "n2", 2, "gpt2-small")
     assert one == pytest.approx(two, abs=2e-3)
     assert 10.0 < one < 11.5  # ~ln(50257) = 10.8 after three steps on random tokens
-    medium = launch(script, tmp_path / "medium", 2, "gpt2-medium")
-    assert 10.0 < medium < 11.5

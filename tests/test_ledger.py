@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import fcntl
-import json
 import shutil
 from pathlib import Path
 
@@ -23,11 +22,12 @@ SLOW_SLEEP_S = 0.5  # per step: the slow variant is ~3 s slower over 6 steps
 def small_script(folder: Path, name: str, sleep_s: float = 0.0) -> Path:
     """The baseline with a small model baked in (records run without arguments); optionally slowed down."""
     source = BASELINE.read_text()
-    old_args, old_step = "args, _ = parser.parse_known_args()", "    loss = train_step(step)\n"
+    old_args, old_step = "args, _ = parser.parse_known_args()", "    train_step(step)\nresult = run.finish()"
     assert old_args in source and old_step in source
     source = source.replace(old_args, f"args, _ = parser.parse_known_args({FAST!r})")
     if sleep_s:
-        source = "import time\n" + source.replace(old_step, old_step + f"    time.sleep({sleep_s})\n")
+        source = "import time\n" + source.replace(old_step, f"    train_step(step)\n    time.sleep({sleep_s})\n"
+                                                                f"result = run.finish()")
     path = folder / f"{name}.py"
     path.write_text(source)
     return path
@@ -107,13 +107,13 @@ def test_unverified_run_is_refused(world, tmp_path):
 
 def test_a_crash_mid_write_leaves_the_ledger_as_it_was(world, tmp_path, monkeypatch):
     root = tmp_path / "ledger"
-    copies = []
+    copies, real_copy = [], shutil.copyfile
 
-    def failing_copy(src, dst):
+    def failing_copy(src, dst, **kwargs):
         copies.append(dst)
         if len(copies) == 3:
             raise OSError("disk full (simulated)")
-        return shutil.copy2(src, dst)
+        return real_copy(src, dst, **kwargs)
 
     monkeypatch.setattr(ledger.shutil, "copyfile", failing_copy)
     with pytest.raises(OSError, match="simulated"):

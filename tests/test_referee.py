@@ -102,6 +102,14 @@ def test_training_inside_warmup_gains_nothing(env, tmp_path):
     assert a.last("val")["loss"] == b.last("val")["loss"]  # forty warm-up steps bought nothing
 
 
+def test_training_before_start_outside_warmup_fails(env, tmp_path):
+    script = variant(tmp_path, "early", "run.start()\n", "for step in range(5):\n    train_step(step)\nrun.start()\n")
+    out = tmp_path / "run"
+    assert launch(script, out, nproc=1) == 1
+    v = json.loads((out / "verdict.json").read_text())
+    assert any("before start() outside warmup()" in p for p in v["problems"])
+
+
 def test_never_calling_finish_fails_verification(env, tmp_path):
     script = variant(tmp_path, "unfinished", "result = run.finish()", "result = {'val_loss': 0, 'timed_s': 0}")
     out = tmp_path / "run"
@@ -144,3 +152,11 @@ def test_plain_torchrun_lands_evidence_in_a_run_directory(env, tmp_path, monkeyp
     (run_dir,) = (Path(env["SPEEDRUN_RUNS_DIR"]) / "smoke").glob("*_torchrun")
     v = verify.verify_run_dir(run_dir)
     assert v["problems"] == [] and v["repetitions"][0]["final_loss"] > 0
+
+
+def test_launcher_logs_events_to_wandb_offline(env, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    out = tmp_path / "run"
+    assert launch(BASELINE, out, "--wandb", "--wandb-project", "speedrun-test", "--no-verify", nproc=1) == 0
+    offline = list(out.glob("wandb/offline-run-*/run-*.wandb"))
+    assert len(offline) == 1 and offline[0].stat().st_size > 0
