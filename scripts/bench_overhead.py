@@ -85,7 +85,7 @@ def main() -> None:
         return F.cross_entropy(model(inputs).flatten(0, 1), targets.flatten(), reduction="none").view_as(targets)
 
     model.eval()
-    val_batch = args.batch_tokens * 4
+    val_batch = args.batch_tokens  # the tiny submission validates with its train batch shape
 
     @torch.no_grad()
     def plain_validation() -> float:

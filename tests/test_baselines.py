@@ -46,10 +46,12 @@ def launch(script: Path, out: Path, nproc: int, config: str) -> float:
 
 
 @pytest.mark.parametrize("script", sorted(SCRIPTS.values()), ids=lambda p: p.parent.name)
-def test_gpt2_baseline_runs_and_world_size_does_not_change_the_result(script, gpt2_env, tmp_path, monkeypatch):
+def test_gpt2_baseline_runs_through_the_launcher(script, gpt2_env, tmp_path, monkeypatch):
+    """Both scripts on 2 ranks; the AdamW one also on 1 rank, which must give the same loss (gradient
+    accumulation). Sharded Muon against one device is checked directly in test_optim_dist."""
     for k, v in gpt2_env.items():
         monkeypatch.setenv(k, v)
-    one = launch(script, tmp_path / "n1", 1, "gpt2-small")
     two = launch(script, tmp_path / "n2", 2, "gpt2-small")
-    assert one == pytest.approx(two, abs=2e-3)
-    assert 10.0 < one < 11.5  # ~ln(50257) = 10.8 after three steps on random tokens
+    assert 10.0 < two < 11.5  # ~ln(50257) = 10.8 after three steps on random tokens
+    if "adamw" in script.parent.name:
+        assert launch(script, tmp_path / "n1", 1, "gpt2-small") == pytest.approx(two, abs=2e-3)
