@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from speedrun import data
+from speedrun import data, tracks
 
 TRACK = """\
 name = "{name}"
@@ -52,3 +52,29 @@ def make_track(root: Path, name: str = "smoke", vocab: int = 512, val_tokens: in
         data.write_shard(folder / f"{name}_train_{i:06d}.bin", rng.integers(0, vocab, train_tokens))
     return {"SPEEDRUN_TRACKS_DIR": str(root / "tracks"), "SPEEDRUN_DATA_DIR": str(root / "data"),
             "SPEEDRUN_RUNS_DIR": str(root / "runs")}
+
+
+def hub_track(tmp_path: Path, pins: dict[str, str] | None = None, val_tokens: int = 1024,
+              repo: str = "someone/fw") -> tracks.Track:
+    """A GPT-2-vocabulary hub track `hubby` (files fw_val_000000.bin, fw_train_00000{1,2,3}.bin), loaded."""
+    pin_lines = "".join(f'"{k}" = "{v}"\n' for k, v in (pins or {}).items())
+    path = Path(tmp_path) / "hubby.toml"
+    path.write_text(f"""
+name = "hubby"
+metric = "wallclock"
+target_val_loss = 3.0
+val_tokens = {val_tokens}
+vocab_size = 50257
+bos_token = 50256
+hardware = "cpu"
+[rule]
+test = "ttest"
+[data]
+source = "hub"
+repo = "{repo}"
+val_files = ["fw_val_000000.bin"]
+train_pattern = "fw_train_{{:06d}}.bin"
+train_range = [1, 3]
+[data.sha256]
+{pin_lines}""")
+    return tracks.load_track_file(path)

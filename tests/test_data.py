@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import synthetic
 import torch
 
 from speedrun import data, tracks
@@ -244,27 +245,8 @@ def test_val_stream_refuses_shapes_that_do_not_tile(tmp_path):
 # --- track files --------------------------------------------------------------------------------------------
 
 
-def hub_track(tmp_path: Path, pins: str = "{}") -> tracks.Track:
-    path = tmp_path / "hubby.toml"
-    path.write_text(f"""
-name = "hubby"
-metric = "wallclock"
-target_val_loss = 3.0
-val_tokens = 64
-vocab_size = 50257
-bos_token = 50256
-hardware = "cpu"
-[rule]
-test = "ttest"
-[data]
-source = "hub"
-repo = "someone/fw"
-val_files = ["fw_val_000000.bin"]
-train_pattern = "fw_train_{{:06d}}.bin"
-train_range = [1, 3]
-sha256 = {pins}
-""")
-    return tracks.load_track_file(path)
+def hub_track(tmp_path: Path, pins: dict[str, str] | None = None) -> tracks.Track:
+    return synthetic.hub_track(tmp_path, pins, val_tokens=64)
 
 
 def test_hub_track_files_missing_then_present(tmp_path):
@@ -292,7 +274,7 @@ def test_hub_track_files_checks_pins_only_when_asked(tmp_path):
     root = tmp_path / "data"
     shard(root / "fw" / "fw_val_000000.bin", np.arange(100))
     shard(root / "fw" / "fw_train_000001.bin", np.arange(100))
-    track = hub_track(tmp_path, '{"fw_val_000000.bin" = "' + "0" * 64 + '"}')
+    track = hub_track(tmp_path, {"fw_val_000000.bin": "0" * 64})
     data.track_files(track, root)
     with pytest.raises(SpeedrunError, match="does not match the track's pin"):
         data.track_files(track, root, check_sha256=True)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import synthetic
 
 from speedrun import cli, data, fetch, tracks
 from speedrun.errors import SpeedrunError
@@ -120,27 +121,7 @@ def hub():
 
 
 def hub_track(tmp_path: Path, pins: dict[str, str] | None = None) -> tracks.Track:
-    pin_lines = "".join(f'"{k}" = "{v}"\n' for k, v in (pins or {}).items())
-    path = tmp_path / "hubby.toml"
-    path.write_text(f"""
-name = "hubby"
-metric = "wallclock"
-target_val_loss = 3.0
-val_tokens = 1024
-vocab_size = 50257
-bos_token = 50256
-hardware = "cpu"
-[rule]
-test = "ttest"
-[data]
-source = "hub"
-repo = "{REPO}"
-val_files = ["fw_val_000000.bin"]
-train_pattern = "fw_train_{{:06d}}.bin"
-train_range = [1, 3]
-[data.sha256]
-{pin_lines}""")
-    return tracks.load_track_file(path)
+    return synthetic.hub_track(tmp_path, pins, repo=REPO)
 
 
 def run_cli(*args: str) -> tuple[int, str, str]:
