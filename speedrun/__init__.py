@@ -5,10 +5,13 @@ and the measurement of validation loss (see `speedrun/spec.py`, the whole contra
 
 `API_VERSION` is the version of the surface record scripts use (`init`, `Run`, `speedrun.optim`). It only
 ever grows: a record script written against version N keeps running under every later harness.
+  1  init, train_loader, warmup, start, validate(loss_fn, logits_fn=...), finish (harness 0.1)
+  2  the referee in its own process: validate(logits_fn=...) with the loss computed by the referee,
+     start(logits_fn), log(), describe_model(), loader layouts ("flat") and schedules (train.set) (harness 0.2)
 """
 
-__version__ = "0.1.0"
-API_VERSION = 1
+__version__ = "0.2.0"
+API_VERSION = 2
 
 
 def init(*args, **kwargs):

@@ -1,48 +1,65 @@
-"""`speedrun run SCRIPT --track T`: launch a submission K times with torchrun and keep the evidence.
+"""`speedrun run SCRIPT --track T`: the referee's process. Launch a submission K times and keep the evidence.
 
-The launcher copies the script's bytes into a fresh run directory, writes `manifest.json` (versions, devices,
-data hashes, command, seeds), runs `python -m torch.distributed.run ... <copy>` once per repetition with its
-output captured to `run-K.log`, shows live progress from the referee's `run-K.jsonl`, measures each
-repetition's process wallclock, and finally calls `speedrun verify` on the directory.
+For each run the launcher copies the script's bytes into a fresh run directory, pins the harness, the track
+file and the data files (`speedrun.pins`), records the hardware fingerprint and the software versions, and
+writes `manifest.json`. For each repetition it opens the referee channel (`speedrun.channel`), starts
+`torchrun ... -m speedrun.bootstrap <copy> ARGS`, judges what the ranks report (`speedrun.referee`), writes
+`run-K.jsonl` and `run-K.log`, re-checks the pins, and records the exit code, process wallclock and status.
+Finally it calls `speedrun verify` on the directory.
 
-Multi-node runs use torchrun's own rendezvous: `--nnodes`, `--node-rank`, `--rdzv-backend`, `--rdzv-endpoint`
-and `--rdzv-id` are passed through unchanged (without them the launch is `--standalone`).
+It never hangs on a broken submission: a rank that never connects, a rank whose process ended while the
+others wait (e.g. died mid-validation), or a run past `--timeout` is stopped with the reason in the verdict.
+A deterministic failure of repetition 1 (a syntax error before launch, an import error, a crash before
+`speedrun.init()`) stops the remaining repetitions.
+
+Multi-node runs use torchrun's own rendezvous (`--nnodes`, `--node-rank`, `--rdzv-*` are passed through);
+each node's launcher referees its own ranks only (see the README's threat model).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
+import queue
 import re
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 
-from rich.console import Console
-
-from speedrun import API_VERSION, __version__, data, evidence
+from speedrun import API_VERSION, __version__, evidence, hardware, paths
 from speedrun.errors import SpeedrunError
-from speedrun.tracks import Track, load_track
 
-console = Console(stderr=True, soft_wrap=True)
 TAIL_LINES = 30
+CONNECT_TIMEOUT_S = 180.0     # from launch to the first rank's hello (imports of torch can be slow)
+ORPHAN_GRACE_S = 60.0         # a rank's process ended; the others are stopped after this long
+DRAIN_S = 10.0                # after the processes exit, wait this long for the channel to close
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(stderr=True, soft_wrap=True, highlight=False)
+
+
+def escape(text: str) -> str:
+    from rich.markup import escape as rich_escape
+
+    return rich_escape(text)
 
 
 # --- run directories and manifests ---------------------------------------------------------------------------
 
 
 def runs_root() -> Path:
-    return Path(os.environ.get("SPEEDRUN_RUNS_DIR", "runs"))
+    return paths.runs_dir()
 
 
-def new_run_dir(track: Track, script: Path, out: str | None) -> Path:
+def new_run_dir(track, script: Path, out: str | None) -> Path:
     if out:
         run_dir = Path(out)
         if run_dir.exists() and any(run_dir.iterdir()):
@@ -54,117 +71,41 @@ def new_run_dir(track: Track, script: Path, out: str | None) -> Path:
     return run_dir
 
 
-def _version(dist_name: str) -> str | None:
-    try:
-        return metadata.version(dist_name)
-    except metadata.PackageNotFoundError:
-        return None
+def no_data_level(track, val_files: list[Path]) -> float:
+    """The start check's threshold: the track's stored unigram entropy, else that of its val tokens."""
+    if track.unigram_entropy is not None:
+        return float(track.unigram_entropy)
+    import numpy as np
+
+    from speedrun import data
+
+    p = data.val_unigram(val_files, track.val_tokens, track.vocab_size)
+    p = p[p > 0]
+    return float(-(p * np.log(p)).sum())
 
 
-def environment() -> dict:
-    """Software and device versions of this machine (the launcher's view; ranks add their device name)."""
-    import torch
-
-    env = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "triton": _version("triton") or _version("pytorch-triton"),
-        "platform": platform.platform(),
-        "hostname": platform.node(),
-        "cpu": _cpu_name(),
-        "cpu_count": os.cpu_count(),
-    }
-    if torch.cuda.is_available():
-        env["devices"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-        env["device_count"] = torch.cuda.device_count()
-    else:
-        env["devices"] = [env["cpu"]]
-        env["device_count"] = 0
-    return env
-
-
-def _cpu_name() -> str:
-    from speedrun.spec import _cpu_name as name
-
-    return name()
-
-
-def data_hashes(track: Track, files: list[Path]) -> dict[str, str]:
-    """sha256 of each data file: the track's pin when it has one (files were checked against pins when
-    fetched or generated), else computed once and cached beside the file, keyed by size and mtime."""
-    out = {}
-    for path in files:
-        pin = track.data.sha256.get(path.name)
-        out[path.name] = pin or _cached_sha256(path)
-    return out
-
-
-def _cached_sha256(path: Path) -> str:
-    cache_file = path.parent / ".sha256-cache.json"
-    try:
-        cache = json.loads(cache_file.read_text())
-    except (OSError, json.JSONDecodeError):
-        cache = {}
-    st = path.stat()
-    key = f"{path.name}:{st.st_size}:{st.st_mtime_ns}"
-    if key not in cache:
-        cache[key] = evidence.sha256_file(path)
-        try:
-            evidence.write_json_atomic(cache_file, cache)
-        except OSError:
-            pass  # a read-only data directory only costs a re-hash next time
-    return cache[key]
-
-
-def hardware_label(env: dict, nproc: int, nnodes: int = 1) -> str:
-    """e.g. '8xNVIDIA H100 80GB HBM3', or '2-core AMD EPYC' for CPU runs (whose ranks share the cores)."""
-    if env.get("device_count"):
-        return f"{nproc * nnodes}x{env['devices'][0]}"
-    return f"{env.get('cpu_count')}-core {env.get('cpu')}"
-
-
-def build_manifest(track: Track, script_copy: Path, command: list[str], nproc: int, runs: int,
-                   seeds: list[int], data_files: list[Path]) -> dict:
-    env = environment()
+def build_manifest(track, script_copy: Path, command: list[str], nproc: int, nnodes: int, runs: int,
+                   seeds: list[int], pins: dict, refereed: bool = True) -> dict:
+    fp = hardware.fingerprint()
     return {
         "harness_version": __version__,
         "api_version": API_VERSION,
         "self_reported": False,
+        "refereed": refereed,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "track": {"name": track.name, "config_sha256": track.config_sha256},
         "script": {"name": script_copy.name, "sha256": evidence.sha256_file(script_copy)},
-        "data": data_hashes(track, data_files),
-        "env": env,
-        "hardware": hardware_label(env, nproc),
+        "pins": pins,
+        "env": hardware.software(),
+        "hardware": hardware.label(fp, nproc, nnodes),
+        "hardware_fingerprint": fp,
         "command": command,
         "nproc_per_node": nproc,
+        "nnodes": nnodes,
         "runs": runs,
         "seeds": seeds,
         "repetitions": [],
     }
-
-
-def standalone_run_dir(track: Track, script: Path, seed: int, is_master: bool) -> Path:
-    """Under plain `torchrun script.py`, rank 0 lays out a run directory itself (one repetition)."""
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    run_dir = runs_root() / track.name / f"{stamp}_{script.stem}_torchrun"
-    if not is_master:
-        return run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
-    copy = run_dir / script.name
-    shutil.copyfile(script, copy)
-    train, val = data.track_files(track)
-    manifest = build_manifest(track, copy, [sys.executable, *sys.argv], int(os.environ.get("LOCAL_WORLD_SIZE", 1)),
-                              1, [seed], train + val)
-    manifest["launcher"] = "torchrun"
-    manifest["repetitions"] = [{"k": 1, "status": "unknown", "exit_code": None, "wall_s": None,
-                                "note": "launched by plain torchrun: no process wallclock or exit code"}]
-    evidence.write_json_atomic(run_dir / evidence.MANIFEST, manifest)
-    return run_dir
-
-
-# --- launching -----------------------------------------------------------------------------------------------
 
 
 def torchrun_command(script: Path, nproc: int, script_args: list[str], rdzv: dict[str, str | None]) -> list[str]:
@@ -174,63 +115,25 @@ def torchrun_command(script: Path, nproc: int, script_args: list[str], rdzv: dic
         cmd.append("--standalone")
     for flag, value in passthrough.items():
         cmd.append(f"--{flag}={value}")
-    cmd += [f"--nproc_per_node={nproc}", str(script), *script_args]
+    cmd += [f"--nproc_per_node={nproc}", "-m", "speedrun.bootstrap", str(script), *script_args]
     return cmd
 
 
-class Progress:
-    """Follows `run-K.jsonl` as rank 0 writes it and shows step, timed seconds and the last val loss."""
+def check_syntax(script: Path) -> None:
+    """A script that does not compile fails here, once, instead of in every repetition."""
+    try:
+        compile(script.read_bytes(), str(script), "exec")
+    except SyntaxError as exc:
+        raise SpeedrunError(f"{script}:{exc.lineno}: syntax error: {exc.msg}; nothing was launched") from None
+    except ValueError as exc:
+        raise SpeedrunError(f"{script}: cannot be compiled: {exc}; nothing was launched") from None
 
-    def __init__(self, path: Path, label: str, sink=None):
-        self.path, self.label, self.sink = path, label, sink
-        self._offset = 0
-        self._partial = b""
-        self.batches = 0
-        self.timed = 0.0
-        self.val_loss = None
-        self.val_count = 0
 
-    def poll(self) -> None:
-        try:
-            with open(self.path, "rb") as f:
-                f.seek(self._offset)
-                chunk = f.read()
-        except FileNotFoundError:
-            return
-        self._offset += len(chunk)
-        lines = (self._partial + chunk).split(b"\n")
-        self._partial = lines.pop()
-        for line in lines:
-            try:
-                event = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            self._on(event)
-
-    def _on(self, event: dict) -> None:
-        kind = event.get("event")
-        if kind in ("train", "finish"):
-            self.batches = event.get("batches", self.batches)
-            self.timed = event.get("timed_s", self.timed)
-        elif kind == "val":
-            self.val_loss, self.timed = event.get("loss"), event.get("timed_s", self.timed)
-            self.val_count += 1
-            console.print(f"  {self.label} step {event.get('step')}: val loss {self.val_loss:.4f} "
-                          f"at {self.timed:.2f} s timed")
-        elif kind == "probe" and not event.get("passed"):
-            console.print(f"  {self.label} probe {event.get('name')} FAILED: {event.get('detail')}")
-        elif kind == "warning":
-            console.print(f"  {self.label} warning: {event.get('message')}")
-        if self.sink is not None:
-            self.sink.log(event)
-
-    def describe(self) -> str:
-        loss = f"{self.val_loss:.4f}" if self.val_loss is not None else "-"
-        return f"{self.label}  batch {self.batches}  timed {self.timed:7.2f} s  val loss {loss}"
-
+# --- what went wrong, from the log ------------------------------------------------------------------------------
 
 _AGENT_FAILURE = re.compile(r"^E\d{4} .*torch/distributed/elastic/.*failed \(exitcode")
 _ERROR_LINE = re.compile(r"^(\[rank\d+\]: )?([\w.]+(Error|Exception|Interrupt)\b.*)$")
+DETERMINISTIC = ("SyntaxError", "IndentationError", "ImportError", "ModuleNotFoundError", "NameError")
 
 
 def failure_summary(path: Path, lines: int = TAIL_LINES) -> tuple[str, str | None]:
@@ -252,133 +155,437 @@ def failure_summary(path: Path, lines: int = TAIL_LINES) -> tuple[str, str | Non
     return "\n".join(text[-lines:]), error
 
 
-def run_repetition(cmd: list[str], env: dict, log: Path, progress: Progress, timeout: float | None) -> tuple[int, float]:
-    """Run one torchrun launch; returns (exit code, process wallclock seconds)."""
+# --- one repetition ----------------------------------------------------------------------------------------------
+
+
+class Repetition:
+    """The channel server and the referee of one repetition, with the rank processes they watch.
+
+    `data_files` (launcher runs): path -> "train" or "val"; watched from the moment every rank has mapped them;
+    `harness`: the package directory every rank must import (None for the in-process referee)."""
+
+    def __init__(self, track, k: int, seed: int, nproc: int, run_dir: Path, welcome: dict, sink=None,
+                 echo=None, data_files: dict[Path, str] | None = None, harness: str | None = None):
+        from speedrun import channel, referee, watch
+
+        self.t0 = time.monotonic()
+        self.log = referee.EventLog(evidence.events_path(run_dir, k))
+        self.echo, self.sink = echo, sink
+        self.referee = referee.Referee(track, k, seed, nproc, self.log, self.t0, welcome, on_event=self._on_event,
+                                       harness=harness)
+        self.watch = watch.DataWatch(data_files).start() if data_files else None
+        if self.watch is not None:
+            self.referee.on_all_preloaded = self.watch.arm
+        self._outbox: queue.Queue = queue.Queue()
+        self._deliverer = threading.Thread(target=self._deliver, name="speedrun-events", daemon=True)
+        self._deliverer.start()
+        self.server = channel.Server(self._handle)
+        self.stopped_early: str | None = None
+
+    def _handle(self, cid: int, msg, t: float, error: str | None) -> None:
+        for to, answer in self.referee.handle(cid, msg, t, error):
+            self.server.reply(to, answer)
+
+    def _on_event(self, event: dict) -> None:
+        # printing and wandb happen on a thread of their own: the channel thread stamps arrival times, and
+        # any time it spends elsewhere would delay the stamps of the messages waiting behind
+        if self.echo is not None or self.sink is not None:
+            self._outbox.put(event)
+
+    def _deliver(self) -> None:
+        while True:
+            event = self._outbox.get()
+            if event is None:
+                return
+            try:
+                if self.echo is not None:
+                    self.echo(event)
+                if self.sink is not None:
+                    self.sink.log(event)
+            except Exception:  # a printing or wandb failure must not stop the run
+                pass
+
+    def connections_open(self) -> bool:
+        return any(st.closed_in is None and st.phase not in ("finished", "exited")
+                   for st in self.referee.ranks.values())
+
+    def stray_rank(self) -> str | None:
+        """A rank whose process is gone while others still run, described; None if there is none."""
+        with self.server.locked():
+            ranks = list(self.referee.ranks.values())
+            gone = [st for st in ranks if st.closed_in is not None or st.phase == "exited"]
+            alive = [st for st in ranks if st not in gone and st.phase != "finished"]
+            if gone and alive:
+                st = gone[0]
+                return f"rank {st.rank}'s process ended ({st.closed_in or st.phase}) while rank {alive[0].rank} was still running"
+        return None
+
+    def close(self, exit_code: int | None, extra: list[str], warnings: list[str] = ()) -> dict:
+        deadline = time.monotonic() + DRAIN_S
+        while time.monotonic() < deadline and self.server._conns:
+            time.sleep(0.05)
+        extra = list(extra)
+        if self.watch is not None:
+            self.watch.stop()
+            if self.watch.armed:
+                extra += self.watch.problems()
+            elif not self.watch.available:
+                warnings = [*warnings, "the data files could not be watched here (no inotify): reads the script "
+                                       "made itself through calls without an audit event were not seen"]
+        if self.log.tampered():
+            extra.append(f"{self.log.path.name} was modified by someone other than the launcher while the "
+                         f"repetition ran (the launcher rewrote it from its own record)")
+        with self.server.locked():
+            for w in warnings:
+                self.referee._emit("warning", message=w)
+            summary = self.referee.close(exit_code, extra)
+        self.server.close()
+        self._outbox.put(None)
+        self._deliverer.join(timeout=30)
+        return summary
+
+
+def become_subreaper() -> bool:
+    """Make orphaned descendants (a double-forked daemon, a `setsid` child) this process's children instead of
+    init's, so that none outlives its repetition unseen (Linux prctl PR_SET_CHILD_SUBREAPER; no privileges)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(36, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def descendants(pid: int | None = None) -> set[int]:
+    """Every process below `pid` (default: this one), from /proc."""
+    pid = pid or os.getpid()
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else ():
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read().decode(errors="replace")
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    out, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            if child not in out:
+                out.add(child)
+                todo.append(child)
+    return out
+
+
+def kill_leftovers(before: set[int]) -> list[int]:
+    """Kill the descendants that appeared since `before` (what a repetition left behind); returns their pids."""
+    left = sorted(descendants() - before)
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    for pid in left:
+        try:
+            os.waitpid(pid, 0)
+        except OSError:
+            pass
+    return left
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except OSError:
+        return
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # and anything the ranks left behind in their session
+    except OSError:
+        pass
+
+
+def run_processes(cmd: list[str], env: dict, log: Path, rep: Repetition, timeout: float | None,
+                  status_line=None, stop_after_logs: int | None = None) -> tuple[int, float, list[str]]:
+    """Run one torchrun launch under the referee; returns (exit code, process wallclock, stop reasons).
+    `stop_after_logs`: stop the run once rank 0 has logged that many steps (a prefix replay)."""
     began = time.perf_counter()
+    reasons: list[str] = []
+    stray_since = None
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        status = console.status(progress.describe())
-        with status:
-            try:
-                while proc.poll() is None:
-                    time.sleep(0.25)
-                    progress.poll()
-                    status.update(progress.describe())
-                    if timeout and time.perf_counter() - began > timeout:
-                        os.killpg(proc.pid, signal.SIGTERM)
-                        try:
-                            proc.wait(10)
-                        except subprocess.TimeoutExpired:
-                            os.killpg(proc.pid, signal.SIGKILL)
-                        out.write(f"\n[speedrun] repetition killed after {timeout:.0f} s timeout\n".encode())
-            except KeyboardInterrupt:
-                os.killpg(proc.pid, signal.SIGTERM)
-                proc.wait()
-                raise
-    wall = time.perf_counter() - began
-    progress.poll()
-    return proc.returncode, wall
+        try:
+            while proc.poll() is None:
+                time.sleep(0.2)
+                if status_line is not None:
+                    status_line(rep.referee.describe())
+                if rep.watch is not None:
+                    rep.watch.poll()
+                elapsed = time.perf_counter() - began
+                if stop_after_logs and rep.referee.logged >= stop_after_logs:
+                    rep.stopped_early = f"prefix replay: stopped after {stop_after_logs} logged steps"
+                    out.write(f"\n[speedrun] {rep.stopped_early}\n".encode())
+                    _kill_group(proc)
+                    break
+                if timeout and elapsed > timeout:
+                    reasons.append(f"stopped after the {timeout:.0f} s timeout")
+                elif not rep.referee.ranks and elapsed > CONNECT_TIMEOUT_S:
+                    reasons.append(f"no rank connected to the referee within {CONNECT_TIMEOUT_S:.0f} s")
+                else:
+                    stray = rep.stray_rank()
+                    stray_since = (stray_since or time.perf_counter()) if stray else None
+                    if stray and time.perf_counter() - stray_since > ORPHAN_GRACE_S:
+                        reasons.append(f"{stray}; the others were stopped after {ORPHAN_GRACE_S:.0f} s")
+                if reasons:
+                    out.write(f"\n[speedrun] {reasons[-1]}\n".encode())
+                    out.flush()
+                    _kill_group(proc)
+                    break
+        except KeyboardInterrupt:
+            _kill_group(proc)
+            raise
+        wall = time.perf_counter() - began
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # leftovers of an ended run (daemons in its session)
+        except OSError:
+            pass
+    return proc.wait(), wall, reasons
 
 
 class Launch:
     """One run directory and the torchrun command that fills it, one repetition at a time."""
 
-    def __init__(self, script: Path, track: Track, nproc: int, runs: int, out: str | Path | None, seed: int,
+    def __init__(self, script: Path, track, nproc: int, runs: int, out: str | Path | None, seed: int,
                  script_args: list[str], rdzv: dict, data_dir: str | None = None, timeout: float | None = None,
-                 wandb_project: str | None = None):
+                 wandb: dict | None = None, stop_after_logs: int | None = None):
+        from speedrun import data, pins
+
         if not script.is_file():
             raise SpeedrunError(f"{script}: no such script")
         if runs < 1 or nproc < 1:
             raise SpeedrunError("--runs and --nproc must be at least 1")
-        self.track, self.runs, self.timeout, self.wandb_project = track, runs, timeout, wandb_project
-        self.data_dir = str(Path(data_dir).resolve()) if data_dir else None
-        train, val = data.track_files(track, Path(data_dir) if data_dir else None)
+        check_syntax(script)
+        become_subreaper()
+        self.track, self.runs, self.timeout, self.wandb = track, runs, timeout, wandb
+        self.stop_after_logs = stop_after_logs
+        self.nproc, self.nnodes = nproc, int(rdzv.get("nnodes") or 1) if str(rdzv.get("nnodes") or 1).isdigit() else 1
+        self.data_dir = Path(data_dir).resolve() if data_dir else None
+        self.train_files, self.val_files = data.track_files(track, self.data_dir)
         self.run_dir = new_run_dir(track, script, str(out) if out else None)
         copy = self.run_dir / script.name
         shutil.copyfile(script, copy)
         self.cmd = torchrun_command(copy, nproc, script_args, rdzv)
         self.seeds = [seed + k for k in range(runs)]
-        self.manifest = build_manifest(track, copy, self.cmd, nproc, runs, self.seeds, train + val)
+        self.pins = pins.pin_run(track, self.train_files + self.val_files)
+        self.manifest = build_manifest(track, copy, self.cmd, nproc, self.nnodes, runs, self.seeds, self.pins)
+        self.welcome = {"track_toml": Path(track.path).read_text(), "track_path": str(track.path),
+                        "train_files": [str(p) for p in self.train_files], "val_files": [str(p) for p in self.val_files],
+                        "no_data_level": no_data_level(track, self.val_files), "run_dir": str(self.run_dir.resolve())}
+        self.stopped_reason: str | None = None
         evidence.write_json_atomic(self.run_dir / evidence.MANIFEST, self.manifest)
+        from speedrun import verify  # noqa: F401  (imported before any submission runs: a .pyc it could
+        #   plant later would not be loaded)
 
-    def repetition(self, k: int) -> dict:
+    def _rank_env(self, socket_path: str) -> dict:
+        from speedrun import channel
+
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SPEEDRUN_") or k == "SPEEDRUN_DEVICE"}
+        env.update({channel.ENV: socket_path, "PYTHONUNBUFFERED": "1"})
+        # the ranks must import this very harness (the one pinned), wherever they run from: first on their path,
+        # and no current directory put before it (`python -m` would; PYTHONSAFEPATH stops that, Python >= 3.11)
+        env["PYTHONPATH"] = os.pathsep.join([str(paths.SOURCE_ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+        env["PYTHONSAFEPATH"] = "1"
+        return env
+
+    def repetition(self, k: int, console=None) -> dict:
         """Run repetition k (1-based); record its exit code, wallclock and status in the manifest."""
-        env = dict(os.environ, SPEEDRUN_TRACK=str(self.track.path), SPEEDRUN_RUN_DIR=str(self.run_dir.resolve()),
-                   SPEEDRUN_REPETITION=str(k), SPEEDRUN_SEED=str(self.seeds[k - 1]), PYTHONUNBUFFERED="1")
-        if self.data_dir:
-            env["SPEEDRUN_DATA_DIR"] = self.data_dir
+        from speedrun import pins
+
+        console = console or _console()
+        label = f"{self.run_dir.name} {k}/{self.runs}"
+        seed = self.seeds[k - 1]
+        if self.stopped_reason:
+            rep = {"k": k, "status": "stopped", "exit_code": None, "wall_s": None, "seed": seed,
+                   "error": self.stopped_reason}
+            console.print(f"  {label} not run: {self.stopped_reason}", markup=False)
+            return self._record(rep)
         sink = None
-        if self.wandb_project:
+        if self.wandb:
             from speedrun import wandb_log
 
-            sink = wandb_log.WandbSink.open(self.wandb_project, self.manifest, k, self.run_dir,
-                                            name=f"{self.run_dir.name}-{k}")
-        label = f"{self.run_dir.name} {k}/{self.runs}"
-        progress = Progress(evidence.events_path(self.run_dir, k), label, sink)
-        code, wall = run_repetition(self.cmd, env, evidence.log_path(self.run_dir, k), progress, self.timeout)
-        status = "ok" if code == 0 else "failed"
-        rep = {"k": k, "status": status, "exit_code": code, "wall_s": round(wall, 3), "seed": self.seeds[k - 1]}
-        if code != 0:
-            rep["tail"], rep["error"] = failure_summary(evidence.log_path(self.run_dir, k))
-            console.print(f"  {label} [red]failed[/red] with exit code {code}: "
-                          f"{rep['error'] or 'see run-%d.log' % k}", highlight=False)
+            sink = wandb_log.WandbSink.open(self.wandb["project"], self.manifest, k, self.run_dir,
+                                            name=self.wandb.get("name") or f"{self.run_dir.name}-{k}",
+                                            entity=self.wandb.get("entity"))
+
+        def echo(event: dict) -> None:
+            kind = event.get("event")
+            if kind == "val":
+                console.print(f"  {label} step {event.get('step')}: val loss {event['loss']:.4f} at "
+                              f"{event['timed_s']:.2f} s timed", markup=False)
+            elif kind in ("problem", "warning"):
+                console.print(f"  {label} {kind}: {event['message']}", markup=False)
+
+        rep_ref = Repetition(self.track, k, seed, self.nproc, self.run_dir, self.welcome, sink=sink, echo=echo,
+                             data_files={**{p: "train" for p in self.train_files}, **{p: "val" for p in self.val_files}},
+                             harness=str(paths.PACKAGE_DIR))
+        status = console.status(escape(f"{label} starting"), spinner="dots")
+        before = descendants()
+        with status:
+            code, wall, reasons = run_processes(self.cmd, self._rank_env(rep_ref.server.path),
+                                                evidence.log_path(self.run_dir, k), rep_ref, self.timeout,
+                                                status_line=lambda s: status.update(escape(f"{label}  {s}")),
+                                                stop_after_logs=self.stop_after_logs)
+        left = kill_leftovers(before)
+        warnings = [f"the script left {len(left)} process(es) running after it ended (pids "
+                    f"{', '.join(map(str, left[:5]))}); the launcher killed them"] if left else []
+        extra = reasons + pins.changed(self.pins)
+        summary = rep_ref.close(code, extra, warnings)
+        rep = {"k": k, "status": summary["status"] if not reasons else "failed", "exit_code": code,
+               "wall_s": round(wall, 3), "seed": seed}
+        if rep_ref.stopped_early:
+            rep.update(status="stopped", error=rep_ref.stopped_early)
+            console.print(f"  {label} {rep_ref.stopped_early}", markup=False)
+            if sink is not None:
+                sink.finish(rep["status"])
+            return self._record(rep)
+        if code != 0 or reasons or summary["status"] != "ok":
+            tail, error = failure_summary(evidence.log_path(self.run_dir, k))
+            rep["tail"] = tail
+            first = summary["errors"][0] if summary.get("errors") else error
+            rep["error"] = (reasons[0] if reasons else first) or (summary["problems"][0] if summary["problems"]
+                                                                   else None)
+            console.print(f"  {label} {rep['status']} (exit code {code}): {rep['error'] or 'see run-%d.log' % k}",
+                          markup=False)
+            if k == 1 and self.runs > 1 and self._deterministic(rep_ref, error):
+                self.stopped_reason = f"repetition 1 failed before training could start ({rep['error']})"
         else:
-            console.print(f"  {progress.describe()}  (process {wall:.1f} s)", highlight=False)
+            loss = summary["final_loss"]
+            console.print(f"  {label} val loss {loss:.4f}  timed {summary['timed_s']:.2f} s  steps "
+                          f"{summary['steps']}  (process {wall:.1f} s)", markup=False)
         if sink is not None:
-            sink.finish(status)
+            sink.finish(rep["status"])
+        return self._record(rep)
+
+    @staticmethod
+    def _deterministic(rep: Repetition, error: str | None) -> bool:
+        """Would the same failure happen again? An import/syntax/name error, or no rank reaching init()."""
+        if error and error.split(":")[0].split(".")[-1] in DETERMINISTIC:
+            return True
+        ranks = rep.referee.ranks.values()
+        return not ranks or all(st.seed is None for st in ranks)
+
+    def _record(self, rep: dict) -> dict:
         self.manifest["repetitions"].append(rep)
         evidence.write_json_atomic(self.run_dir / evidence.MANIFEST, self.manifest)
         return rep
 
 
-def launch(script: Path, track: Track, nproc: int, runs: int, out: str | None, seed: int,
-           script_args: list[str], rdzv: dict, data_dir: str | None = None, timeout: float | None = None,
-           wandb_project: str | None = None) -> Path:
+def launch(script: Path, track, nproc: int, runs: int, out: str | None, seed: int, script_args: list[str],
+           rdzv: dict, data_dir: str | None = None, timeout: float | None = None, wandb: dict | None = None) -> Path:
     """Run the script `runs` times; returns the run directory (verification is separate)."""
-    job = Launch(script, track, nproc, runs, out, seed, script_args, rdzv, data_dir, timeout, wandb_project)
-    console.print(f"[bold]speedrun run[/bold] {script.name} on track {track.name}: {runs} x {nproc} proc "
-                  f"-> {job.run_dir}", highlight=False)
+    job = Launch(script, track, nproc, runs, out, seed, script_args, rdzv, data_dir, timeout, wandb)
+    console = _console()
+    console.print(f"speedrun run {script.name} on track {track.name}: {runs} x {nproc} proc -> {job.run_dir}",
+                  markup=False)
     for k in range(1, runs + 1):
-        job.repetition(k)
+        job.repetition(k, console)
     return job.run_dir
+
+
+# --- plain torchrun: the referee inside rank 0 (unrefereed) -------------------------------------------------------
+
+
+class Standalone:
+    """The referee for a run started without the launcher, living in rank 0's process: a run directory as
+    complete as the launcher's, marked `"refereed": false` (it can never qualify: the script shares the
+    referee's interpreter). It closes itself when the process exits."""
+
+    @classmethod
+    def start(cls, track_name: str, seed: int, script: Path, data_dir: str | None, world_size: int) -> "Standalone":
+        from speedrun import data, pins
+        from speedrun.tracks import load_track
+
+        self = cls()
+        track = load_track(track_name)
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        self.run_dir = runs_root() / track.name / f"{stamp}_{script.stem}_torchrun"
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        copy = self.run_dir / script.name
+        shutil.copyfile(script, copy)
+        train, val = data.track_files(track, Path(data_dir) if data_dir else None)
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+        self.manifest = build_manifest(track, copy, [sys.executable, *sys.argv], local, 1, 1, [seed],
+                                       pins.pin_run(track, train + val), refereed=False)
+        welcome = {"track_toml": Path(track.path).read_text(), "track_path": str(track.path),
+                   "train_files": [str(p) for p in train], "val_files": [str(p) for p in val],
+                   "no_data_level": no_data_level(track, val), "run_dir": str(self.run_dir.resolve())}
+        self.rep = Repetition(track, 1, seed, world_size, self.run_dir, welcome)
+        self.socket_path = self.rep.server.path
+        import atexit
+
+        atexit.register(self.close)  # runs after the session's own exit hook has closed rank 0's connection
+        return self
+
+    def close(self) -> None:
+        summary = self.rep.close(0, [])
+        rep = {"k": 1, "status": summary["status"] if summary["status"] != "failed" else "unknown",
+               "exit_code": None, "wall_s": None, "seed": self.manifest["seeds"][0],
+               "note": "launched by plain torchrun: unrefereed; no process wallclock or exit code"}
+        self.manifest["repetitions"] = [rep]
+        evidence.write_json_atomic(self.run_dir / evidence.MANIFEST, self.manifest)
 
 
 # --- command ---------------------------------------------------------------------------------------------------
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("run", help="launch a submission with torchrun, keep the evidence, verify it",
+    p = sub.add_parser("run", help="launch a submission with torchrun under the referee, keep the evidence, verify",
                        usage="speedrun run SCRIPT --track T [options] [-- SCRIPT_ARGS...]",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("script", type=Path)
     p.add_argument("--track", required=True, help="track name or path to a track .toml")
-    p.add_argument("--nproc", type=int, default=1, help="processes per node (GPUs, or CPU ranks)")
-    p.add_argument("--runs", type=int, default=1, help="repetitions (K)")
-    p.add_argument("--out", help="run directory (default runs/<track>/<stamp>_<script>)")
-    p.add_argument("--seed", type=int, default=0, help="seed of repetition 1; repetition k gets seed+k-1")
-    p.add_argument("--data-dir", help="data directory (default $SPEEDRUN_DATA_DIR or ./data)")
-    p.add_argument("--timeout", type=float, help="kill a repetition after this many seconds")
+    p.add_argument("--nproc", type=int, default=1, help="processes per node: GPUs, or CPU ranks (default: 1)")
+    p.add_argument("--runs", type=int, help="repetitions (default: the track's minimum for a verdict)")
+    p.add_argument("--out", help="run directory (default: <runs>/<track>/<stamp>_<script>, see `speedrun --help`)")
+    p.add_argument("--seed", type=int, default=0, help="seed of repetition 1; repetition k gets seed+k-1 (default: 0)")
+    p.add_argument("--data-dir", help="data directory (default: see `speedrun --help`)")
+    p.add_argument("--timeout", type=float, help="stop a repetition after this many seconds (default: none)")
     p.add_argument("--no-verify", action="store_true", help="skip the verdict at the end")
-    p.add_argument("--wandb", action="store_true", help="log events to Weights & Biases (offline works)")
-    p.add_argument("--wandb-project", default="speedrun")
+    p.add_argument("--wandb", action="store_true", help="log to Weights & Biases (WANDB_MODE=offline works)")
+    p.add_argument("--wandb-project", default="speedrun", help="(default: speedrun)")
+    p.add_argument("--wandb-name", help="run name (default: <run dir>-<k>)")
+    p.add_argument("--wandb-entity", help="team or user (default: wandb's)")
     for flag in ("nnodes", "node-rank", "rdzv-backend", "rdzv-endpoint", "rdzv-id"):
         p.add_argument(f"--{flag}", help="passed through to torchrun")
     p.set_defaults(func=_cmd_run)
 
 
+def wandb_options(args) -> dict | None:
+    if not getattr(args, "wandb", False):
+        return None
+    return {"project": args.wandb_project, "name": args.wandb_name, "entity": args.wandb_entity}
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
+    from speedrun import verify
+    from speedrun.tracks import load_track
+
     track = load_track(args.track)
     rdzv = {"nnodes": args.nnodes, "node-rank": args.node_rank, "rdzv-backend": args.rdzv_backend,
             "rdzv-endpoint": args.rdzv_endpoint, "rdzv-id": args.rdzv_id}
     script_args = list(getattr(args, "passthrough", []))
-    run_dir = launch(args.script, track, args.nproc, args.runs, args.out, args.seed, script_args, rdzv,
-                     data_dir=args.data_dir, timeout=args.timeout,
-                     wandb_project=args.wandb_project if args.wandb else None)
+    runs = args.runs or track.rule.min_runs
+    run_dir = launch(args.script, track, args.nproc, runs, args.out, args.seed, script_args, rdzv,
+                     data_dir=args.data_dir, timeout=args.timeout, wandb=wandb_options(args))
     failed = [r["k"] for r in evidence.read_json(run_dir / evidence.MANIFEST)["repetitions"] if r["status"] != "ok"]
     if args.no_verify:
         return 1 if failed else 0
-    from speedrun import verify
-
     verdict = verify.verify_run_dir(run_dir)
     verify.print_verdict(verdict)
     return 0 if verdict["qualifies"] and not failed else 1

@@ -1,71 +1,97 @@
 """The submission contract: everything a training script may rely on, in one file, top to bottom.
 
-A submission is one self-contained script launched by torchrun. It owns its model, optimizer and loop; the
-referee (this module) owns the data, the clock and the measurement of validation loss:
+A submission is one self-contained script. It owns its model, optimizer and loop; the referee owns the data,
+the clock, the seeds and the measurement of validation loss:
 
     import speedrun
-    run = speedrun.init()                                # distributed set-up, device, seed, track, evidence
-    train = run.train_loader(batch_tokens=..., seq_len=...)  # this rank's slice of the canonical train stream
-    with run.warmup(model, optimizers):                  # untimed; on exit the referee restores the model and
-        ...                                              #   optimizer state and rewinds the stream itself
-    run.start()                                          # the clock starts (device sync + barrier)
+    run = speedrun.init()                      # distributed set-up, device, seed, track; connects to the referee
+    train = run.train_loader(batch_tokens=524288, seq_len=1024)   # this rank's share of the canonical stream
+    with run.warmup(model, optimizers):        # untimed: compile and warm up on RANDOM tokens; the referee
+        ...                                    #   restores the model and optimizer state afterwards
+    run.start(logits_fn)                       # the clock starts (after a start check of the fresh model)
     for step in range(steps):
-        inputs, targets = next(train)
+        inputs, targets = next(train)          # [b, seq_len] int64 on run.device; gradient sync is yours (DDP)
         ...forward, backward, optimizer step...
-        if last_step or step % 100 == 0:
-            run.validate(loss_fn, step=step)             # clock paused; the referee reads the val tokens itself
-    run.finish()                                         # the clock stops; the last validation is the result
+        run.log(train_loss=loss)               # optional scalars for the evidence and wandb (no device sync)
+        if last_step or step % 250 == 0:
+            run.validate(logits_fn, step=step) # clock paused; the referee computes the loss from your logits
+    run.finish()                               # must directly follow a validation: its loss is the result
 
-Rules the referee enforces (and `speedrun verify` re-checks from the evidence):
-- `loss_fn(inputs, targets)` returns the per-token loss in nats, shape [B, T]. The referee sums it, all-reduces
-  and divides by exactly the track's val token count. A batch shape that does not tile the val tokens is an error.
-- The clock counts everything between `start()` and `finish()` except validations. Each boundary is a device sync
-  and a barrier, so asynchronous GPU work is never hidden from the clock.
-- Warm-up can never be free training: its digests of model+optimizer state before and after are recorded,
-  and training batches taken before `start()` outside `warmup()` fail the run.
-- `finish()` must follow a validation with no training in between (the result is measured on the final model).
-  It then runs the probes: causality (perturbing inputs from a position on must not move earlier losses) and,
-  when `logits_fn` is given to `validate` or the track requires it, normalisation (probabilities over the
-  vocabulary sum to 1, and `loss_fn` equals -log p(target)). A failed probe fails the run.
-- Reading the val files outside validation is noted as a warning in the evidence.
-- Training steps are counted by the referee (batches served), not taken from the script.
+`logits_fn(inputs)` returns logits `[B, T, V]` (V >= the track's vocabulary; any float dtype) for the rows
+layout, `logits_fn(inputs, cu_seqlens)` returns `[n, V]` for the flat layout. The referee computes the
+cross-entropy itself, in chunks, over all V columns.
 
-The track comes from `init(track=...)`, else `--track NAME` on the command line, else `$SPEEDRUN_TRACK`. Under
-`speedrun run` the launcher sets the run directory and repetition; under plain `torchrun script.py --track T`
-rank 0 creates `runs/<track>/<stamp>_<script>/` with a copy of the script and a manifest.
+Loader options: `accum_steps` (micro-batches per step: 1 GPU with 8 gives the same steps as 8 GPUs),
+`layout="flat"` (a flat batch of documents aligned to BOS with `cu_seqlens`, for variable-length attention),
+`align_to_bos`, `max_doc_len`, and `train.set(batch_tokens=..., seq_len=..., accum_steps=...)` between steps for
+batch-size and sequence-length schedules. Which tokens a step sees never depends on the world size or the
+accumulation (`speedrun.data`). Validation takes the same `batch_tokens`, `seq_len` and `layout` keywords
+(default: one micro-batch of the loader); they must tile the track's val tokens exactly.
+
+API 1 scripts keep running unchanged: `run.validate(loss_fn, step=..., logits_fn=...)` (the loss_fn is no
+longer called), `run.start()` without arguments (the start check then calls the model given to `warmup()`).
+
+## Threat model
+
+The harness and the machine are trusted; the submission script is not. Every figure the verdict rests on
+comes from code the script cannot reach, or from checks it cannot tell apart from normal work, on every rank.
+
+Tier 1 (this harness, no special privileges): `speedrun run` is the referee. It runs in its own process,
+starts each rank through `speedrun.bootstrap` (which connects to the referee, opens the data and installs an
+audit hook *before* the script's first line runs), and owns, on its side of a Unix socket:
+- the clock: phase changes are stamped by the launcher's monotonic clock on arrival; patching time, this
+  module or the evidence writer in the script's interpreter changes no recorded time; the evidence file is
+  written by the launcher and rewritten from its memory when the repetition ends;
+- the counters (steps, micro-batches, tokens, per rank), the seeds (chosen by the launcher and checked on
+  every rank; identical repetitions are refused), and the pins (sha256 of the harness, the track file and
+  the data files as used; any change during or after the run is a problem naming the file);
+- the verdict's inputs from every rank: validation sums, token counts and probe measurements; disagreement
+  between ranks is refused.
+The loss is cross-entropy computed by the referee's code from the model's logits; one extra batch per
+validation holds spliced copies of real val rows at a random place (from OS randomness), so a model that
+peeks ahead or changes during validation moves outputs it cannot know are compared. Warm-up sees random
+tokens; the loader refuses to serve before `start()` (outside warm-up), during a validation and after
+`finish()`; at `start()` the model's loss on a fixed val subset must not be below the no-data level (the
+unigram entropy of the val tokens); any open of a train or val file by the script is a problem; torch's
+inductor config is checked at `start()` and `finish()`.
+
+Residual risks of tier 1 (closed by tier 2's OS sandbox, which moves the data and the evaluation into
+processes of their own, and in the end by replay under a trusted harness):
+- in-interpreter forgery: a script that digs out the bootstrap's socket (e.g. through `gc`) can send
+  messages of its own, and one that reads the referee's locals (frame introspection) can tell a probe batch
+  from a canonical one or read the val tokens from the referee's memory maps;
+- a model trained before the clock and *loaded after* `start()` (the start check only sees the model at
+  start), or weights carried between repetitions in files outside the run directory;
+- work hidden in a background thread on data it already holds while validation pauses the clock, when it
+  does not change the model being evaluated;
+- a forged `.pyc` of a harness module (the pins cover sources).
+
+Under plain `torchrun script.py` (no launcher) the same referee runs inside rank 0's process: the run
+directory is complete, but it is marked unrefereed and can never qualify for a record.
 """
 
 from __future__ import annotations
 
 import argparse
-import atexit
 import contextlib
 import copy
 import hashlib
 import math
 import os
-import random
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
-import numpy as np
-import torch
-import torch.distributed as dist
-
-from speedrun import API_VERSION, __version__, data, evidence
+from speedrun import API_VERSION, bootstrap
 from speedrun.errors import SpeedrunError
-from speedrun.tracks import Track, load_track
 
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (inputs, targets) -> per-token loss [B, T]
-LogitsFn = Callable[[torch.Tensor], torch.Tensor]  # inputs -> logits [B, T, V]
-
-TRAIN_EVENT_EVERY = 10  # sample one train event every this many batches (no device sync)
+LogitsFn = Callable[..., "object"]   # (inputs) or (inputs, cu_seqlens) -> logits
+LAYOUTS = ("rows", "flat")
 
 
 class Clock:
-    """Timed seconds between start and finish, minus the pauses (validations)."""
+    """The script's own view of timed seconds (for printing only: the launcher's clock is the record)."""
 
     def __init__(self) -> None:
         self.started = self.finished = None
@@ -90,268 +116,329 @@ class Clock:
 
 
 class TrainLoader:
-    """This rank's slice of the canonical train stream; the referee counts the batches and tokens it serves.
+    """This rank's share of the canonical train stream. `next(loader)` gives one micro-batch:
+    rows: (inputs, targets) int64 [b, seq_len]; flat: (inputs, targets, cu_seqlens) with [n] inputs.
+    `set()` changes the shape from the next step on. The referee counts what is served."""
 
-    With `accum_steps > 1` each `next()` gives one micro-batch (1/accum_steps of the step's global batch, in
-    stream order), so N ranks accumulating 8/N micro-batches see the same tokens per step as 8 ranks."""
+    def __init__(self, run: "Run", batch_tokens: int, seq_len: int, accum_steps: int, layout: str,
+                 align_to_bos: bool, max_doc_len: int | None):
+        self._run = run
+        self._stream = run._session.train_stream()
+        self.layout, self.align_to_bos, self.max_doc_len = layout, bool(align_to_bos) or layout == "flat", max_doc_len
+        self.batch_tokens = self.seq_len = self.accum_steps = 0
+        self.micro_batches = 0       # served in the timed run (this rank)
+        self.batches = 0             # full steps served in the timed run (this rank)
+        self._micro = 0              # position inside the current step
+        self._step = None
+        self._apply(batch_tokens, seq_len, accum_steps)
 
-    def __init__(self, run: "Run", stream: data.TrainStream, batch_tokens: int, seq_len: int, accum_steps: int):
-        self._run, self._stream = run, stream
-        self.batch_tokens, self.seq_len, self.accum_steps = batch_tokens, seq_len, accum_steps
-        self.micro_batches = 0
+    def _apply(self, batch_tokens: int, seq_len: int, accum_steps: int) -> None:
+        from speedrun import data
+
+        run = self._run
+        data.check_shape(batch_tokens, seq_len, run.world_size, accum_steps,
+                         max_seq_len=run.track.checks.max_seq_len, what="train_loader")
+        self.batch_tokens, self.seq_len, self.accum_steps = int(batch_tokens), int(seq_len), int(accum_steps)
+        run._send("loader", batch_tokens=self.batch_tokens, seq_len=self.seq_len, accum_steps=self.accum_steps,
+                  layout=self.layout, align_to_bos=self.align_to_bos, max_doc_len=self.max_doc_len)
+
+    def set(self, batch_tokens: int | None = None, seq_len: int | None = None,
+            accum_steps: int | None = None) -> None:
+        """Change the step shape (schedules); takes effect at the next step, never inside one."""
+        if self._micro:
+            raise SpeedrunError(f"train_loader.set() in the middle of a step ({self._micro} of {self.accum_steps} "
+                                f"micro-batches served)")
+        self._apply(batch_tokens or self.batch_tokens, seq_len or self.seq_len, accum_steps or self.accum_steps)
 
     @property
-    def batches(self) -> int:
-        """Full (global) batches served: the referee's step count."""
-        return self.micro_batches // self.accum_steps
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        return self
-
-    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
-        batch = next(self._stream)
-        self.micro_batches += 1
-        if self.micro_batches % (TRAIN_EVENT_EVERY * self.accum_steps) == 0 and self._run._timing:
-            self._run._event("train", batches=self.batches, timed_s=round(self._run.clock.timed(), 4),
-                             tokens=self._stream.tokens_served)
-        return batch
+    def shape(self) -> tuple[int, int]:
+        """(pieces per micro-batch on this rank, seq_len)."""
+        return self.batch_tokens // (self._run.world_size * self.accum_steps * self.seq_len), self.seq_len
 
     @property
     def tokens_served(self) -> int:
         return self._stream.tokens_served
 
-    def _snapshot(self) -> tuple[dict, int]:
-        return self._stream.state_dict(), self.micro_batches
+    def __iter__(self) -> "TrainLoader":
+        return self
 
-    def _restore(self, snap: tuple[dict, int]) -> None:
-        self._stream.load_state_dict(snap[0])
-        self.micro_batches = snap[1]
+    def __next__(self):
+        from speedrun import data
+
+        run = self._run
+        if run._phase == "warmup":
+            run._send("batch")
+            self._micro = (self._micro + 1) % self.accum_steps
+            return data.random_batch(self.shape, run.track.vocab_size, run.track.bos_token, run._warm_rng,
+                                     self.layout, run.device)
+        if run._phase != "timed":
+            reason = {"val": "during a validation", "finished": "after finish()"}.get(
+                run._phase, "before start() outside warmup()")
+            run._send("refused", reason=reason)
+            raise SpeedrunError(f"the train loader serves no batch {reason}")
+        if self._micro == 0:
+            self._step = self._stream.next_step(self.batch_tokens, self.seq_len, align_to_bos=self.align_to_bos,
+                                                max_doc_len=self.max_doc_len)
+        batch = data.serve(self._step, run.rank, run.world_size, self.accum_steps, self._micro, self.layout,
+                           run.device)
+        run._send("batch")
+        self.micro_batches += 1
+        self._micro = (self._micro + 1) % self.accum_steps
+        if self._micro == 0:
+            self.batches += 1
+        return batch
 
 
 class Run:
-    """What `speedrun.init()` returns: the referee for this process. Attributes a submission may read:
-    `track`, `rank`, `local_rank`, `world_size`, `device`, `seed`, `is_master`, `run_dir`, `repetition`."""
+    """What `speedrun.init()` returns. Attributes a submission may read: `track`, `rank`, `local_rank`,
+    `world_size`, `device`, `seed`, `is_master`, `repetition`, `run_dir`, `refereed`, `clock`."""
 
-    def __init__(self, track: Track, seed: int, run_dir: Path, repetition: int, data_dir: Path | None):
-        self.track = track
-        self.seed = seed
-        self.run_dir = run_dir
-        self.repetition = repetition
-        self.rank, self.local_rank, self.world_size, self.device = _setup_distributed()
+    def __init__(self, session: "bootstrap.Session"):
+        self._session = session
+        self.track = session.track
+        self.seed = session.seed
+        self.repetition = session.repetition
+        self.run_dir = Path(session.run_dir) if session.run_dir else None
+        self.refereed = session.refereed
+        self.rank, self.local_rank, self.world_size, self.device = session.setup_distributed()
         self.is_master = self.rank == 0
         self.clock = Clock()
-        self._timing = False
+        self._phase = "init"
         self._loader: TrainLoader | None = None
-        self._last_val: dict | None = None
-        self._last_loss_fn: LossFn | None = None
-        self._last_logits_fn: LogitsFn | None = None
-        self._val_shape: tuple[int, int] | None = None
-        self._in_validation = False
-        self._finished = False
-        self._warnings: set[str] = set()
-        self._writer = evidence.EventWriter(evidence.events_path(run_dir, repetition)) if self.is_master else None
-        if self._writer:
-            atexit.register(self._writer.seal)
+        self._model = None
+        self._val_count = 0
+        self._last_loss = math.nan
+        self._logs: list = []
+        self._model_described = False
+        import numpy as np
 
-        _seed_everything(seed)
-        if self.is_master:
-            self._train_files, self._val_files = data.track_files(track, data_dir)
-        self._barrier()
-        if not self.is_master:
-            self._train_files, self._val_files = data.track_files(track, data_dir)
-        self._val_paths = {os.path.realpath(p) for p in self._val_files}
-        _watch_val_reads(self)
-        self._event("init", api_version=API_VERSION, harness_version=__version__, track=track.name,
-                    world_size=self.world_size, device=str(self.device), seed=seed,
-                    device_name=_device_name(self.device))
+        self._warm_rng = np.random.default_rng([self.seed, self.rank, 7919])
+        if session.integrity is not None:
+            session.integrity.run = self
+        self._send("init", api_version=API_VERSION, device=str(self.device), device_name=session.device_name(),
+                   seed=self.seed, world_size=self.world_size)
+
+    def _send(self, kind: str, **fields) -> None:
+        self._session.send(kind, **fields)
 
     # --- data ---------------------------------------------------------------------------------------------
 
-    def train_loader(self, batch_tokens: int, seq_len: int, *, accum_steps: int = 1, align_to_bos: bool = False,
-                     max_doc_len: int | None = None) -> TrainLoader:
-        """This rank's slice of the canonical train stream: each `next()` gives `(inputs, targets)` of shape
-        [batch_tokens // accum_steps // world_size // seq_len, seq_len], int64, on `run.device`.
-        `batch_tokens` is the global batch of one optimizer step; `accum_steps` micro-batches make one step."""
+    def train_loader(self, batch_tokens: int, seq_len: int, *, accum_steps: int = 1, layout: str = "rows",
+                     align_to_bos: bool = False, max_doc_len: int | None = None) -> TrainLoader:
+        """This rank's share of the canonical train stream (see `TrainLoader`). `batch_tokens` is the global
+        batch of one optimizer step; each `next()` is one of its `accum_steps` micro-batches on this rank."""
         if self._loader is not None:
-            raise SpeedrunError("train_loader() may be called once per run")
+            raise SpeedrunError("train_loader() may be called once per run (use train.set() for schedules)")
+        if layout not in LAYOUTS:
+            raise SpeedrunError(f"train_loader: layout must be 'rows' or 'flat', got {layout!r}")
         checks = self.track.checks
         if checks.fixed_batch_tokens and batch_tokens != checks.fixed_batch_tokens:
             raise SpeedrunError(f"track {self.track.name} fixes batch_tokens={checks.fixed_batch_tokens}, "
                                 f"got {batch_tokens}")
         if checks.fixed_seq_len and seq_len != checks.fixed_seq_len:
             raise SpeedrunError(f"track {self.track.name} fixes seq_len={checks.fixed_seq_len}, got {seq_len}")
-        if accum_steps < 1 or batch_tokens % (accum_steps * self.world_size * seq_len):
-            raise SpeedrunError(f"batch_tokens={batch_tokens} is not a multiple of accum_steps*world_size*seq_len="
-                                f"{accum_steps * self.world_size * seq_len}")
-        stream = data.TrainStream(self._train_files, batch_tokens // accum_steps, seq_len, rank=self.rank,
-                                  world_size=self.world_size, device=self.device, align_to_bos=align_to_bos,
-                                  bos_token=self.track.bos_token, max_doc_len=max_doc_len)
-        self._loader = TrainLoader(self, stream, batch_tokens, seq_len, accum_steps)
-        self._event("loader", batch_tokens=batch_tokens, seq_len=seq_len, accum_steps=accum_steps,
-                    align_to_bos=align_to_bos, max_doc_len=max_doc_len)
+        self._loader = TrainLoader(self, batch_tokens, seq_len, accum_steps, layout, align_to_bos, max_doc_len)
         return self._loader
 
-    # --- warm-up --------------------------------------------------------------------------------------------
+    # --- the model ------------------------------------------------------------------------------------------
+
+    def describe_model(self, model, flops_per_token: float | None = None) -> None:
+        """Tell the referee the model's size for throughput reporting (tokens/s, FLOPs per token, MFU).
+
+        `flops_per_token`: training FLOPs per token (forward + backward) if the script knows them (6N plus
+        attention); else the referee uses 6N, N = parameters outside embedding tables. Informational only:
+        no verdict depends on it. `warmup()` calls this with its model when the script has not."""
+        import torch
+
+        params = list({id(p): p for p in model.parameters()}.values())
+        linear = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Linear)}
+        embedding = {id(m.weight): m.weight for m in model.modules() if isinstance(m, torch.nn.Embedding)
+                     and id(m.weight) not in linear}
+        n = sum(p.numel() for p in params)
+        n_embed = sum(p.numel() for p in embedding.values())
+        source = "declared by the script" if flops_per_token else "6N (N: parameters outside embeddings)"
+        flops = float(flops_per_token) if flops_per_token else 6.0 * (n - n_embed)
+        self._model_described = True
+        if self.is_master:
+            self._send("model", params=n, embedding_params=n_embed, flops_per_token=flops, flops_source=source)
+
+    # --- warm-up ------------------------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def warmup(self, model: torch.nn.Module, optimizers=()):
-        """Untimed block for compilation and kernel warm-up. On exit the referee restores the model and
-        optimizer state, the train stream position and the RNG state, and records digests before and after."""
-        if self._timing or self.clock.started is not None:
-            raise SpeedrunError("warmup() must come before start()")
+    def warmup(self, model, optimizers=()):
+        """Untimed block for compilation and kernel warm-up, on random tokens. On exit the referee restores
+        the model and optimizer state, the loader's shape and the RNG state, and reports digests before and
+        after."""
+        if self._phase != "init":
+            raise SpeedrunError("warmup() must come before start(), once")
+        import torch
+
         optimizers = list(optimizers) if isinstance(optimizers, (list, tuple)) else [optimizers]
+        self._model = model
+        if not self._model_described:
+            self.describe_model(model)
         began = time.perf_counter()
         model_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         opt_states = [copy.deepcopy(o.state_dict()) for o in optimizers]
-        loader_state = self._loader._snapshot() if self._loader else None
+        loader = self._loader
+        shape = (loader.batch_tokens, loader.seq_len, loader.accum_steps) if loader else None
         rng = _rng_state()
         before = _digest(model, optimizers)
+        self._send("warmup_begin")
+        self._phase = "warmup"
         try:
             yield
         finally:
-            _sync(self.device)
+            self._session.sync(self.device)
+            self._phase = "init"
             model.load_state_dict(model_state)
             for opt, state in zip(optimizers, opt_states):
                 opt.load_state_dict(state)
             for opt in optimizers:
                 opt.zero_grad(set_to_none=True)
             model.zero_grad(set_to_none=True)
-            if self._loader and loader_state:
-                self._loader._restore(loader_state)
+            if loader is not None:
+                loader._micro = 0
+                if (loader.batch_tokens, loader.seq_len, loader.accum_steps) != shape:
+                    loader._apply(*shape)
             _set_rng_state(rng)
             after = _digest(model, optimizers)
-            self._barrier()
-            self._event("warmup", seconds=round(time.perf_counter() - began, 3), digest_before=before,
-                        digest_after=after, restored=before == after)
+            del model_state, opt_states
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            self._session.barrier(self.device)
+            self._send("warmup_end", seconds=round(time.perf_counter() - began, 3), digest_before=before,
+                       digest_after=after, restored=before == after)
 
     # --- the clock ------------------------------------------------------------------------------------------
 
-    def start(self) -> None:
-        """Start the clock, after a device sync and a barrier."""
-        if self.clock.started is not None:
-            raise SpeedrunError("start() called twice")
-        self._barrier()
-        self.clock.started = time.perf_counter()
-        self._timing = True
-        # after warm-up the stream is rewound: anything served now was trained on outside the clock
-        self._event("start", micro_batches=self._loader.micro_batches if self._loader else 0)
-
-    def validate(self, loss_fn: LossFn, step: int | None = None, *, batch_tokens: int | None = None,
-                 seq_len: int | None = None, logits_fn: LogitsFn | None = None) -> float:
-        """Measure the mean val loss over exactly the track's val tokens, with the clock paused.
-
-        `batch_tokens` (global per step) and `seq_len` default to the train loader's (one micro-batch); they
-        must tile the val tokens. Returns the loss (the same number on every rank)."""
-        if self.clock.started is None:
-            raise SpeedrunError("validate() before start()")
-        if self._finished:
-            raise SpeedrunError("validate() after finish()")
-        self._barrier()
-        self.clock.pause()
-        timed_s = self.clock.timed()
-        seq_len = seq_len or (self._loader.seq_len if self._loader else None)
-        batch_tokens = batch_tokens or (self._loader.batch_tokens // self._loader.accum_steps if self._loader else None)
+    def _val_shape(self, batch_tokens, seq_len, layout) -> tuple[int, int, str]:
+        loader = self._loader
+        layout = layout or (loader.layout if loader else "rows")
+        seq_len = seq_len or (loader.seq_len if loader else None)
+        if batch_tokens is None and loader is not None:
+            batch_tokens = loader.batch_tokens // loader.accum_steps
         if not seq_len or not batch_tokens:
-            raise SpeedrunError("validate() needs seq_len and batch_tokens when there is no train loader")
-        self._in_validation = True
+            raise SpeedrunError("validation needs seq_len and batch_tokens when there is no train loader")
+        if layout not in LAYOUTS:
+            raise SpeedrunError(f"validation layout must be 'rows' or 'flat', got {layout!r}")
+        return int(batch_tokens), int(seq_len), layout
+
+    def _model_logits(self):
+        model = self._model
+
+        def logits_fn(inputs, cu_seqlens=None):
+            return model(inputs) if cu_seqlens is None else model(inputs, cu_seqlens)
+        return logits_fn
+
+    def start(self, logits_fn: LogitsFn | None = None, *, batch_tokens: int | None = None,
+              seq_len: int | None = None, layout: str | None = None) -> None:
+        """Start the clock, after the start check: the model's loss on a fixed val subset (one batch of this
+        rank's share, at the validation shape) must not be below the track's no-data level."""
+        if self._phase != "init":
+            raise SpeedrunError("start() called twice" if self._phase != "warmup" else "start() inside warmup()")
+        fn = logits_fn or (self._model_logits() if self._model is not None else None)
+        which = "logits_fn given to start()" if logits_fn else "model given to warmup()"
+        loss_sum, tokens, detail = None, 0, "ok"
+        if fn is None:
+            detail = "no logits_fn given to start() and no model given to warmup()"
+        else:
+            try:
+                bt, sl, layout = self._val_shape(batch_tokens, seq_len, layout)
+                ev = self._session.evaluator(bt, sl, layout, self.rank, self.world_size, self.device)
+                loss_sum, tokens = ev.start_check(fn)
+            except Exception as exc:  # the check's failure is the referee's to judge, not a crash
+                detail = f"the {which} could not be called on val inputs: {type(exc).__name__}: {exc}"[:500]
+                loss_sum, tokens = None, 0
+        self._send("start_check", loss_sum=loss_sum, tokens=tokens, detail=detail)
+        self._session.barrier(self.device)
+        self._phase = "timed"
+        self.clock.started = time.perf_counter()
+        self._send("start", inductor=bootstrap.inductor_changes())
+
+    def validate(self, loss_fn=None, step: int | None = None, *, logits_fn: LogitsFn | None = None,
+                 batch_tokens: int | None = None, seq_len: int | None = None, layout: str | None = None) -> float:
+        """Measure the mean val loss over exactly the track's val tokens, with the clock paused; returns it
+        (the same number on every rank). `loss_fn` (API 1) is accepted and not called."""
+        if self._phase != "timed":
+            raise SpeedrunError({"init": "validate() before start()", "warmup": "validate() inside warmup()",
+                                 "finished": "validate() after finish()"}.get(self._phase, "validate() now"))
+        if logits_fn is None:
+            raise SpeedrunError("validate() needs logits_fn=...: the referee computes the loss from logits "
+                                "(API 2); a loss_fn alone is not accepted")
+        bt, sl, layout = self._val_shape(batch_tokens, seq_len, layout)
+        ev = self._session.evaluator(bt, sl, layout, self.rank, self.world_size, self.device)  # shape errors first
+        self._session.barrier(self.device)
+        self.clock.pause()
+        self._send("val_begin", step=step)
+        self._phase = "val"
+        error, m = None, None
         try:
-            loss, tokens = self._measure(loss_fn, batch_tokens, seq_len)
+            m = ev.measure(logits_fn)
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"[:1000]
+            raise
         finally:
-            self._in_validation = False
-        self._barrier()
-        seconds = self.clock.resume()
-        self._last_loss_fn, self._last_logits_fn = loss_fn, logits_fn
-        self._val_shape = (batch_tokens, seq_len)
-        batches = self._loader.batches if self._loader else 0
-        micro = self._loader.micro_batches if self._loader else 0
-        self._last_val = self._event("val", step=step, batches=batches, micro_batches=micro, timed_s=round(timed_s, 4),
-                                     loss=loss, tokens=tokens, seconds=round(seconds, 4),
-                                     batch_tokens=batch_tokens, seq_len=seq_len)
-        return loss
+            self._phase = "timed"
+            self._send("val_end", step=step, loss_sum=m.loss_sum if m else None, tokens=m.tokens if m else 0,
+                       batch_tokens=bt, seq_len=sl, layout=layout,
+                       probe=m.probe if m else {}, error=error)
+            self.clock.resume()
+        self._val_count += 1
+        self._last_loss = self._session.global_mean(m.loss_sum, m.tokens, self.device)
+        self._flush_logs()
+        return self._last_loss
 
     def finish(self) -> dict:
-        """Stop the clock; run the probes on the final model; seal the evidence. Returns the result."""
-        if self.clock.started is None:
-            raise SpeedrunError("finish() before start()")
-        if self._finished:
-            raise SpeedrunError("finish() called twice")
-        self._barrier()
+        """Stop the clock. `finish()` must directly follow a validation of the final model."""
+        if self._phase != "timed":
+            raise SpeedrunError("finish() before start()" if self._phase in ("init", "warmup")
+                                else "finish() called twice")
+        self._session.sync(self.device)
+        self._send("finish", inductor=bootstrap.inductor_changes())
+        self._phase = "finished"
         self.clock.finished = time.perf_counter()
-        self._timing = False
-        self._finished = True
-        timed_s = self.clock.timed()
-        batches = self._loader.batches if self._loader else 0
-        micro = self._loader.micro_batches if self._loader else 0
-        tokens = self._loader.tokens_served if self._loader else 0
-        self._event("finish", batches=batches, micro_batches=micro, timed_s=round(timed_s, 4), tokens=tokens)
-        last = self._last_val
-        if last is None or last["micro_batches"] != micro:
-            self._event("probe", name="final-validation", passed=False,
-                        detail="finish() must directly follow a validation of the final model")
-        else:
-            self._run_probes()
-        if self._writer:
-            self._writer.seal()
-        return {"val_loss": last["loss"] if last else math.nan, "timed_s": timed_s, "batches": batches}
+        self._flush_logs()
+        if self._model is not None:  # untimed: lets the referee warn when ranks trained apart (no grad sync)
+            self._send("params", digest=_param_digest(self._model))
+        return {"val_loss": self._last_loss, "timed_s": self.clock.timed(),
+                "batches": self._loader.batches if self._loader else 0}
 
-    # --- measurement and probes -------------------------------------------------------------------------------
+    # --- logging --------------------------------------------------------------------------------------------
 
-    def _val_stream(self, batch_tokens: int, seq_len: int) -> data.ValStream:
-        if batch_tokens <= 0 or self.track.val_tokens % batch_tokens:
-            raise SpeedrunError(f"validation batch of {batch_tokens} tokens does not tile the track's "
-                                f"{self.track.val_tokens} val tokens")
-        return data.ValStream(self._val_files, self.track.val_tokens, batch_tokens, seq_len, rank=self.rank,
-                              world_size=self.world_size, device=self.device)
+    def log(self, step: int | None = None, **scalars) -> None:
+        """Record scalars (e.g. `train_loss=loss`) in the evidence and wandb, during the timed run (ignored in
+        warm-up). Tensors are kept and read at the next validation, at finish(), or every 64 calls (one device
+        sync per flush), never one sync per call. `step` defaults to the steps served so far."""
+        if self._phase != "timed":
+            return  # warm-up trains on random tokens: nothing worth keeping
+        if step is None and self._loader is not None:
+            step = self._loader.batches
+        self._logs.append((step, scalars))
+        if len(self._logs) >= 64:
+            self._flush_logs()
 
-    @torch.no_grad()
-    def _measure(self, loss_fn: LossFn, batch_tokens: int, seq_len: int) -> tuple[float, int]:
-        total = torch.zeros(2, dtype=torch.float64, device=self.device)
-        for inputs, targets in self._val_stream(batch_tokens, seq_len):
-            losses = loss_fn(inputs, targets)
-            if tuple(losses.shape) != tuple(targets.shape):
-                raise SpeedrunError(f"loss_fn must return per-token losses of shape {tuple(targets.shape)}, "
-                                    f"got {tuple(losses.shape)}")
-            total[0] += losses.double().sum()
-            total[1] += losses.numel()
-        if dist.is_initialized():
-            dist.all_reduce(total)
-        tokens = int(total[1].item())
-        if tokens != self.track.val_tokens:
-            raise SpeedrunError(f"validation covered {tokens} tokens, the track needs {self.track.val_tokens}")
-        return float(total[0].item()) / self.track.val_tokens, tokens
+    def _flush_logs(self) -> None:
+        if not self._logs:
+            return
+        import torch
 
-    @torch.no_grad()
-    def _run_probes(self) -> None:
-        batch_tokens, seq_len = self._val_shape
-        self._in_validation = True
-        try:
-            inputs, targets = next(iter(self._val_stream(batch_tokens, seq_len)))
-            for name, outcome in _probes(self._last_loss_fn, self._last_logits_fn, inputs, targets,
-                                         self.track.vocab_size, self.seed):
-                self._event("probe", name=name, **outcome)
-            if self._last_logits_fn is None and self.track.checks.require_logits:
-                self._event("probe", name="normalisation", passed=False,
-                            detail=f"track {self.track.name} requires validate(..., logits_fn=...)")
-        finally:
-            self._in_validation = False
-
-    # --- plumbing -------------------------------------------------------------------------------------------
-
-    def _barrier(self) -> None:
-        _sync(self.device)
-        if dist.is_initialized():
-            dist.barrier()
-
-    def _event(self, kind: str, **fields) -> dict:
-        if self._writer:
-            return self._writer.write(kind, **fields)
-        return {"event": kind, **fields}
+        pending, self._logs = self._logs, []
+        tensors = [v.detach().float().reshape(()) for _, s in pending for v in s.values()
+                   if isinstance(v, torch.Tensor)]
+        values = iter(torch.stack(tensors).cpu().tolist()) if tensors else iter(())
+        for step, scalars in pending:
+            out = {}
+            for name, v in scalars.items():
+                v = next(values) if isinstance(v, torch.Tensor) else v
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    out[str(name)] = float(v)
+            if out and self.is_master:
+                self._send("log", step=step, scalars=out)
 
     def warn(self, message: str) -> None:
-        """Record a warning in the evidence (once per distinct message)."""
-        if message not in self._warnings:
-            self._warnings.add(message)
-            self._event("warning", message=message)
+        """Record a warning in the evidence."""
+        self._send("warn", message=str(message))
 
     def print0(self, *args, **kwargs) -> None:
         """print() on rank 0 only."""
@@ -359,125 +446,15 @@ class Run:
             print(*args, **kwargs, flush=True)
 
 
-# --- probes ----------------------------------------------------------------------------------------------------
-
-
-def _tolerance(losses: torch.Tensor) -> float:
-    return 2e-2 if losses.dtype in (torch.bfloat16, torch.float16) else 1e-4
-
-
-def _at_val_shape(fn, rows: torch.Tensor, filler: torch.Tensor) -> torch.Tensor:
-    """Apply `fn` to `rows` in chunks of exactly the validation batch's row count (padding the last chunk
-    with rows of `filler`), so a compiled model sees no new shape; returns the outputs of `rows` only."""
-    B = filler.shape[0]
-    outs = []
-    for start in range(0, rows.shape[0], B):
-        chunk = rows[start:start + B]
-        n = chunk.shape[0]
-        if n < B:
-            chunk = torch.cat([chunk, filler[: B - n]])
-        outs.append(fn(chunk)[:n])
-    return torch.cat(outs)
-
-
-def _probes(loss_fn: LossFn, logits_fn: LogitsFn | None, inputs, targets, vocab_size: int,
-            seed: int) -> list[tuple[str, dict]]:
-    """The final probes on one validation batch ([B, T], the shape validation used).
-
-    causality: for a few positions j, every input from j on is replaced by random tokens; the losses before j
-    must not move beyond dtype noise. All perturbed copies go through the model together with the originals.
-    normalisation (when `logits_fn` is given): at sampled positions the distribution covers the vocabulary,
-    its probabilities sum to 1, and `loss_fn`'s loss is -log p(target) under it."""
-    B, T = inputs.shape
-    n = min(2, B)
-    gen = torch.Generator().manual_seed(seed + 1)
-    positions = sorted({T // 2, max(1, T // 8), int(torch.randint(1, T, (1,), generator=gen))})
-    rows, row_targets = [inputs[:n]], [targets[:n]]
-    for j in positions:
-        changed = inputs[:n].clone()
-        changed[:, j:] = torch.randint(0, vocab_size, changed[:, j:].shape, generator=gen).to(changed.device)
-        rows.append(changed)
-        row_targets.append(targets[:n])
-    rows_t, targets_t = torch.cat(rows), torch.cat(row_targets)
-    pairs = torch.stack([rows_t, targets_t], dim=1)  # chunk inputs and targets together
-    filler = torch.stack([inputs, targets], dim=1)
-    losses = _at_val_shape(lambda c: loss_fn(c[:, 0], c[:, 1]), pairs, filler).float()
-    base = losses[:n]
-    tol = _tolerance(losses)
-    worst, causal = 0.0, None
-    for i, j in enumerate(positions, start=1):
-        moved = (losses[i * n:(i + 1) * n, :j] - base[:, :j]).abs().max().item()
-        worst = max(worst, moved)
-        if causal is None and not moved <= tol * (1 + base[:, :j].abs().max().item()):
-            causal = {"passed": False, "detail": f"losses before position {j} moved by {moved:.3g} when inputs "
-                                                 f"from {j} on were changed (tolerance {tol:g}): the model sees "
-                                                 f"the future"}
-    results = [("causality", causal or {"passed": True, "detail": f"positions {positions}; largest change "
-                                                                  f"before them {worst:.3g}"})]
-    if logits_fn is not None:
-        results.append(("normalisation", _normalisation(logits_fn, inputs, targets, base, vocab_size, seed)))
-    return results
-
-
-def _normalisation(logits_fn: LogitsFn, inputs, targets, base_losses, vocab_size: int, seed: int) -> dict:
-    logits = logits_fn(inputs)
-    if logits.dim() != 3 or logits.shape[:2] != inputs.shape or logits.shape[2] < vocab_size:
-        return {"passed": False, "detail": f"logits_fn must return [B, T, V>={vocab_size}], got "
-                                           f"{tuple(logits.shape)}"}
-    n, T = base_losses.shape
-    gen = torch.Generator().manual_seed(seed + 2)
-    rows = torch.randint(0, n, (16,), generator=gen)
-    cols = torch.randint(0, T, (16,), generator=gen)
-    r, c = rows.to(logits.device), cols.to(logits.device)
-    picked = logits[r, c].double().cpu()
-    logp = torch.log_softmax(picked, dim=-1)
-    total = logp.exp().sum(-1)
-    if not torch.isfinite(picked).all() or (total - 1).abs().max().item() > 1e-6:
-        return {"passed": False, "detail": "probabilities do not sum to 1 (non-finite logits?)"}
-    expected = -logp[torch.arange(16), targets[r, c].cpu()]
-    got = base_losses[r, c].double().cpu()
-    gap = (expected - got).abs().max().item()
-    tol = 5e-2 if logits.dtype in (torch.bfloat16, torch.float16) else 2e-3
-    if gap > tol:
-        return {"passed": False, "detail": f"loss_fn differs from -log softmax(logits)[target] by {gap:.3g}"}
-    return {"passed": True, "detail": f"16 positions; sum of probabilities 1 within 1e-6; loss gap {gap:.2g}"}
-
-
-# --- process set-up ----------------------------------------------------------------------------------------------
-
-
-def _setup_distributed() -> tuple[int, int, int, torch.device]:
-    """nccl on CUDA, gloo on CPU; `SPEEDRUN_DEVICE=cpu` forces the CPU on a GPU machine. Under torchrun the
-    process group is set up even for one process, so the same collectives run at every world size."""
-    rank = int(os.environ.get("RANK", 0))
-    world_size = int(os.environ.get("WORLD_SIZE", 1))
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    use_cuda = torch.cuda.is_available() and os.environ.get("SPEEDRUN_DEVICE", "") != "cpu"
-    if use_cuda:
-        torch.cuda.set_device(local_rank)
-        device = torch.device("cuda", local_rank)
-    else:
-        device = torch.device("cpu")
-    under_torchrun = "TORCHELASTIC_RUN_ID" in os.environ or world_size > 1
-    if under_torchrun and not dist.is_initialized():
-        backend = "nccl" if use_cuda else "gloo"
-        kwargs = {"device_id": device} if use_cuda else {}
-        dist.init_process_group(backend=backend, **kwargs)
-    return rank, local_rank, world_size, device
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+# --- state digests and RNG ------------------------------------------------------------------------------------
 
 
 def _rng_state() -> dict:
+    import random
+
+    import numpy as np
+    import torch
+
     state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "random": random.getstate()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -485,6 +462,11 @@ def _rng_state() -> dict:
 
 
 def _set_rng_state(state: dict) -> None:
+    import random
+
+    import numpy as np
+    import torch
+
     torch.set_rng_state(state["torch"])
     np.random.set_state(state["numpy"])
     random.setstate(state["random"])
@@ -492,8 +474,20 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _digest(model: torch.nn.Module, optimizers) -> str:
+def _param_digest(model) -> str:
+    """A cheap digest of the parameters, computed on their device: equal on every rank of a data-parallel run."""
+    import torch
+
+    with torch.no_grad():
+        sums = [torch.stack([p.detach().double().sum(), p.detach().double().abs().sum()]) for p in model.parameters()]
+        values = torch.stack(sums).cpu().numpy().tobytes() if sums else b""
+    return hashlib.sha256(values).hexdigest()
+
+
+def _digest(model, optimizers) -> str:
     """sha256 over the model's state and every tensor in the optimizers' state, in a fixed order."""
+    import torch
+
     h = hashlib.sha256()
 
     def add(name: str, value) -> None:
@@ -518,51 +512,6 @@ def _digest(model: torch.nn.Module, optimizers) -> str:
     return h.hexdigest()
 
 
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return _cpu_name()
-
-
-def _cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine()
-
-
-_WATCHED: list[Run] = []
-
-
-def _watch_val_reads(run: Run) -> None:
-    """Note (as a warning) any open() of a val file outside validation, via a Python audit hook."""
-    _WATCHED[:] = [run]
-    if getattr(_watch_val_reads, "installed", False):
-        return
-
-    def hook(event: str, args: tuple) -> None:
-        if event != "open" or not _WATCHED:
-            return
-        r = _WATCHED[0]
-        path = args[0]
-        if r._in_validation or not isinstance(path, (str, bytes, os.PathLike)):
-            return
-        try:
-            real = os.path.realpath(os.fsdecode(path))
-        except (TypeError, ValueError):
-            return
-        if real in r._val_paths:
-            r.warn(f"val file {os.path.basename(real)} opened outside validation")
-
-    sys.addaudithook(hook)
-    _watch_val_reads.installed = True
-
-
 # --- init -------------------------------------------------------------------------------------------------------
 
 
@@ -573,25 +522,22 @@ def _track_from_argv() -> str | None:
     return known.track
 
 
-def init(track: str | Track | None = None, seed: int | None = None, *, data_dir: str | None = None) -> Run:
+def init(track: str | None = None, seed: int | None = None, *, data_dir: str | None = None) -> Run:
     """Set up the referee for this process and return its `Run`.
 
-    The track is `track`, else `--track` on the command line, else `$SPEEDRUN_TRACK`. The seed is `seed`, else
-    `$SPEEDRUN_SEED`, else 0. Under `speedrun run` the run directory and repetition come from the launcher;
-    otherwise rank 0 creates a run directory under `runs/` (or `$SPEEDRUN_RUNS_DIR`)."""
+    Under `speedrun run` everything (track, seed, data, run directory) comes from the launcher and the
+    arguments are ignored, except that a `track` naming another track is an error. Under plain `torchrun`
+    or `python`, the track is `track`, else `--track` on the command line, else `$SPEEDRUN_TRACK`, and the
+    seed is `seed`, else `$SPEEDRUN_SEED`, else 0; the run is then unrefereed."""
+    session = bootstrap.current_session()
+    if session is not None:
+        wanted = track if isinstance(track, str) else getattr(track, "name", None)
+        if wanted and Path(wanted).stem != session.track.name:
+            raise SpeedrunError(f"speedrun.init(track={wanted!r}) but the launcher runs track {session.track.name}")
+        return Run(session)
     name = track or _track_from_argv() or os.environ.get("SPEEDRUN_TRACK")
     if not name:
         raise SpeedrunError("no track: pass speedrun.init(track=...), --track NAME, or set SPEEDRUN_TRACK")
-    track_obj = name if isinstance(name, Track) else load_track(name)
     if seed is None:
         seed = int(os.environ.get("SPEEDRUN_SEED", 0))
-    run_dir_env = os.environ.get("SPEEDRUN_RUN_DIR")
-    repetition = int(os.environ.get("SPEEDRUN_REPETITION", 1))
-    if run_dir_env:
-        run_dir = Path(run_dir_env)
-    else:
-        from speedrun import launcher  # a plain torchrun launch: rank 0 lays out the run directory itself
-
-        run_dir = launcher.standalone_run_dir(track_obj, Path(sys.argv[0]), seed,
-                                              is_master=int(os.environ.get("RANK", 0)) == 0)
-    return Run(track_obj, seed, run_dir, repetition, Path(data_dir) if data_dir else None)
+    return Run(bootstrap.unrefereed_session(name, seed, Path(sys.argv[0]), data_dir))

@@ -1,0 +1,552 @@
+"""The referee proper: the launcher-side judge of one repetition, fed by every rank over the channel.
+
+This code runs in the launcher's process, which the submission cannot reach. Ranks only *report* (phase
+changes, micro-batches taken, per-rank validation sums and probe measurements); this module owns the clock,
+the counters, the aggregation and the decisions, and writes `run-K.jsonl`:
+
+- Time: every message is stamped on arrival with the launcher's monotonic clock (`channel.Server`). The run
+  starts at the first rank's `start` and ends at the last rank's `finish`; a validation pauses the clock only
+  while *every* rank is inside it (from the last rank's `val_begin` to the first rank's `val_end`). A rank can
+  lengthen the timed span, never shorten it.
+- Counters: steps, micro-batches and tokens are counted here from `batch` messages, per rank, per phase. A batch
+  taken before `start()` outside `warmup()`, during a validation or after `finish()` is a problem.
+- Loss: the mean val loss is the sum over ranks of their reported sums of per-token cross-entropy, divided by
+  the track's val token count; every rank must report exactly its share of the val tokens.
+- Probes: each rank reports how far its model's outputs moved on spliced copies of real val rows (see
+  `speedrun.evaluation`); the tolerance and the pass/fail decision are made here.
+- Seeds: the launcher chose each repetition's seed and hands it to the ranks; every rank must report it back.
+- The start check: the model's loss on a fixed val subset at `start()` must not be below the no-data level
+  (the unigram entropy of the val tokens): a model trained before the clock fails.
+Every problem becomes a `problem` event naming the rank and the rule; `speedrun verify` refuses any run with one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from speedrun import schema
+from speedrun.evidence import write_bytes_atomic
+
+TRAIN_EVENT_EVERY = 10      # one `train` event every this many steps of rank 0
+PROBE_TOL_FP32 = 1e-3       # nats: allowed movement of earlier outputs on a CPU / fp32 model
+PROBE_TOL_LOW = 2e-2        # nats: on a GPU or with 16-bit logits (kernels differ between batch compositions)
+LOW_PRECISION = ("torch.bfloat16", "torch.float16")
+CANARY_SIGMAS, CANARY_MIN_SLACK = 5.0, 0.05   # slack below the no-data level for the canary's sample mean
+
+PHASE_WORDS = {"boot": "before the script started", "script": "before speedrun.init()",
+               "init": "before start() outside warmup()", "ready": "before start() outside warmup()",
+               "val": "during a validation", "finished": "after finish()", "exited": "after the script ended"}
+
+
+class EventLog:
+    """`run-K.jsonl` as the launcher writes it: streamed as events happen (a crash keeps what came before),
+    then rewritten whole from memory and sealed when the repetition is over, so bytes a rank may have written
+    into the file meanwhile are gone."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.lines: list[bytes] = []
+        self._f = open(self.path, "wb")
+
+    def write(self, kind: str, **fields) -> dict:
+        record = {"event": kind, **fields}
+        line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
+        self.lines.append(line)
+        if self._f is not None:
+            try:
+                self._f.write(line)
+                self._f.flush()
+            except (OSError, ValueError):
+                pass
+        return record
+
+    def tampered(self) -> bool:
+        """Does the file on disk hold anything but what this log wrote? (checked before `seal` rewrites it)"""
+        try:
+            return self.path.read_bytes() != b"".join(self.lines)
+        except OSError:
+            return True
+
+    def seal(self) -> None:
+        if self._f is not None:
+            try:
+                self._f.close()
+            except OSError:
+                pass
+            self._f = None
+        body = b"".join(self.lines)
+        seal = {"event": "seal", "lines": len(self.lines), "sha256": hashlib.sha256(body).hexdigest()}
+        write_bytes_atomic(self.path, body + (json.dumps(seal) + "\n").encode())
+
+
+@dataclass
+class RankState:
+    rank: int
+    cid: int
+    phase: str = "boot"
+    preloaded: bool = False
+    pid: int = 0
+    device: str = ""
+    device_name: str = ""
+    seed: int | None = None
+    config: dict | None = None
+    configs: list = field(default_factory=list)       # [(from_step, config)] in the timed run
+    steps: int = 0
+    micro_in_step: int = 0
+    tokens: int = 0
+    warmup_micro: int = 0
+    start_t: float | None = None
+    start_check: dict | None = None
+    vals: list = field(default_factory=list)          # [{"t_begin", "step", "steps", "t_end", "msg"}]
+    finish_t: float | None = None
+    finish_steps: int | None = None
+    params_digest: str | None = None
+    exit: dict | None = None
+    closed_in: str | None = None
+
+
+class Referee:
+    """One repetition. `handle()` is the channel handler; `close()` ends it and seals the evidence."""
+
+    def __init__(self, track, repetition: int, seed: int, nproc: int, log: EventLog, t0: float,
+                 welcome: dict, on_event: Callable[[dict], None] | None = None, harness: str | None = None):
+        self.track, self.k, self.seed, self.nproc = track, repetition, seed, nproc
+        self.log, self.t0, self.welcome, self.on_event = log, t0, welcome, on_event
+        self.no_data_level = float(welcome["no_data_level"])
+        self.harness = harness  # the package directory the ranks must import
+        self.require_exit = harness is not None  # launched by `speedrun run`: every rank's bootstrap reports
+        self.world_size: int | None = None
+        self.ranks: dict[int, RankState] = {}
+        self.by_cid: dict[int, int] = {}
+        self.problems: list[str] = []
+        self._problem_set: set[str] = set()
+        self.vals_done = 0
+        self.paused = 0.0
+        self.start_t: float | None = None
+        self.last_loss: float | None = None
+        self.last_timed = 0.0
+        self.finished = False
+        self.closed = False
+        self.on_all_preloaded: Callable[[], None] | None = None
+        self.logged = 0  # `log` events of rank 0 so far
+
+    # --- helpers ---------------------------------------------------------------------------------------------
+
+    def _t(self, t: float) -> float:
+        return round(t - self.t0, 6)
+
+    def _emit(self, kind: str, **fields) -> dict:
+        event = self.log.write(kind, **fields)
+        if self.on_event is not None:
+            try:
+                self.on_event(event)
+            except Exception:
+                pass
+        return event
+
+    def problem(self, message: str) -> None:
+        if message not in self._problem_set:
+            self._problem_set.add(message)
+            self.problems.append(message)
+            self._emit("problem", message=message)
+
+    def timed_at(self, t: float) -> float:
+        return 0.0 if self.start_t is None else max(0.0, t - self.start_t - self.paused)
+
+    # --- the channel handler --------------------------------------------------------------------------------
+
+    def handle(self, cid: int, msg: dict | None, t: float, error: str | None) -> list[tuple[int, dict]]:
+        """Handle one line from connection `cid`; returns the answers to send, as (connection, message) pairs:
+        the `welcome` to a `hello`, and `go` to every rank once all local ranks have mapped the data."""
+        if self.closed:
+            return []
+        rank = self.by_cid.get(cid)
+        who = f"rank {rank}" if rank is not None else "a connection"
+        if error == "closed":
+            if rank is not None:
+                st = self.ranks[rank]
+                if st.phase not in ("finished", "exited") and st.closed_in is None:
+                    st.closed_in = st.phase
+            return []
+        if error is not None:
+            self.problem(f"{who} sent a garbled message on the referee channel ({error})")
+            return []
+        reason = schema.check_message(msg)
+        if reason is not None:
+            self.problem(f"{who} sent a garbled message on the referee channel ({reason})")
+            return []
+        kind = msg["m"]
+        if kind == "hello":
+            return [(cid, self._hello(cid, msg, t))]
+        if rank is None:
+            self.problem(f"a connection sent {kind!r} before saying hello")
+            return []
+        if kind == "preloaded":
+            return self._on_preloaded(self.ranks[rank])
+        getattr(self, f"_on_{kind}")(self.ranks[rank], msg, t)
+        return []
+
+    def _on_preloaded(self, st: RankState) -> list[tuple[int, dict]]:
+        if st.preloaded:
+            self.problem(f"rank {st.rank} said twice that it mapped the data")
+            return []
+        st.preloaded = True
+        ready = [s for s in self.ranks.values() if s.preloaded]
+        if len(ready) < self.nproc:
+            return []
+        if self.on_all_preloaded is not None:
+            self.on_all_preloaded()  # the launcher arms its watch on the data files now
+        return [(s.cid, {"go": True}) for s in ready]
+
+    def _hello(self, cid: int, msg: dict, t: float) -> dict:
+        rank, world = msg["rank"], msg["world_size"]
+        if cid in self.by_cid:
+            self.problem(f"rank {self.by_cid[cid]} said hello twice")
+            return {"error": "hello twice"}
+        if self.world_size is None:
+            self.world_size = world
+        if world != self.world_size or not 0 <= rank < world:
+            self.problem(f"a connection claims rank {rank} of {world}, the run has {self.world_size} ranks")
+            return {"error": "bad rank"}
+        if rank in self.ranks:
+            self.problem(f"a second connection claims rank {rank}: only the bootstrap may talk to the referee")
+            return {"error": f"rank {rank} is already connected"}
+        if self.harness and os.path.realpath(msg["harness"]) != os.path.realpath(self.harness):
+            self.problem(f"rank {rank} runs the harness from {msg['harness']}, not the launcher's {self.harness}")
+        self.ranks[rank] = RankState(rank=rank, cid=cid, pid=msg["pid"])
+        self.by_cid[cid] = rank
+        return dict(self.welcome, seed=self.seed, repetition=self.k)
+
+    def _on_script(self, st: RankState, msg: dict, t: float) -> None:
+        if st.phase == "boot":
+            st.phase = "script"
+
+    def _on_init(self, st: RankState, msg: dict, t: float) -> None:
+        if st.phase != "script":
+            self.problem(f"rank {st.rank} called speedrun.init() twice or out of order")
+            return
+        st.phase, st.device, st.device_name, st.seed = "init", msg["device"], msg["device_name"], msg["seed"]
+        if msg["seed"] != self.seed:
+            self.problem(f"rank {st.rank} runs with seed {msg['seed']}, but the launcher chose seed {self.seed}")
+        if msg["world_size"] != self.world_size:
+            self.problem(f"rank {st.rank} reports world size {msg['world_size']}, its hello said {self.world_size}")
+        self._emit("init", rank=st.rank, t=self._t(t), api_version=msg["api_version"], device=msg["device"],
+                   device_name=msg["device_name"], seed=msg["seed"], world_size=msg["world_size"])
+
+    def _on_loader(self, st: RankState, msg: dict, t: float) -> None:
+        config = {k: msg[k] for k in schema.MESSAGES["loader"]}
+        if st.micro_in_step and st.phase == "timed":
+            self.problem(f"rank {st.rank} changed the batch shape in the middle of a step")
+        st.config = config
+        if st.phase in ("timed", "init", "ready", "script"):
+            if not st.configs or st.configs[-1][1] != config:
+                st.configs.append((st.steps, config))
+                if st.rank == 0:
+                    self._emit("loader", from_step=st.steps, **config)
+
+    def _rule_check(self, st: RankState) -> None:
+        c, checks = st.config or {}, self.track.checks
+        if checks.fixed_batch_tokens and c.get("batch_tokens") != checks.fixed_batch_tokens:
+            self.problem(f"train batch of {c.get('batch_tokens')} tokens; track {self.track.name} fixes "
+                         f"{checks.fixed_batch_tokens}")
+        if checks.fixed_seq_len and c.get("seq_len") != checks.fixed_seq_len:
+            self.problem(f"seq_len {c.get('seq_len')}; track {self.track.name} fixes {checks.fixed_seq_len}")
+        if checks.max_seq_len and (c.get("seq_len") or 0) > checks.max_seq_len:
+            self.problem(f"seq_len {c.get('seq_len')} is above track {self.track.name}'s limit {checks.max_seq_len}")
+
+    def _on_batch(self, st: RankState, msg: dict, t: float) -> None:
+        if st.phase == "warmup":
+            st.warmup_micro += 1
+            return
+        if st.phase != "timed":
+            self.problem(f"rank {st.rank} took a training batch {PHASE_WORDS.get(st.phase, st.phase)}")
+            return
+        if st.config is None:
+            self.problem(f"rank {st.rank} took a training batch without a train loader")
+            return
+        st.micro_in_step += 1
+        if st.micro_in_step >= st.config["accum_steps"]:
+            st.micro_in_step = 0
+            st.steps += 1
+            st.tokens += st.config["batch_tokens"]
+            self._rule_check(st)
+            if st.rank == 0 and st.steps % TRAIN_EVENT_EVERY == 0:
+                self._emit("train", batches=st.steps, timed_s=round(self.timed_at(t), 4), tokens=st.tokens)
+
+    def _on_model(self, st: RankState, msg: dict, t: float) -> None:
+        if st.rank == 0:
+            self._emit("model", **{k: msg[k] for k in schema.MESSAGES["model"]})
+
+    def _on_refused(self, st: RankState, msg: dict, t: float) -> None:
+        self.problem(f"rank {st.rank} asked for a training batch {msg['reason']} (refused)")
+
+    def _on_warmup_begin(self, st: RankState, msg: dict, t: float) -> None:
+        if st.phase not in ("init", "ready"):
+            self.problem(f"rank {st.rank} entered warmup() {PHASE_WORDS.get(st.phase, 'out of order')}")
+            return
+        st.phase = "warmup"
+
+    def _on_warmup_end(self, st: RankState, msg: dict, t: float) -> None:
+        if st.phase != "warmup":
+            self.problem(f"rank {st.rank} left a warmup() it never entered")
+            return
+        st.phase = "ready"
+        if not msg["restored"] or msg["digest_before"] != msg["digest_after"]:
+            self.problem(f"rank {st.rank}: warm-up changed the model/optimizer state")
+        self._emit("warmup", rank=st.rank, t=self._t(t), seconds=msg["seconds"],
+                   digest_before=msg["digest_before"], digest_after=msg["digest_after"], restored=msg["restored"],
+                   micro_batches=st.warmup_micro)
+
+    def _on_start_check(self, st: RankState, msg: dict, t: float) -> None:
+        st.start_check = msg
+
+    def _inductor(self, st: RankState, names: list, when: str) -> None:
+        if names:
+            shown = ", ".join(str(n) for n in names[:5]) + (" ..." if len(names) > 5 else "")
+            self.problem(f"rank {st.rank}: torch._inductor.config differs from its defaults at {when} ({shown}): "
+                         f"track rules forbid extra compile flags")
+
+    def _on_start(self, st: RankState, msg: dict, t: float) -> None:
+        if st.phase not in ("init", "ready"):
+            self.problem(f"rank {st.rank} called start() {'twice' if st.start_t else 'out of order'}")
+            return
+        st.phase, st.start_t = "timed", t
+        self._inductor(st, msg["inductor"], "start()")
+        if st.config is not None and (not st.configs or st.configs[-1][1] != st.config):
+            st.configs.append((0, st.config))  # the loader's shape as warm-up left it
+            if st.rank == 0:
+                self._emit("loader", from_step=0, **st.config)
+        if len([r for r in self.ranks.values() if r.start_t is not None]) == self.world_size:
+            self._all_started()
+
+    def _all_started(self) -> None:
+        states = [self.ranks[r] for r in sorted(self.ranks)]
+        self.start_t = min(s.start_t for s in states)
+        loss_sum, tokens, missing = 0.0, 0, []
+        for s in states:
+            c = s.start_check
+            if c is None or c["loss_sum"] is None or not c["tokens"]:
+                missing.append(f"rank {s.rank}: {c['detail'] if c else 'no start check reported'}")
+            else:
+                loss_sum += c["loss_sum"]
+                tokens += c["tokens"]
+        start_loss = loss_sum / tokens if tokens and not missing else None
+        if missing:
+            self.problem("the start check did not run (" + "; ".join(missing) + ")")
+        elif not math.isfinite(start_loss) or start_loss < self.no_data_level:
+            self.problem(f"untimed training: at start() the model's val loss on the start check's val subset is "
+                         f"{start_loss:.4f}, below the no-data level {self.no_data_level:.4f} (the unigram "
+                         f"entropy of the val tokens): it was trained before the clock started")
+        self._emit("start", t=self._t(self.start_t), start_loss=start_loss, no_data_level=self.no_data_level,
+                   ranks=[{"rank": s.rank, "t": self._t(s.start_t),
+                           "loss_sum": (s.start_check or {}).get("loss_sum"),
+                           "tokens": (s.start_check or {}).get("tokens", 0)} for s in states])
+
+    def _on_val_begin(self, st: RankState, msg: dict, t: float) -> None:
+        if st.phase != "timed":
+            self.problem(f"rank {st.rank} began a validation {PHASE_WORDS.get(st.phase, 'outside the timed run')}")
+            return
+        st.phase = "val"
+        st.vals.append({"t_begin": t, "step": msg["step"], "steps": st.steps, "micro": st.micro_in_step,
+                        "t_end": None, "msg": None})
+
+    def _on_val_end(self, st: RankState, msg: dict, t: float) -> None:
+        if st.phase != "val":
+            self.problem(f"rank {st.rank} ended a validation it never began")
+            return
+        st.phase = "timed"
+        st.vals[-1].update(t_end=t, msg=msg)
+        index = len(st.vals)
+        if index > self.vals_done and all(len(s.vals) >= index and s.vals[index - 1]["msg"] is not None
+                                          for s in self.ranks.values()) and len(self.ranks) == self.world_size:
+            self._validation_complete(index)
+
+    def _probe_tolerance(self, st: RankState, probe: dict) -> float:
+        low = probe.get("logits_dtype") in LOW_PRECISION or st.device.startswith("cuda")
+        return PROBE_TOL_LOW if low else PROBE_TOL_FP32
+
+    def _validation_complete(self, index: int) -> None:
+        self.vals_done = index
+        states = [self.ranks[r] for r in sorted(self.ranks)]
+        entries = [s.vals[index - 1] for s in states]
+        t_begin, t_end = max(e["t_begin"] for e in entries), min(e["t_end"] for e in entries)
+        seconds = max(0.0, t_end - t_begin)
+        timed_s = self.timed_at(t_begin)
+        self.paused += seconds
+        share = self.track.val_tokens // self.world_size
+        loss_sum, tokens, ranks = 0.0, 0, []
+        step = entries[0]["step"]
+        for s, e in zip(states, entries):
+            m = e["msg"]
+            if m["error"]:
+                self.problem(f"rank {s.rank}: validation at step {m['step']} failed: {m['error']}")
+            if m["tokens"] != share:
+                self.problem(f"rank {s.rank}: validation at step {m['step']} covered {m['tokens']} tokens, its share "
+                             f"of the track's {self.track.val_tokens} val tokens is {share}")
+            if e["step"] != step or e["steps"] != entries[0]["steps"]:
+                self.problem(f"ranks disagree at validation {index}: rank {s.rank} at step {e['step']} after "
+                             f"{e['steps']} steps, rank {states[0].rank} at step {step} after {entries[0]['steps']}")
+            if m["loss_sum"] is None or not math.isfinite(m["loss_sum"]):
+                self.problem(f"rank {s.rank}: validation at step {m['step']} gave a non-finite loss")
+            else:
+                loss_sum += m["loss_sum"]
+            tokens += m["tokens"]
+            probe = dict(m["probe"])
+            reason = schema.check(probe, schema.PROBE, "probe")
+            if reason:
+                self.problem(f"rank {s.rank}: the probe at validation step {step} did not run ({reason})")
+            else:
+                tol = self._probe_tolerance(s, probe)
+                worst = max(probe["nll_diff"], probe["dist_diff"])
+                moved = not (probe["rows"] > 0 and worst <= tol)
+                n = probe["canary_tokens"]
+                canary_mean = probe["canary_nll_sum"] / n if n else None
+                floor = None
+                if n:
+                    sd = math.sqrt(max(0.0, probe["canary_nll_sq"] / n - canary_mean ** 2))
+                    floor = self.no_data_level - max(CANARY_MIN_SLACK, CANARY_SIGMAS * sd / math.sqrt(n))
+                foresees = canary_mean is not None and not canary_mean >= floor
+                probe.update(tolerance=tol, canary_mean=canary_mean, canary_floor=floor,
+                             passed=not moved and not foresees)
+                if moved:
+                    self.problem(f"rank {s.rank}: causality probe failed at validation step {step}: outputs before "
+                                 f"the cut moved by {worst:.3g} (tolerance {tol:g}) on copies of val rows cut and "
+                                 f"continued differently: the model sees the future or changed during validation")
+                if foresees:
+                    self.problem(f"rank {s.rank}: causality probe failed at validation step {step}: loss "
+                                 f"{canary_mean:.3f} on {n} tokens drawn at random from the val unigram, below "
+                                 f"the {self.no_data_level:.3f} no model can beat without seeing them: the model "
+                                 f"sees the tokens it predicts")
+            ranks.append({"rank": s.rank, "loss_sum": m["loss_sum"], "tokens": m["tokens"],
+                          "t_begin": self._t(e["t_begin"]), "t_end": self._t(e["t_end"]),
+                          "batch_tokens": m["batch_tokens"], "seq_len": m["seq_len"], "layout": m["layout"],
+                          "probe": probe})
+        loss = loss_sum / self.track.val_tokens
+        if tokens != self.track.val_tokens:
+            self.problem(f"validation at step {step} covered {tokens} tokens, the track needs {self.track.val_tokens}")
+        self.last_loss, self.last_timed = loss, timed_s
+        self._emit("val", step=step, batches=entries[0]["steps"], timed_s=round(timed_s, 4), loss=loss,
+                   tokens=tokens, seconds=round(seconds, 4), t=self._t(t_begin), ranks=ranks)
+
+    def _on_log(self, st: RankState, msg: dict, t: float) -> None:
+        if st.rank == 0:
+            self.logged += 1
+            self._emit("log", step=msg["step"], scalars=msg["scalars"], t=self._t(t))
+
+    def _on_finish(self, st: RankState, msg: dict, t: float) -> None:
+        if st.phase != "timed":
+            self.problem(f"rank {st.rank} called finish() {PHASE_WORDS.get(st.phase, 'out of order')}")
+            return
+        st.phase, st.finish_t, st.finish_steps = "finished", t, st.steps
+        self._inductor(st, msg["inductor"], "finish()")
+        last = st.vals[-1] if st.vals else None
+        if last is None:
+            self.problem(f"rank {st.rank} called finish() without a validation")
+        elif last["steps"] != st.steps or last["micro"] != st.micro_in_step:
+            self.problem(f"rank {st.rank} trained after its last validation: finish() must directly follow a "
+                         f"validation of the final model")
+
+    def _on_params(self, st: RankState, msg: dict, t: float) -> None:
+        st.params_digest = msg["digest"]
+
+    def _on_open(self, st: RankState, msg: dict, t: float) -> None:
+        self.problem(f"rank {st.rank} opened the {msg['what']} file {os.path.basename(msg['path'])} itself "
+                     f"({PHASE_WORDS.get(st.phase, 'during ' + st.phase)}): only the referee reads the data")
+
+    def _on_tamper(self, st: RankState, msg: dict, t: float) -> None:
+        names = [str(n) for n in msg["names"]]
+        shown = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
+        self.problem(f"rank {st.rank}: the script replaced referee or timing functions ({shown}): the referee "
+                     f"does not use them, but no honest submission patches them")
+
+    def _on_warn(self, st: RankState, msg: dict, t: float) -> None:
+        self._emit("warning", message=f"rank {st.rank}: {msg['message']}"[:2000])
+
+    def _on_exit(self, st: RankState, msg: dict, t: float) -> None:
+        st.exit = dict(msg, t=t)
+        if st.phase != "finished":
+            st.closed_in = st.closed_in or st.phase
+        st.phase = "exited" if st.phase != "finished" else "finished"
+
+    # --- the end of the repetition -------------------------------------------------------------------------------
+
+    def close(self, exit_code: int | None, extra_problems: list[str] = ()) -> dict:
+        """Judge what is missing, write the `finish` event and the seal; returns a summary for the manifest."""
+        for p in extra_problems:
+            self.problem(p)
+        expected = self.world_size or self.nproc
+        if not self.ranks:
+            self.problem("no rank connected to the referee (the processes failed before the script started?)")
+        for r in range(expected):
+            st = self.ranks.get(r)
+            if st is None:
+                if self.ranks:
+                    self.problem(f"rank {r} never connected to the referee")
+                continue
+            if st.phase in ("boot", "script") or (st.phase == "exited" and st.seed is None):
+                self.problem(f"rank {r} never called speedrun.init()")
+            elif st.start_t is None:
+                self.problem(f"rank {r} never called start()")
+            elif st.finish_t is None:
+                where = st.closed_in or st.phase
+                during = " during a validation" if where == "val" else ""
+                self.problem(f"rank {r} never called finish(){during}"
+                             + (f" (its process ended {PHASE_WORDS.get(where, 'in ' + where)})"
+                                if where not in ("timed", "val") else ""))
+            if st.vals and st.vals[-1]["msg"] is None:
+                self.problem(f"rank {r} did not finish its validation at step {st.vals[-1]['step']}")
+            if self.require_exit and st.finish_t is not None and st.exit is None:
+                self.problem(f"rank {r} ended without the bootstrap's final report (the script cut its own "
+                             f"process short, e.g. os._exit)")
+        states = [self.ranks[r] for r in sorted(self.ranks)]
+        if states:
+            ref = states[0]
+            for s in states[1:]:
+                if [c for _, c in s.configs] != [c for _, c in ref.configs] or \
+                        [f for f, _ in s.configs] != [f for f, _ in ref.configs]:
+                    self.problem(f"ranks disagree on the train loader's shapes: rank {s.rank} vs rank {ref.rank}")
+                if s.finish_steps is not None and ref.finish_steps is not None and s.finish_steps != ref.finish_steps:
+                    self.problem(f"ranks disagree on steps served: rank {s.rank} {s.finish_steps}, rank {ref.rank} "
+                                 f"{ref.finish_steps}")
+        digests = {s.rank: s.params_digest for s in states if s.params_digest}
+        if len(set(digests.values())) > 1:
+            groups: dict = {}
+            for r, d in digests.items():
+                groups.setdefault(d, []).append(r)
+            shown = " vs ".join("ranks " + ",".join(map(str, g)) for g in groups.values())
+            self._emit("warning", message=f"the ranks' model parameters differ after finish() ({shown}): were the "
+                                          f"gradients synchronised (DDP or an all-reduce)?")
+        finished = bool(states) and len(states) == expected and all(s.finish_t is not None for s in states)
+        summary = {"finished": finished, "timed_s": None, "steps": None, "final_loss": self.last_loss}
+        if finished and self.start_t is not None:
+            finish_t = max(s.finish_t for s in states)
+            timed = max(0.0, finish_t - self.start_t - self.paused)
+            steps = states[0].finish_steps
+            self._emit("finish", t=self._t(finish_t), batches=steps, timed_s=round(timed, 4),
+                       tokens=states[0].tokens,
+                       ranks=[{"rank": s.rank, "t": self._t(s.finish_t), "batches": s.finish_steps,
+                               "tokens": s.tokens} for s in states])
+            summary.update(timed_s=round(timed, 4), steps=steps)
+        self.closed = True
+        self.log.seal()
+        summary["problems"] = list(self.problems)
+        # the ranks' own exceptions, first raised first (a rank that died makes the others fail afterwards)
+        raised = sorted((s.exit["t"], s.rank, s.exit["error"]) for s in states if s.exit and s.exit.get("error"))
+        summary["errors"] = [f"rank {r}: {e}" for _, r, e in raised]
+        summary["status"] = ("failed" if exit_code not in (0, None) else "ok" if finished else "unfinished")
+        return summary
+
+    def describe(self) -> str:
+        st = self.ranks.get(0)
+        steps = st.steps if st else 0
+        timed = self.timed_at(time.monotonic()) if st and st.phase in ("timed",) else self.last_timed
+        loss = f"{self.last_loss:.4f}" if self.last_loss is not None else "-"
+        phase = st.phase if st else "starting"
+        return f"step {steps}  timed {timed:7.2f} s  val loss {loss}  ({phase})"

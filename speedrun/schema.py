@@ -1,0 +1,136 @@
+"""Every piece of data that crosses a process or file boundary, in one place.
+
+Three boundaries:
+1. The referee channel (rank process -> launcher, one JSON object per line over a Unix socket): `MESSAGES`.
+   The launcher answers only `hello` (with a `welcome`) and `preloaded` (with `{"go": true}`, once every
+   local rank has mapped the data).
+2. The events of one repetition, written by the launcher to `run-K.jsonl` (one JSON object per line, sealed):
+   `EVENTS`. Imported (self-reported) logs use the same kinds without the referee's fields.
+3. The run directory's `manifest.json` (`MANIFEST_FIELDS`) and `verdict.json` (`VERDICT_FIELDS`).
+
+Each table maps a kind to its fields and their JSON types; `check()` validates one object against it and
+returns a readable reason, so a garbled message or a malformed file becomes a one-line problem, never a crash.
+Readers must ignore fields they do not know (the schema only grows: `speedrun.API_VERSION`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+NUM = (int, float)
+OPT_NUM = (int, float, type(None))
+OPT_INT = (int, type(None))
+OPT_STR = (str, type(None))
+
+# --- 1. the referee channel: rank -> launcher -------------------------------------------------------------------
+# field -> type(s); every message also has "m" (its kind). Optional fields are listed in OPTIONAL.
+MESSAGES: dict[str, dict[str, Any]] = {
+    "hello": {"rank": int, "world_size": int, "local_rank": int, "pid": int, "api": int, "harness": str},
+    "preloaded": {},                            # the bootstrap mapped the data; it waits for {"go": true}
+    "script": {},                               # the bootstrap hands over to the submission script
+    "init": {"api_version": int, "device": str, "device_name": str, "seed": int, "world_size": int},
+    "loader": {"batch_tokens": int, "seq_len": int, "accum_steps": int, "layout": str, "align_to_bos": bool,
+               "max_doc_len": OPT_INT},
+    "model": {"params": int, "embedding_params": int, "flops_per_token": NUM, "flops_source": str},
+    "batch": {},                                # one micro-batch served by the train loader
+    "refused": {"reason": str},                 # the loader refused a request (phase rules)
+    "warmup_begin": {},
+    "warmup_end": {"seconds": NUM, "digest_before": str, "digest_after": str, "restored": bool},
+    "start_check": {"loss_sum": OPT_NUM, "tokens": int, "detail": str},
+    "start": {"inductor": list},                # torch._inductor.config names not at their defaults
+    "val_begin": {"step": OPT_INT},
+    "val_end": {"step": OPT_INT, "loss_sum": OPT_NUM, "tokens": int, "batch_tokens": int, "seq_len": int,
+                "layout": str, "probe": dict, "error": OPT_STR},
+    "log": {"step": OPT_INT, "scalars": dict},
+    "finish": {"inductor": list},
+    "params": {"digest": str},                  # after finish(): a digest of the model's parameters
+    "open": {"path": str, "what": str},         # the audit hook saw a data file opened by the script
+    "warn": {"message": str},
+    "tamper": {"names": list},                  # referee or timing functions the script replaced
+    "exit": {"code": int, "error": OPT_STR},    # the bootstrap's last word
+}
+OPTIONAL = {"val_end": {"error"}, "start_check": set(), "exit": {"error"}}
+
+# the launcher's only answer, to `hello`
+WELCOME = {"seed": int, "repetition": int, "track_toml": str, "track_path": str, "train_files": list,
+           "val_files": list, "no_data_level": NUM, "run_dir": str}
+
+# the probe measurements a rank reports with each validation (judged by the launcher, not by the rank)
+# rows: extra rows compared; nll_diff: the largest change (nats) of a per-token loss before a cut; dist_diff:
+# the largest total-variation distance between predicted distributions before a cut; canary_*: count, sum and
+# sum of squares of the per-token losses on tokens drawn from the val unigram after a cut
+PROBE = {"rows": int, "nll_diff": NUM, "dist_diff": NUM, "logits_shape": list, "logits_dtype": str,
+         "canary_tokens": int, "canary_nll_sum": NUM, "canary_nll_sq": NUM}
+
+# --- 2. events in run-K.jsonl -------------------------------------------------------------------------------------
+# every event has "event" (its kind); referee events also have "t" (launcher seconds since the repetition was
+# launched) and, where one rank is meant, "rank".
+EVENTS: dict[str, dict[str, Any]] = {
+    "init": {"rank": int, "api_version": int, "device": str, "device_name": str, "seed": int,
+             "world_size": int},
+    "loader": {"from_step": int, "batch_tokens": int, "seq_len": int, "accum_steps": int, "layout": str,
+               "align_to_bos": bool, "max_doc_len": OPT_INT},
+    "warmup": {"seconds": NUM, "digest_before": str, "digest_after": str, "restored": bool,
+               "micro_batches": int},
+    "model": {"params": int, "embedding_params": int, "flops_per_token": NUM, "flops_source": str},
+    "start": {"t": NUM, "start_loss": OPT_NUM, "no_data_level": NUM, "ranks": list},
+    "train": {"batches": int, "timed_s": NUM, "tokens": int},
+    "val": {"step": OPT_INT, "batches": int, "timed_s": NUM, "loss": NUM, "tokens": int, "seconds": NUM,
+            "ranks": list},
+    "log": {"step": OPT_INT, "scalars": dict},
+    "warning": {"message": str},
+    "problem": {"message": str},
+    "finish": {"t": NUM, "batches": int, "timed_s": NUM, "tokens": int, "ranks": list},
+    "seal": {"lines": int, "sha256": str},
+}
+
+# --- 3. files of a run directory ----------------------------------------------------------------------------------
+MANIFEST_FIELDS = {
+    "harness_version": str, "api_version": int, "self_reported": bool, "refereed": bool, "created": str,
+    "track": dict, "script": dict, "pins": dict, "env": dict, "hardware": str, "hardware_fingerprint": dict,
+    "command": list, "nproc_per_node": int, "nnodes": int, "runs": int, "seeds": list, "repetitions": list,
+}
+REPETITION_FIELDS = {"k": int, "status": str, "exit_code": OPT_INT, "wall_s": OPT_NUM, "seed": int}
+# repetition status: "ok" (exit 0 and the referee saw finish()), "failed" (non-zero exit), "unfinished" (exit 0
+# without finish()), "stopped" (not run: an earlier repetition failed deterministically), "unknown"
+STATUSES = ("ok", "failed", "unfinished", "stopped", "unknown")
+
+VERDICT_FIELDS = {
+    "run_dir": str, "track": str, "self_reported": bool, "refereed": bool, "qualifies": bool, "problems": list,
+    "warnings": list, "target": dict, "metric": dict, "throughput": dict, "repetitions": list,
+    "script_sha256": OPT_STR, "hardware": OPT_STR, "harness_version": OPT_STR, "verified_by": str,
+    "verified_at": str,
+}
+
+
+def _type_name(kind) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
+
+
+def check(obj: Any, fields: dict[str, Any], what: str, optional: set[str] = frozenset()) -> str | None:
+    """None when `obj` is a dict carrying every field of `fields` with the right JSON type, else the reason."""
+    if not isinstance(obj, dict):
+        return f"{what} is not a JSON object"
+    for name, kind in fields.items():
+        if name not in obj:
+            if name in optional:
+                continue
+            return f"{what} lacks field '{name}'"
+        value = obj[name]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if isinstance(value, bool) and bool not in kinds:
+            return f"{what} field '{name}' is a boolean, expected {_type_name(kind)}"
+        if not isinstance(value, kinds):
+            return f"{what} field '{name}' has type {type(value).__name__}, expected {_type_name(kind)}"
+    return None
+
+
+def check_message(msg: Any) -> str | None:
+    """Validate one channel message (rank -> launcher)."""
+    if not isinstance(msg, dict) or not isinstance(msg.get("m"), str):
+        return "not a message object (needs a string 'm')"
+    fields = MESSAGES.get(msg["m"])
+    if fields is None:
+        return f"unknown message kind {msg['m']!r}"
+    return check(msg, fields, f"message {msg['m']!r}", OPTIONAL.get(msg["m"], set()))

@@ -1,0 +1,345 @@
+"""The referee's parts without processes: the launcher-side judge fed message by message, the channel over a
+real socket, pins, hardware fingerprints, the loss and probe measurement, the source scan."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from speedrun import channel, evaluation, evidence, hardware, pins, referee, tracks, verify
+
+TRACK = """\
+name = "unit"
+metric = "wallclock"
+target_val_loss = 5.0
+val_tokens = 4096
+vocab_size = 64
+bos_token = 63
+hardware = "test"
+[rule]
+test = "ttest"
+[checks]
+fixed_seq_len = 0
+max_seq_len = 256
+[data]
+source = "hub"
+repo = "x/unit"
+val_files = ["v.bin"]
+train_pattern = "t_{:06d}.bin"
+train_range = [1, 1]
+"""
+WELCOME = {"track_toml": TRACK, "track_path": "unit.toml", "train_files": [], "val_files": [], "no_data_level": 4.0,
+           "run_dir": ""}
+LOADER = {"batch_tokens": 1024, "seq_len": 128, "accum_steps": 2, "layout": "rows", "align_to_bos": False,
+          "max_doc_len": None}
+PROBE = {"rows": 4, "nll_diff": 0.0, "dist_diff": 0.0, "logits_shape": [4, 128, 64], "logits_dtype": "torch.float32",
+         "canary_tokens": 200, "canary_nll_sum": 200 * 4.3, "canary_nll_sq": 200 * (4.3 ** 2 + 1.0)}
+
+
+class Judge:
+    """A Referee for 2 ranks fed by hand: `say(rank, kind, t, **fields)`."""
+
+    def __init__(self, tmp_path: Path, world: int = 2, seed: int = 5):
+        self.track = tracks.parse_track(TRACK, "unit.toml")
+        self.log = referee.EventLog(tmp_path / "run-1.jsonl")
+        self.ref = referee.Referee(self.track, 1, seed, world, self.log, 0.0, WELCOME)
+        self.path = tmp_path / "run-1.jsonl"
+        for r in range(world):
+            ((to, reply),) = self.ref.handle(r, {"m": "hello", "rank": r, "world_size": world, "local_rank": r,
+                                                 "pid": 1, "api": 2, "harness": ""}, 0.0, None)
+            assert to == r and reply["seed"] == seed
+        answers = [self.ref.handle(r, {"m": "preloaded"}, 0.05, None) for r in range(world)]
+        assert answers[:-1] == [[]] * (world - 1) and answers[-1] == [(r, {"go": True}) for r in range(world)]
+
+    def say(self, rank: int, kind: str, t: float, **fields) -> None:
+        self.ref.handle(rank, {"m": kind, **fields}, t, None)
+
+    def everyone(self, kind: str, t: float, **fields) -> None:
+        for r in sorted(self.ref.ranks):
+            self.say(r, kind, t, **fields)
+
+    def honest_until_start(self, seed: int = 5) -> None:
+        self.everyone("script", 0.1)
+        self.everyone("init", 0.2, api_version=2, device="cpu", device_name="cpu", seed=seed, world_size=2)
+        self.everyone("loader", 0.3, **LOADER)
+        self.everyone("warmup_begin", 0.4)
+        self.everyone("batch", 0.5)
+        self.everyone("warmup_end", 0.6, seconds=0.1, digest_before="a", digest_after="a", restored=True)
+        self.everyone("start_check", 0.7, loss_sum=4.2 * 512, tokens=512, detail="ok")
+
+    def steps(self, n: int, t: float) -> None:
+        for _ in range(n * LOADER["accum_steps"]):
+            self.everyone("batch", t)
+
+    def validate(self, begin: dict, end: dict, step: int, loss: float = 4.5, **probe) -> None:
+        for r in sorted(self.ref.ranks):
+            self.say(r, "val_begin", begin[r], step=step)
+        for r in sorted(self.ref.ranks):
+            self.say(r, "val_end", end[r], step=step, loss_sum=loss * 2048, tokens=2048, batch_tokens=1024,
+                     seq_len=128, layout="rows", probe=dict(PROBE, **probe), error=None)
+
+    def close(self, code: int = 0) -> dict:
+        return self.ref.close(code)
+
+    def events(self) -> evidence.Events:
+        return evidence.read_events(self.path)
+
+
+def test_an_honest_repetition_is_timed_by_the_launcher_clock(tmp_path):
+    j = Judge(tmp_path)
+    j.honest_until_start()
+    j.say(0, "start", 1.0, inductor=[])
+    j.say(1, "start", 1.2, inductor=[])
+    j.steps(3, 2.0)
+    # rank 0 validates from 5.0 to 7.0, rank 1 from 5.5 to 6.5: the clock pauses only while both do
+    j.validate({0: 5.0, 1: 5.5}, {0: 7.0, 1: 6.5}, step=3)
+    j.say(0, "log", 7.1, step=3, scalars={"train_loss": 4.0})
+    j.say(0, "finish", 8.0, inductor=[])
+    j.say(1, "finish", 8.5, inductor=[])
+    summary = j.close()
+    assert summary["problems"] == [] and summary["status"] == "ok" and summary["steps"] == 3
+    assert summary["timed_s"] == pytest.approx(8.5 - 1.0 - 1.0)
+    events = j.events()
+    assert events.seal_ok
+    val = events.last("val")
+    assert val["timed_s"] == pytest.approx(5.5 - 1.0) and val["seconds"] == pytest.approx(1.0)
+    assert val["loss"] == pytest.approx(4.5) and val["tokens"] == 4096 and val["batches"] == 3
+    assert all(r["probe"]["passed"] for r in val["ranks"])
+    assert events.last("start")["start_loss"] == pytest.approx(4.2)
+    assert events.last("log")["scalars"] == {"train_loss": 4.0}
+    assert events.last("finish")["tokens"] == 3 * 1024
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("batch_before_start", "rank 1 took a training batch before start\\(\\) outside warmup"),
+    ("batch_in_validation", "rank 0 took a training batch during a validation"),
+    ("refused", "rank 1 asked for a training batch during a validation \\(refused\\)"),
+    ("seed", "rank 1 runs with seed 9, but the launcher chose seed 5"),
+    ("short_val", "rank 1: validation at step 3 covered 1024 tokens, its share .* is 2048"),
+    ("probe", "rank 0: causality probe failed at validation step 3: outputs before the cut moved by 0.5"),
+    ("canary", "rank 1: causality probe failed at validation step 3: loss 0.500 on 200 tokens drawn at random"),
+    ("start_below", "untimed training: at start\\(\\) the model's val loss .* is 1.0000, below the no-data level"),
+    ("inductor", "torch._inductor.config differs from its defaults at start\\(\\) \\(coordinate_descent_tuning\\)"),
+    ("trained_after_val", "rank 0 trained after its last validation"),
+    ("open", "rank 1 opened the val file v.bin itself"),
+    ("loader_rank", "ranks disagree on the train loader's shapes"),
+    ("seq_len", "seq_len 512 is above track unit's limit 256"),
+])
+def test_each_rule_break_is_a_problem_naming_it(tmp_path, case, expected):
+    j = Judge(tmp_path)
+    j.everyone("script", 0.1)
+    for r in (0, 1):
+        j.say(r, "init", 0.2, api_version=2, device="cpu", device_name="cpu",
+              seed=9 if case == "seed" and r == 1 else 5, world_size=2)
+    config = dict(LOADER, seq_len=512, batch_tokens=2048) if case == "seq_len" else LOADER
+    j.say(0, "loader", 0.3, **config)
+    j.say(1, "loader", 0.3, **(dict(config, accum_steps=1) if case == "loader_rank" else config))
+    if case == "batch_before_start":
+        j.say(1, "batch", 0.4)
+    if case == "open":
+        j.say(1, "open", 0.4, path="/data/v.bin", what="val")
+    low = case == "start_below"
+    j.everyone("start_check", 0.7, loss_sum=(1.0 if low else 4.2) * 512, tokens=512, detail="ok")
+    j.say(0, "start", 1.0, inductor=["coordinate_descent_tuning"] if case == "inductor" else [])
+    j.say(1, "start", 1.0, inductor=[])
+    j.steps(3, 2.0)
+    for r in (0, 1):
+        j.say(r, "val_begin", 5.0, step=3)
+    if case == "batch_in_validation":
+        j.say(0, "batch", 5.1)
+    if case == "refused":
+        j.say(1, "refused", 5.1, reason="during a validation")
+    for r in (0, 1):
+        probe = dict(PROBE, nll_diff=0.5) if case == "probe" and r == 0 else PROBE
+        if case == "canary" and r == 1:
+            probe = dict(PROBE, canary_nll_sum=200 * 0.5, canary_nll_sq=200 * 0.3)
+        tokens = 1024 if case == "short_val" and r == 1 else 2048
+        j.say(r, "val_end", 6.0, step=3, loss_sum=4.5 * tokens, tokens=tokens, batch_tokens=1024, seq_len=128,
+              layout="rows", probe=probe, error=None)
+    if case == "trained_after_val":
+        j.say(0, "batch", 6.5)
+    j.everyone("finish", 7.0, inductor=[])
+    problems = j.close()["problems"]
+    assert any(__import__("re").search(expected, p) for p in problems), problems
+    assert [e["message"] for e in j.events().of("problem")] == problems
+
+
+def test_missing_ranks_garbled_messages_and_impostors(tmp_path):
+    j = Judge(tmp_path, world=2)
+    j.ref.handle(7, None, 0.1, "not JSON: b'\\x00garbage'")
+    j.ref.handle(0, {"m": "init", "api_version": 2, "device": "cpu", "device_name": "x", "seed": "five",
+                     "world_size": 2}, 0.2, None)
+    ((_, reply),) = j.ref.handle(9, {"m": "hello", "rank": 0, "world_size": 2, "local_rank": 0, "pid": 2, "api": 2,
+                                     "harness": ""},
+                                 0.3, None)
+    assert "error" in reply
+    j.ref.handle(1, None, 0.4, "closed")  # rank 1's process ended before init
+    problems = j.close(1)["problems"]
+    assert any("garbled message" in p and "not JSON" in p for p in problems)
+    assert any("rank 0 sent a garbled message" in p and "'seed' has type str" in p for p in problems)
+    assert any("a second connection claims rank 0" in p for p in problems)
+    assert any("rank 1 never called speedrun.init()" in p for p in problems)
+
+
+def test_channel_stamps_lines_on_arrival_and_survives_bad_input(tmp_path):
+    got = []
+
+    def handler(cid, msg, t, error):
+        got.append((cid, msg, error, t))
+        if msg and msg.get("m") == "hello":
+            server.reply(cid, {"seed": 3})
+
+    server = channel.Server(handler)
+    try:
+        client = channel.Client(server.path)
+        before = time.monotonic()
+        assert client.request("hello", rank=0)["seed"] == 3
+        client.send("batch")
+        raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        raw.connect(server.path)
+        raw.sendall(b"{not json}\n" + b"x" * (channel.MAX_LINE + 10))
+        raw.close()
+        client.close()
+        deadline = time.monotonic() + 5
+        while sum(1 for g in got if g[2] == "closed") < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        server.close()
+    kinds = [(g[1] or {}).get("m") or g[2] for g in got]
+    assert kinds[:2] == ["hello", "batch"] and all(g[3] >= before for g in got)
+    errors = [g[2] for g in got if g[2] and g[2] != "closed"]
+    assert any(e.startswith("not JSON") for e in errors) and any("longer than" in e for e in errors)
+    assert not os.path.exists(server.path)
+
+
+def test_pins_notice_any_change_and_name_the_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    shard = tmp_path / "t_000001.bin"
+    shard.write_bytes(b"\x00" * 4096)
+    track = tracks.parse_track(TRACK, "unit.toml")
+    object.__setattr__(track, "path", tmp_path / "unit.toml")
+    (tmp_path / "unit.toml").write_text(TRACK)
+    pinned = pins.pin_run(track, [shard])
+    assert set(pinned) == {"harness", "track", "data"} and "speedrun/referee.py" in pinned["harness"]
+    assert pins.changed(pinned) == []
+    hasher = pins.Hasher()
+    assert hasher.sha256(shard) == pinned["data"]["t_000001.bin"]["sha256"]
+    stat = os.stat(shard)
+    shard.write_bytes(b"\x01" + b"\x00" * 4095)
+    os.utime(shard, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))
+    assert pins.changed(pinned) == ["data file t_000001.bin changed during the run"]
+    changed = dict(pinned["harness"], **{"speedrun/spec.py": "0" * 64})
+    assert pins.diff_harness(changed) == ["harness file speedrun/spec.py differs from the installed harness"]
+
+
+def test_hardware_fingerprints_differ_by_named_fields():
+    here = hardware.fingerprint(use_cuda=False)
+    assert here["cpu_count"] >= 1 and hardware.differences(here, dict(here)) == []
+    other = dict(here, isa=sorted(set(here["isa"]) ^ {"avx512_bf16"}), cpu_count=here["cpu_count"] + 6)
+    diff = hardware.differences(here, other)
+    assert any("avx512_bf16" in d for d in diff) and any(d.startswith("cpu_count") for d in diff)
+    gpu = {"kind": "cuda", "gpu_name": "NVIDIA H100 80GB HBM3", "gpu_count": 8, "gpu_memory_gib": 80,
+           "driver": "550.54", "interconnect": "nvlink"}
+    assert hardware.differences(gpu, dict(gpu, interconnect="pcie")) == ["interconnect 'nvlink' vs 'pcie'"]
+    assert hardware.label(gpu, 8) == "8xNVIDIA H100 80GB HBM3"
+    assert hardware.differences(None, gpu)
+
+
+def test_chunked_cross_entropy_matches_torch_in_bf16_with_fp32_accumulation(monkeypatch):
+    monkeypatch.setattr(evaluation, "CHUNK_BYTES", 4 * 70 * 7)  # 7 rows per chunk: many uneven chunks
+    torch.manual_seed(0)
+    logits = (3 * torch.randn(5, 11, 70)).to(torch.bfloat16)
+    targets = torch.randint(0, 64, (5, 11))
+    nll = evaluation.token_nll(logits, targets, 64)
+    ref = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none").view(5, 11)
+    assert nll.dtype == torch.float32 and torch.allclose(nll, ref, atol=1e-5)
+    with pytest.raises(Exception, match="V >= 80"):
+        evaluation.token_nll(logits, targets, 80)
+
+
+class Toy(torch.nn.Module):
+    """A bigram model; `peek` lets position t see token t+1 (not causal)."""
+
+    def __init__(self, peek: bool = False):
+        super().__init__()
+        torch.manual_seed(1)
+        self.table = torch.nn.Parameter(torch.randn(64, 64))
+        self.peek = peek
+
+    def forward(self, x):
+        logits = self.table[x]
+        if self.peek:  # a bonus for the token that comes next
+            logits = logits.scatter_add(-1, torch.roll(x, -1, dims=-1)[..., None], torch.full_like(x[..., None], 3.0,
+                                                                                               dtype=logits.dtype))
+        return logits
+
+
+def _measure(model, tokens: np.ndarray, rows: int = 4, seq_len: int = 32, batches: int = 3):
+    pieces = len(tokens) // seq_len - 1
+
+    def val_piece(i):
+        return tokens[i * seq_len:(i + 1) * seq_len + 1]
+
+    def make(pieces_):
+        inputs = torch.from_numpy(np.stack([p[:-1] for p in pieces_]).astype(np.int64))
+        targets = torch.from_numpy(np.stack([p[1:] for p in pieces_]).astype(np.int64))
+        return evaluation.Batch(inputs, targets)
+
+    return evaluation.measure(model, batches, rows, seq_len, False, lambda b, i: b * rows + i, val_piece, make,
+                              64, pieces, unigram=np.full(64, 1 / 64))
+
+
+def test_probes_catch_peeking_and_models_that_change_during_validation():
+    tokens = np.random.default_rng(0).integers(0, 64, 4096).astype(np.uint16)
+    honest = _measure(Toy(), tokens)
+    assert honest.tokens == 3 * 4 * 32 and honest.probe["rows"] == 4
+    assert honest.probe["nll_diff"] == 0.0 and honest.probe["dist_diff"] == 0.0
+    peeking = _measure(Toy(peek=True), tokens)
+    assert max(peeking.probe["nll_diff"], peeking.probe["dist_diff"]) > 0.05
+    # canaries: on tokens drawn from the unigram no model beats its entropy (ln 64 here); a peeker does
+    canary = [(m.probe["canary_nll_sum"] / m.probe["canary_tokens"]) for m in (honest, peeking)
+              if m.probe["canary_tokens"]]
+    assert honest.probe["canary_tokens"] > 0 and canary[0] > np.log(64) - 0.3
+    assert canary[1] < canary[0] - 0.1
+
+    drifting = Toy()
+
+    def trains_while_measured(x):
+        with torch.no_grad():
+            drifting.table.add_(0.01 * torch.randn_like(drifting.table))
+        return drifting(x)
+    moved = _measure(trains_while_measured, tokens)
+    assert max(moved.probe["nll_diff"], moved.probe["dist_diff"]) > 1e-3
+
+
+def test_source_scan_ignores_comments_but_not_code():
+    track = tracks.parse_track(TRACK.replace("fixed_seq_len = 0", "forbidden = ['torch\\._inductor\\.config']"),
+                               "unit.toml")
+    commented = "import torch\n# we do not touch torch._inductor.config here\nx = 1\n"
+    assert verify.rule_problems(track, commented, []) == []
+    sneaky = "import importlib\ncfg = importlib.import_module('torch._inductor.config')  # fine?\n"
+    assert verify.rule_problems(track, sneaky, [])[0].startswith("script line 2 matches")
+
+
+def test_the_data_watch_sees_reads_that_raise_no_audit_event(tmp_path):
+    from speedrun import shards, watch
+
+    path = tmp_path / "w_val_000000.bin"
+    shards.write_shard(path, np.arange(4096) % 500)
+    w = watch.DataWatch([path]).start()
+    assert w.available
+    shards.preload([path])           # what each rank's bootstrap does before the script
+    w.arm()                          # every rank has mapped the data: from now on nothing may open it
+    assert shards.read_shard(path) is not None and w.problems() == []   # the referee's reads: from the map
+    torch.from_file(str(path), size=64, dtype=torch.uint8)              # a script reading it itself
+    w.stop()
+    assert w.problems() == ["the data file w_val_000000.bin was opened while the scripts ran (the referee had "
+                            "mapped it before they started): a script read the data itself"]
