@@ -384,7 +384,7 @@ def _unigram_entropy(tokens: np.ndarray, vocab_size: int) -> float:
 
 def generate(track, out_dir: str | os.PathLike) -> dict:
     """Generate the track's corpus into `out_dir` (shards written atomically, sidecar last); return the sidecar."""
-    from speedrun import data
+    from speedrun import shards
 
     _check_source(track)
     ds, out_dir = track.data, Path(out_dir)
@@ -398,8 +398,8 @@ def generate(track, out_dir: str | os.PathLike) -> dict:
     files[val_file_names(ds)[0]] = val
     digests = {}
     for name, tokens in files.items():
-        data.write_shard(out_dir / name, tokens)
-        digests[name] = data.sha256_file(out_dir / name)
+        shards.write_shard(out_dir / name, tokens)
+        digests[name] = shards.sha256_file(out_dir / name)
     scored = slice(1, ds.val_split_tokens + 1)   # the val stream's targets
     meta = {
         "generator": ds.generator, "seed": ds.seed, "vocab_size": track.vocab_size, "bos_token": track.bos_token,
@@ -432,13 +432,13 @@ def _meta_matches(meta: dict | None, track) -> bool:
 
 
 def _expected_sizes(track) -> dict[str, int]:
-    from speedrun import data
+    from speedrun import shards
 
     ds = track.data
     sizes = {}
     for i, name in enumerate(train_file_names(ds)):
-        sizes[name] = data.shard_bytes(min(ds.shard_tokens, ds.train_tokens - i * ds.shard_tokens))
-    sizes[val_file_names(ds)[0]] = data.shard_bytes(val_file_tokens(ds))
+        sizes[name] = shards.shard_bytes(min(ds.shard_tokens, ds.train_tokens - i * ds.shard_tokens))
+    sizes[val_file_names(ds)[0]] = shards.shard_bytes(val_file_tokens(ds))
     return sizes
 
 
@@ -459,11 +459,11 @@ def _present(track, folder: Path) -> bool:
 
 def _check_pins(track, folder: Path, meta: dict, fresh: bool = False) -> None:
     """Compare each file with the track's pin (or, unpinned, with the digest recorded at generation)."""
-    from speedrun import data
+    from speedrun import shards
 
     for name in _expected_sizes(track):
         want = track.data.sha256.get(name) or meta["sha256"].get(name)
-        got = data.sha256_file(folder / name)
+        got = shards.sha256_file(folder / name)
         if got != want:
             source = f"the track's pin in {track.path}" if track.data.sha256.get(name) else "the sidecar"
             hint = (f"this generator or numpy {np.__version__} differs from the one that made the pins" if fresh
@@ -476,7 +476,7 @@ def ensure(track, folder: str | os.PathLike, allow_generate: bool = True, check_
     """The corpus' (train, val) paths in `folder`, generating it first if absent (one process at a time)."""
     from filelock import FileLock
 
-    from speedrun import data
+    from speedrun import shards
 
     _check_source(track)
     folder = Path(folder)
@@ -493,15 +493,15 @@ def ensure(track, folder: str | os.PathLike, allow_generate: bool = True, check_
     elif check_sha256:
         _check_pins(track, folder, _read_meta(folder) or {"sha256": {}})
     for name in _expected_sizes(track):
-        data.shard_tokens(folder / name)  # header and size
+        shards.shard_tokens(folder / name)  # header and size
     ds = track.data
     return [folder / n for n in train_file_names(ds)], [folder / n for n in val_file_names(ds)]
 
 
 def entropy(track, data_dir: str | os.PathLike | None = None) -> dict | None:
     """The generated corpus' sidecar (entropy per token etc.) if it exists and matches the track, else None."""
-    from speedrun import data
+    from speedrun import paths
 
-    folder = Path(data_dir or data.data_dir()) / track.name
+    folder = Path(data_dir or paths.data_dir()) / track.name
     meta = _read_meta(folder)
     return meta if _meta_matches(meta, track) else None

@@ -21,7 +21,7 @@ def register(subparsers) -> None:
     fetch.add_argument("track", help="track name or path to a track .toml")
     fetch.add_argument("--train-shards", type=int, default=8, metavar="N",
                        help="how many train shards to download (default 8, i.e. 800M tokens for FineWeb)")
-    fetch.add_argument("--data-dir", type=Path, help="data folder (default $SPEEDRUN_DATA_DIR or <repo>/data)")
+    fetch.add_argument("--data-dir", type=Path, help="data folder (default: see `speedrun --help`)")
     fetch.add_argument("--endpoint", help="hub URL (default $HF_ENDPOINT or https://huggingface.co)")
     fetch.set_defaults(func=cmd_fetch)
 
