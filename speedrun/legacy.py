@@ -1,15 +1,25 @@
-"""Import modded-nanogpt record logs as self-reported run evidence (`speedrun import-log`).
+"""Import modded-nanogpt record logs as self-reported run evidence (`speedrun import-log`), and check it.
 
 Years of speedrun history exist only as the text logs the training scripts wrote. Turning them into the same
 evidence a referee run leaves (manifest + `run-K.jsonl`) lets `verify`, `plot` and the ledger treat them
 alike, while the manifest's `"self_reported": true` and the missing seal keep them apart from refereed runs:
 nothing here was timed or probed by us, we only read what the script printed.
 
+A modded-nanogpt *record* is a group of runs: a folder of logs (one run each), or one file holding many trials.
+`import-log DIR` (or several files with `--as-record`) makes ONE run directory whose repetitions are the trials
+of all those logs, so the track's rule judges the group as modded-nanogpt does; `--step` and `--loss-field`
+choose the judging point (track 3 judges at a declared step, sometimes on `val_ema_loss`).
+
 The parser follows the format facts of every era (see `../shared/reference/modded-nanogpt-logs.md`):
 llm.c-style `s:N trl:/tel:` lines without times; script + `=`*100 separators + environment + output; late-2024
 files opening with a separator; warm-up chatter; optimization-track files with times in seconds, extra fields
-and many trials per file. A trial's result is its *last* validation line (never the largest train_time: early
-eras restart the clock after compiling). Unknown lines and truncation are reported, never fatal.
+and many trials per file. Trials inside one file are told apart by their own structure: the step count starts
+again, or the header (`Running PyTorch ...`, the nvidia-smi table) is printed again; a validation line repeated
+verbatim within a trial (stdout echoed at the end of a batch) is an echo, not a new run. A trial's result is its
+*last* validation line (never the largest train_time: early eras restart the clock after compiling). Unknown
+lines and truncation are reported, never fatal. The hardware (GPU rows of the nvidia-smi table, or the
+`world_size` the optimization-track scripts print) goes into the manifest; `check_imported` holds it against
+the track's.
 """
 
 from __future__ import annotations
@@ -21,14 +31,21 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from speedrun import API_VERSION, __version__
 from speedrun.errors import SpeedrunError
 from speedrun.evidence import MANIFEST, EventWriter, events_path, sha256_file, write_json_atomic
 
+if TYPE_CHECKING:
+    from speedrun.stats import EarliestStep, TargetResult
+    from speedrun.tracks import Track
+
 SOURCE = "modded-nanogpt log"
 SEPARATOR = "=" * 100
 MAX_TRAIN_EVENTS = 200  # train lines kept per trial (evenly sampled, plus the last one)
+LOG_SUFFIXES = (".txt", ".log")
+DEFAULT_LOSS_FIELD = "val_loss"
 
 # modded-nanogpt record folders -> our track names
 MODDED_TRACKS = {
@@ -41,13 +58,17 @@ _STEP = re.compile(r"^step:(\d+)/(\d+)\s+(.*)$")
 _LLMC = re.compile(r"^s:(\d+)\s+(trl|tel):(\S+)(?:\s+\S+:\S+)*\s*$")
 _TIME = re.compile(r"^(\d+(?:\.\d+)?)(ms|s)$")
 _TORCH = re.compile(
-    r"^Running pytorch (\S+) compiled for CUDA (\S+?)(?: on (.+?) with world_size (\d+))?\s*$", re.I)
+    r"^Running pytorch (\S+) compiled for CUDA (\S+?)(?: on (.+?) with world_size[ =](\d+))?\s*$", re.I)
+_DEVICE = re.compile(r"^Running on (?:device_name=)?(.+?) with world_size[ =](\d+)\s*$", re.I)
 _PYTHON = re.compile(r"^Running Python (\d+\.\d+(?:\.\d+)?)", re.I)
 _TRITON = re.compile(r"^Running Triton version (\S+)", re.I)
 _GPU_ROW = re.compile(r"^\|\s+(\d+)\s+(.+?)\s+(?:On|Off)\s+\|\s+[0-9A-Fa-f]{4,8}:[0-9A-Fa-f]{2}:")
+_GPU_LIST = re.compile(r"^GPU (\d+): (.+?) \(UUID:")  # `nvidia-smi -L`
 _KNOWN_CHATTER = re.compile(
     r"^(peak memory|resetting model|nvidia-smi|.*warm.?up|.*compil|.*dataloader|running )", re.I)
 _MODEL_DIM = re.compile(r"\b(?:model_dim|n_embd)\s*(?::\s*int\s*)?=\s*(\d+)")
+_FIELD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_HARDWARE = re.compile(r"^\s*(\d+)\s*x\s*(.+?)\s*$", re.I)
 
 
 @dataclass
@@ -57,11 +78,16 @@ class StepLine:
     kind: str  # "val" or "train"
     step: int
     total: int | None
-    loss: float | None
+    loss: float | None  # the judged field's value (val_loss unless another field was asked for)
     seconds: float | None
     lineno: int
     unit: str | None = None  # "ms" or "s", as printed
     bad_loss: bool = False  # a loss was printed but is nan/inf/garbled
+    missing_field: bool = False  # a validation line without the asked-for loss field
+    raw_loss: float | None = None  # val_loss itself, when another field is judged
+
+    def key(self) -> tuple:
+        return (self.kind, self.step, self.total, self.loss, self.seconds)
 
 
 @dataclass
@@ -69,12 +95,15 @@ class Trial:
     """One training run inside a log file (optimization-track files hold many)."""
 
     number: int
+    header: int = 0  # which printed header (environment) this trial ran under
     vals: list[StepLine] = field(default_factory=list)
     trains: list[StepLine] = field(default_factory=list)
     last: StepLine | None = None  # the last step-bearing line, of either kind
     unknown: list[tuple[int, str]] = field(default_factory=list)
     nonfinite: int = 0
+    echoes: int = 0  # step lines after this trial that only repeated its lines verbatim (skipped)
     clock_restart: StepLine | None = None  # first line whose train_time is below the previous one
+    seen: set = field(default_factory=set, repr=False)
 
     @property
     def total(self) -> int | None:
@@ -82,9 +111,13 @@ class Trial:
 
     @property
     def complete(self) -> bool:
-        """Ended on a validation line at the scheduled last step (or, without a schedule, on any val line)."""
+        """Ended on a validation line (possibly before its scheduled last step: track 3 stops early by design)."""
+        return self.last is not None and self.last.kind == "val"
+
+    @property
+    def stopped_early(self) -> bool:
         last = self.last
-        return last is not None and last.kind == "val" and (last.total is None or last.step == last.total)
+        return self.complete and last.total is not None and last.step < last.total
 
     def val_at(self, step: int) -> StepLine | None:
         found = [v for v in self.vals if v.step == step]
@@ -92,14 +125,39 @@ class Trial:
 
 
 @dataclass
+class Header:
+    """What one printed header says about the machine and software."""
+
+    env: dict
+    world_size: int | None
+    world_size_printed: bool
+
+
+@dataclass
 class LegacyLog:
     path: Path
     era: str  # "llm.c" (no separators, no times) or "modded-nanogpt"
-    env: dict
-    world_size: int | None
-    world_size_printed: bool  # optimization-track files say "... with world_size N"
+    headers: list[Header]
     script: list[str]
     trials: list[Trial]
+    loss_field: str = DEFAULT_LOSS_FIELD
+
+    @property
+    def env(self) -> dict:
+        return self.headers[0].env
+
+    @property
+    def world_size(self) -> int | None:
+        return self.headers[0].world_size
+
+    @property
+    def world_size_printed(self) -> bool:
+        return any(h.world_size_printed for h in self.headers)
+
+    def hardware(self, trial: Trial | None = None) -> tuple[str | None, dict | None]:
+        """(label like "8xNVIDIA H100 80GB HBM3", {"gpu_name", "gpu_count"}) of a trial (default: the first)."""
+        h = self.headers[trial.header if trial is not None else 0]
+        return hardware_of(h.env, h.world_size)
 
 
 # --- parsing ------------------------------------------------------------------------------------------------
@@ -121,16 +179,23 @@ def _seconds(text: str) -> tuple[float | None, str | None]:
     return (value / 1000.0 if m.group(2) == "ms" else value), m.group(2)
 
 
-def parse_step_line(line: str, lineno: int = 0) -> StepLine | None:
-    """Parse a `step:S/N ...` or llm.c `s:S trl:/tel:` line; None when the line is neither."""
+def parse_step_line(line: str, lineno: int = 0, loss_field: str = DEFAULT_LOSS_FIELD) -> StepLine | None:
+    """Parse a `step:S/N ...` or llm.c `s:S trl:/tel:` line; None when the line is neither.
+
+    `loss_field` names the validation field to judge (`val_loss`, or e.g. `val_ema_loss`); a validation line
+    without it is still a validation, marked `missing_field`.
+    """
     m = _STEP.match(line)
     if m:
         fields = dict(tok.split(":", 1) for tok in m.group(3).split() if ":" in tok)
         seconds, unit = _seconds(fields.get("train_time", ""))
         step, total = int(m.group(1)), int(m.group(2))
-        if "val_loss" in fields:
-            loss = _float(fields["val_loss"])
-            return StepLine("val", step, total, loss, seconds, lineno, unit, bad_loss=loss is None)
+        if "val_loss" in fields or loss_field in fields:
+            raw = _float(fields["val_loss"]) if "val_loss" in fields else None
+            if loss_field not in fields:
+                return StepLine("val", step, total, None, seconds, lineno, unit, missing_field=True, raw_loss=raw)
+            loss = _float(fields[loss_field])
+            return StepLine("val", step, total, loss, seconds, lineno, unit, bad_loss=loss is None, raw_loss=raw)
         if seconds is not None:
             loss = _float(fields["train_loss"]) if "train_loss" in fields else None
             return StepLine("train", step, total, loss, seconds, lineno, unit,
@@ -140,98 +205,202 @@ def parse_step_line(line: str, lineno: int = 0) -> StepLine | None:
     if m:
         kind = "val" if m.group(2) == "tel" else "train"
         loss = _float(m.group(3))
-        return StepLine(kind, int(m.group(1)), None, loss, None, lineno, bad_loss=loss is None)
+        if kind == "val" and loss_field != DEFAULT_LOSS_FIELD:
+            return StepLine(kind, int(m.group(1)), None, None, None, lineno, missing_field=True, raw_loss=loss)
+        return StepLine(kind, int(m.group(1)), None, loss, None, lineno, bad_loss=loss is None, raw_loss=loss)
     return None
 
 
-def _regions(lines: list[str]) -> tuple[list[str], list[tuple[int, str]], list[tuple[int, str]]]:
-    """Split into (script lines, environment lines, output lines); the latter two keep 1-based line numbers."""
-    numbered = list(enumerate(lines, start=1))
+def _is_step(text: str) -> bool:
+    return bool(_STEP.match(text) or _LLMC.match(text))
+
+
+def _roles(lines: list[str]) -> list[str]:
+    """Tag every line "sep", "script", "env" or "output".
+
+    Separators cut the file into regions. A region with step lines is output up to its last step line; what
+    follows that line, when another separator comes later, is the next log's script (logs concatenated into one
+    file). Of the regions without step lines, the first one of each log is its script and the rest environment.
+    Without separators everything is output (llm.c files, raw stdout captures).
+    """
     seps = [i for i, line in enumerate(lines) if line.rstrip() == SEPARATOR]
     if not seps:
-        return [], [], numbered
-    if seps[0] == 0:  # late-2024 files: separator, script, separator, environment, separator, output
-        script_end = seps[1] if len(seps) > 1 else len(lines)
-        script = lines[1:script_end]
-    else:
-        script_end = seps[0]
-        script = lines[:script_end]
-    env = numbered[script_end + 1:seps[-1]] if seps[-1] > script_end else []
-    return script, env, numbered[seps[-1] + 1:]
+        return ["output"] * len(lines)
+    roles = ["sep" if i in set(seps) else "" for i in range(len(lines))]
+    bounds = [-1] + seps + [len(lines)]
+    script_seen = False
+    for r in range(len(bounds) - 1):
+        lo, hi = bounds[r] + 1, bounds[r + 1]
+        steps = [i for i in range(lo, hi) if _is_step(lines[i].strip())]
+        if steps:
+            last_region = hi == len(lines)
+            end = hi if last_region else steps[-1] + 1
+            for i in range(lo, end):
+                roles[i] = "output"
+            tail = range(end, hi)
+            for i in tail:
+                roles[i] = "script"
+            script_seen = any(lines[i].strip() for i in tail)
+        else:
+            has_text = any(lines[i].strip() for i in range(lo, hi))
+            role = "env" if script_seen or not has_text else "script"
+            script_seen = script_seen or has_text
+            for i in range(lo, hi):
+                roles[i] = role
+    return roles
 
 
-def _read_env(lines: list[tuple[int, str]]) -> tuple[dict, int | None, bool]:
-    env = {"torch": None, "cuda": None, "triton": None, "python": None, "device_name": None, "device_count": None}
-    world_size = None
-    gpus: dict[int, str] = {}
-    for _, line in lines:
-        text = line.strip()
+class _HeaderReader:
+    def __init__(self):
+        self.env = {"torch": None, "cuda": None, "triton": None, "python": None, "device_name": None,
+                    "device_count": None}
+        self.world_size: int | None = None
+        self.gpus: dict[int, str] = {}
+
+    def read(self, text: str) -> bool:
+        """Take what an environment line says; False when it is not one."""
         if m := _TORCH.match(text):
-            env["torch"], env["cuda"] = m.group(1), m.group(2)
+            self.env["torch"], self.env["cuda"] = m.group(1), m.group(2)
             if m.group(3):
-                env["device_name"], world_size = m.group(3).strip(), int(m.group(4))
+                self.env["device_name"], self.world_size = m.group(3).strip(), int(m.group(4))
+        elif m := _DEVICE.match(text):
+            self.env["device_name"], self.world_size = m.group(1).strip(), int(m.group(2))
         elif m := _PYTHON.match(text):
-            env["python"] = m.group(1)
+            self.env["python"] = m.group(1)
         elif m := _TRITON.match(text):
-            env["triton"] = m.group(1)
-        elif m := _GPU_ROW.match(text):
-            gpus[int(m.group(1))] = m.group(2).strip()
-    if gpus:
-        env["device_count"] = len(gpus)
-        env["device_name"] = env["device_name"] or " / ".join(sorted(set(gpus.values())))
-    elif world_size is not None:
-        env["device_count"] = world_size
-    return env, world_size or env["device_count"], world_size is not None
+            self.env["triton"] = m.group(1)
+        elif m := (_GPU_ROW.match(text) or _GPU_LIST.match(text)):
+            self.gpus[int(m.group(1))] = m.group(2).strip()
+        else:
+            return False
+        return True
+
+    def header(self) -> Header:
+        env = dict(self.env)
+        if self.gpus:
+            env["device_count"] = len(self.gpus)
+            env["device_name"] = env["device_name"] or " / ".join(sorted(set(self.gpus.values())))
+        elif self.world_size is not None:
+            env["device_count"] = self.world_size
+        return Header(env, self.world_size or env["device_count"], self.world_size is not None)
 
 
-def _is_env_line(text: str) -> bool:
-    return bool(_TORCH.match(text) or _PYTHON.match(text) or _TRITON.match(text) or _GPU_ROW.match(text))
+def _split(lines: list[str], roles: list[str], loss_field: str) -> tuple[list[Trial], list[Header]]:
+    """Walk the file once: environment lines build headers, output lines build trials.
 
-
-def _split_trials(output: list[tuple[int, str]]) -> list[Trial]:
-    """Group output lines into trials: a validation at step 0 after some steps starts a new one."""
+    A new trial starts when the step count goes back (a validation at step 0, or any step below the previous
+    one) or when a header is printed again after steps. A "trial" whose every line repeats the previous trial's
+    lines verbatim is echoed output (a batch runner printing a run's tail again) and is folded back into it.
+    """
+    readers = [_HeaderReader()]
     trials = [Trial(1)]
-    for lineno, line in output:
+    header_pending = False  # a header line came after the current trial's steps: the next steps are a new run
+    pending: list[tuple[int, str]] = []  # unknown lines after such a header belong to the run that follows
+    for lineno, (line, role) in enumerate(zip(lines, roles), start=1):
         text = line.strip()
-        if not text:
-            continue
-        parsed = parse_step_line(text, lineno)
-        if parsed is None:
-            if not (_KNOWN_CHATTER.match(text) or _is_env_line(text)):
-                trials[-1].unknown.append((lineno, text))
+        if not text or role in ("sep", "script"):
             continue
         trial = trials[-1]
-        if parsed.kind == "val" and parsed.step == 0 and trial.last is not None:
-            trial = Trial(len(trials) + 1)
+        parsed = parse_step_line(text, lineno, loss_field) if role == "output" else None
+        if parsed is None:
+            is_env = _HeaderReader().read(text)
+            if is_env:
+                if trial.last is not None and not header_pending:
+                    readers.append(_HeaderReader())
+                    header_pending = True
+                readers[-1].read(text)
+            elif role == "output" and not _KNOWN_CHATTER.match(text):
+                (pending if header_pending else trial.unknown).append((lineno, text))
+            continue
+        prev = trial.last
+        restart = prev is not None and (parsed.step < prev.step or (parsed.kind == "val" and parsed.step == 0))
+        if header_pending or restart:
+            trial = Trial(len(trials) + 1, header=len(readers) - 1, unknown=pending)
             trials.append(trial)
+            header_pending, pending = False, []
+            prev = None
+        trial.seen.add(parsed.key())
         trial.nonfinite += parsed.bad_loss
-        previous = trial.last
-        if (trial.clock_restart is None and previous is not None and previous.seconds is not None
-                and parsed.seconds is not None and parsed.seconds < previous.seconds):
+        if (trial.clock_restart is None and prev is not None and prev.seconds is not None
+                and parsed.seconds is not None and parsed.seconds < prev.seconds):
             trial.clock_restart = parsed
         (trial.vals if parsed.kind == "val" else trial.trains).append(parsed)
         trial.last = parsed
-    return trials
+    trials[-1].unknown += pending  # a header with no run after it: its lines stay with the last run
+    kept: list[Trial] = []
+    for trial in trials:
+        if kept and trial.last is not None and trial.header == kept[-1].header and trial.seen <= kept[-1].seen:
+            # every line repeats the previous trial verbatim: echoed output (or the same run pasted twice)
+            kept[-1].echoes += len(trial.vals) + len(trial.trains)
+            kept[-1].unknown += trial.unknown
+        elif kept and kept[-1].last is None:  # chatter before the first run is not a run
+            trial.unknown[:0] = kept[-1].unknown
+            kept[-1] = trial
+        else:
+            kept.append(trial)
+    for i, t in enumerate(kept, start=1):
+        t.number = i
+    return kept, [r.header() for r in readers]
 
 
-def parse_log(path: str | Path) -> LegacyLog:
+def parse_log(path: str | Path, loss_field: str = DEFAULT_LOSS_FIELD) -> LegacyLog:
     """Read one modded-nanogpt log file of any era; raises `SpeedrunError` when it holds no training output."""
     path = Path(path)
+    if not _FIELD_NAME.match(loss_field):
+        raise SpeedrunError(f"--loss-field {loss_field!r}: expected a field name like val_loss or val_ema_loss")
     try:
         text = path.read_bytes().decode("utf-8", errors="replace")
+    except IsADirectoryError:
+        raise SpeedrunError(f"{path}: is a directory (import a record folder with `import-log DIR`)") from None
     except OSError as exc:
         raise SpeedrunError(f"{path}: cannot read: {exc.strerror}") from None
     lines = text.splitlines()
-    script, env_lines, output = _regions(lines)
-    trials = _split_trials(output)
+    roles = _roles(lines)
+    first = roles.index("script") if "script" in roles else len(lines)
+    end = next((i for i in range(first, len(lines)) if roles[i] != "script"), len(lines))
+    script = lines[first:end]  # the first log's script (later ones are copies or other logs' scripts)
+    trials, headers = _split(lines, roles, loss_field)
     if not any(t.last for t in trials):
         raise SpeedrunError(f"{path}: no step or validation lines found (not a modded-nanogpt log?)")
-    env, world_size, printed = _read_env(env_lines + output)
-    era = "modded-nanogpt" if any(line.rstrip() == SEPARATOR for line in lines) else "llm.c"
+    era = "modded-nanogpt" if any(r == "sep" for r in roles) else "llm.c"
     if era == "llm.c" and any(t.last.seconds is not None for t in trials if t.last):
         era = "modded-nanogpt"  # raw stdout of a later script, without the header
-    return LegacyLog(path=path, era=era, env=env, world_size=world_size, world_size_printed=printed,
-                     script=script, trials=trials)
+    return LegacyLog(path=path, era=era, headers=headers, script=script, trials=trials, loss_field=loss_field)
+
+
+# --- hardware -----------------------------------------------------------------------------------------------
+
+
+def hardware_of(env: dict, world_size: int | None) -> tuple[str | None, dict | None]:
+    """The hardware label and fingerprint a header tells: "8xNVIDIA H100 80GB HBM3" and its parts."""
+    name, count = env.get("device_name"), world_size or env.get("device_count")
+    if not name and not count:
+        return None, None
+    fingerprint = {"gpu_name": name, "gpu_count": count}
+    if name and count:
+        return f"{count}x{name}", fingerprint
+    return (name or f"{count}x(unknown GPU)"), fingerprint
+
+
+def hardware_matches(fingerprint: dict | None, wanted: str) -> bool | None:
+    """Does a run's hardware fingerprint match a track's label like "8xH100"? None when it cannot be told.
+
+    The count must be equal and the model must appear as a word of the GPU's name ("H100" in
+    "NVIDIA H100 80GB HBM3", but not in "NVIDIA GH200 120GB").
+    """
+    m = _HARDWARE.match(wanted or "")
+    if not m or not fingerprint:
+        return None
+    count, model = int(m.group(1)), m.group(2)
+    name, have = fingerprint.get("gpu_name"), fingerprint.get("gpu_count")
+    if have is not None and have != count:
+        return False
+    if name:
+        if not re.search(rf"(?<![A-Za-z0-9]){re.escape(model)}(?![A-Za-z0-9])", name, re.I):
+            return False
+    if have is None or not name:
+        return None
+    return True
 
 
 # --- track inference ----------------------------------------------------------------------------------------
@@ -251,7 +420,7 @@ def infer_track(log: LegacyLog) -> tuple[str | None, str]:
     if len(dims) == 1:
         dim = dims.pop()
         return ("gpt2-small" if dim == 768 else "gpt2-medium"), f"content (script model_dim={dim})"
-    finals = [t.vals[-1].loss for t in log.trials if t.complete and t.vals[-1].loss is not None]
+    finals = [t.vals[-1].raw_loss for t in log.trials if t.complete and t.vals[-1].raw_loss is not None]
     if finals:
         mean = sum(finals) / len(finals)
         if 3.2 <= mean <= 3.4:
@@ -259,6 +428,23 @@ def infer_track(log: LegacyLog) -> tuple[str | None, str]:
         if 2.85 <= mean <= 3.0:
             return "gpt2-medium", f"content (final val loss {mean:.3f}, near 2.92)"
     return None, ""
+
+
+def _infer_group_track(logs: list[LegacyLog]) -> tuple[str, str]:
+    guesses = {}
+    for log in logs:
+        name, how = infer_track(log)
+        if name is not None:
+            guesses.setdefault(name, (log.path, how))
+    if len(guesses) == 1:
+        name, (_, how) = next(iter(guesses.items()))
+        return name, how
+    where = logs[0].path if len(logs) == 1 else f"{len(logs)} logs"
+    if not guesses:
+        raise SpeedrunError(f"{where}: cannot tell which track this log belongs to; "
+                            f"pass --track (gpt2-small, gpt2-medium or optimization)")
+    told = ", ".join(f"{p.name} looks like {n} ({how})" for n, (p, how) in guesses.items())
+    raise SpeedrunError(f"the logs disagree about their track ({told}); pass --track")
 
 
 # --- writing evidence ---------------------------------------------------------------------------------------
@@ -269,14 +455,17 @@ class TrialResult:
     """What one imported trial amounts to: the line judged as its result (None when it has none)."""
 
     k: int
-    status: str  # "ok" or "truncated"
+    status: str  # "ok", "truncated", "missing-step" or "missing-field"
     result: StepLine | None
     last_step: int | None
     total: int | None
     notes: list[str]
+    source: str = ""  # the log file's name in the run directory
+    trial: int = 1  # the trial's number inside that file
+    hardware: str | None = None
 
 
-def judge_trial(trial: Trial, step: int | None) -> TrialResult:
+def judge_trial(trial: Trial, step: int | None, loss_field: str = DEFAULT_LOSS_FIELD) -> TrialResult:
     """The trial's result: its final validation, or with `step` the validation at that step."""
     last = trial.last
     last_step, total = (last.step if last else None), trial.total
@@ -284,14 +473,20 @@ def judge_trial(trial: Trial, step: int | None) -> TrialResult:
     if step is not None:
         line = trial.val_at(step)
         if line is None:
-            return TrialResult(trial.number, "truncated", None, last_step, total,
-                               [f"no validation at requested step {step} (log ends at {where})"])
-        return TrialResult(trial.number, "ok", line, last_step, total,
-                           [f"result read at step {step} (--step), not at the log's last validation ({where})"])
-    if trial.complete:
-        return TrialResult(trial.number, "ok", trial.vals[-1], last_step, total, [])
-    return TrialResult(trial.number, "truncated", None, last_step, total,
-                       [f"log ends at {where} without a final validation"])
+            return TrialResult(trial.number, "missing-step", None, last_step, total,
+                               [f"no validation at the declared step {step} (log ends at {where})"])
+        notes = [f"result read at step {step} (--step), not at the log's last validation ({where})"] \
+            if line is not trial.vals[-1] or not trial.complete else []
+    elif trial.complete:
+        line = trial.vals[-1]
+        notes = [f"stopped at step {last_step} of the {total} scheduled"] if trial.stopped_early else []
+    else:
+        return TrialResult(trial.number, "truncated", None, last_step, total,
+                           [f"log ends at {where} without a final validation"])
+    if line.missing_field:
+        return TrialResult(trial.number, "missing-field", None, last_step, total,
+                           notes + [f"its validation at step {line.step} has no {loss_field} field"])
+    return TrialResult(trial.number, "ok", line, last_step, total, notes)
 
 
 def _sample(lines: list[StepLine], limit: int = MAX_TRAIN_EVENTS) -> list[StepLine]:
@@ -306,19 +501,26 @@ def _write_events(path: Path, trial: Trial, judged: TrialResult, track: str, log
     """One `run-K.jsonl`, deliberately unsealed: nothing here was measured by a referee."""
     limit = step if step is not None and judged.result is not None else None
     keep = (lambda s: s.step <= limit) if limit is not None else (lambda s: True)
+    header = log.headers[trial.header]
     writer = EventWriter(path)
     try:
-        init = {"track": track, "source": SOURCE, "self_reported": True}
-        if log.world_size is not None:
-            init["world_size"] = log.world_size
-        if log.env.get("device_name"):
-            init["device"] = log.env["device_name"]
+        init = {"track": track, "source": SOURCE, "self_reported": True, "log": judged.source,
+                "trial": trial.number}
+        if header.world_size is not None:
+            init["world_size"] = header.world_size
+        if header.env.get("device_name"):
+            init["device"] = header.env["device_name"]
+        if log.loss_field != DEFAULT_LOSS_FIELD:
+            init["loss_field"] = log.loss_field
         writer.write("init", **init)
         lines = sorted([v for v in trial.vals if keep(v)] + _sample([t for t in trial.trains if keep(t)]),
                        key=lambda s: s.lineno)
         for s in lines:
             if s.kind == "val":
-                writer.write("val", step=s.step, timed_s=s.seconds, loss=s.loss, tokens=None)
+                event = {"step": s.step, "timed_s": s.seconds, "loss": s.loss, "tokens": None}
+                if log.loss_field != DEFAULT_LOSS_FIELD:
+                    event["val_loss"] = s.raw_loss
+                writer.write("val", **event)
             else:
                 event = {"step": s.step, "timed_s": s.seconds, "tokens": None}
                 if s.loss is not None:
@@ -328,6 +530,9 @@ def _write_events(path: Path, trial: Trial, judged: TrialResult, track: str, log
             lineno, text = trial.unknown[0]
             writer.write("warning", message=f"skipped {len(trial.unknown)} unrecognised line(s); first at line "
                                             f"{lineno}: {text[:120]!r}", count=len(trial.unknown))
+        if trial.echoes:
+            writer.write("warning", message=f"skipped {trial.echoes} step line(s) after this trial that repeat its "
+                                            f"lines verbatim (echoed output, not a new run)", count=trial.echoes)
         if trial.nonfinite:
             writer.write("warning", message=f"{trial.nonfinite} step line(s) with a nan/inf or unreadable loss",
                          count=trial.nonfinite)
@@ -337,7 +542,7 @@ def _write_events(path: Path, trial: Trial, judged: TrialResult, track: str, log
                                             f"times include compilation (untimed grace steps)", count=1)
         if log.era == "llm.c":
             writer.write("warning", message="this log era prints no times: timed_s is null", count=1)
-        if judged.status == "truncated":
+        if judged.status != "ok" or (step is None and judged.notes):
             writer.write("warning", message="; ".join(judged.notes), count=1)
         if judged.result is not None:
             writer.write("finish", step=judged.result.step, timed_s=judged.result.seconds, tokens=None)
@@ -346,7 +551,9 @@ def _write_events(path: Path, trial: Trial, judged: TrialResult, track: str, log
 
 
 def default_out_dir(path: Path, out: str | Path | None) -> Path:
-    return Path(out if out is not None else Path("runs") / "imported") / path.stem
+    """`runs/imported/<name>`: the file's stem, or a record folder's name."""
+    name = path.name if path.is_dir() else path.stem
+    return Path(out if out is not None else Path("runs") / "imported") / name
 
 
 def _copy_name(name: str) -> str:
@@ -356,47 +563,101 @@ def _copy_name(name: str) -> str:
     return name
 
 
+def _copy_names(paths: list[Path]) -> list[str]:
+    names = [_copy_name(p.name) for p in paths]
+    if len(set(names)) == len(names):
+        return names
+    width = len(str(len(paths)))
+    return [f"{i:0{width}d}-{n}" for i, n in enumerate(names, start=1)]
+
+
 @dataclass
 class Imported:
     run_dir: Path
-    log: LegacyLog
+    log: LegacyLog  # the first log (the only one for a single-file import)
     trials: list[TrialResult]
     track: str
     track_from: str  # "--track", "path (...)" or "content (...)"
     requested_step: int | None
+    logs: list[LegacyLog] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (file name, why) for record folders
+    loss_field: str = DEFAULT_LOSS_FIELD
+    hardware: str | None = None
 
 
-def import_log(path: str | Path, track: str | None = None, out: str | Path | None = None,
-               step: int | None = None, force: bool = False) -> Imported:
-    """Parse one log and write its run directory (built aside, then renamed into place)."""
+def _group_hardware(labels: list[tuple[str | None, dict | None]]) -> tuple[str | None, dict | None]:
+    known = {}
+    for label, fp in labels:
+        if label is not None:
+            known.setdefault(label, fp)
+    if len(known) == 1:
+        return next(iter(known.items()))
+    if not known:
+        return None, None
+    return "mixed: " + "; ".join(known), None
+
+
+def import_logs(paths: list[str | Path], track: str | None = None, out: str | Path | None = None,
+                step: int | None = None, force: bool = False, loss_field: str = DEFAULT_LOSS_FIELD,
+                name: str | None = None, skipped: list[tuple[str, str]] | None = None) -> Imported:
+    """Parse several logs as ONE record: one run directory whose repetitions are all their trials, in order.
+
+    Every file must parse (a record is not silently thinned out). The run directory is built aside and renamed
+    into place, so a failure leaves nothing half-written and an existing directory is only replaced with
+    `force`.
+    """
     from speedrun.tracks import load_track
 
-    path = Path(path)
-    log = parse_log(path)
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise SpeedrunError("no log files to import")
+    if step is not None and step < 0:
+        raise SpeedrunError(f"--step {step}: must be a step number (0 or more)")
+    logs = [parse_log(p, loss_field) for p in paths]
     how = "--track"
     if track is None:
-        track, how = infer_track(log)
-        if track is None:
-            raise SpeedrunError(f"{path}: cannot tell which track this log belongs to; "
-                                f"pass --track (gpt2-small, gpt2-medium or optimization)")
+        track, how = _infer_group_track(logs)
     track_obj = load_track(track)
-    judged = [judge_trial(t, step) for t in log.trials]
-    if step is not None and not any(j.result for j in judged):
-        steps = sorted({v.step for t in log.trials for v in t.vals})
-        shown = ", ".join(map(str, steps[-6:]))
-        raise SpeedrunError(f"{path}: no trial has a validation at step {step} (validation steps end: {shown})")
+    copy_names = _copy_names(paths)
 
-    target = default_out_dir(path, out)
+    judged: list[TrialResult] = []
+    for log, copy_name in zip(logs, copy_names):
+        for trial in log.trials:
+            j = judge_trial(trial, step, loss_field)
+            j.k, j.source, j.trial, j.hardware = len(judged) + 1, copy_name, trial.number, log.hardware(trial)[0]
+            judged.append(j)
+    where = str(paths[0]) if len(paths) == 1 else f"{len(paths)} logs"
+    if step is not None and not any(j.result for j in judged):
+        steps = sorted({v.step for log in logs for t in log.trials for v in t.vals})
+        shown = ", ".join(map(str, steps[-6:]))
+        raise SpeedrunError(f"{where}: no trial has a validation at step {step} (validation steps end: {shown})")
+    if loss_field != DEFAULT_LOSS_FIELD and not any(
+            not v.missing_field for log in logs for t in log.trials for v in t.vals):
+        raise SpeedrunError(f"{where}: no validation line has a {loss_field} field")
+
+    if name is not None and (not name or "/" in name or name in (".", "..")):
+        raise SpeedrunError(f"--name {name!r}: expected a plain directory name")
+    target = (Path(out if out is not None else Path("runs") / "imported") / name) if name \
+        else default_out_dir(paths[0], out)
     if target.exists() and not force:
         raise SpeedrunError(f"{target}: already exists; remove it or pass --force to replace it")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
     tmp.chmod(0o755)  # mkdtemp makes it private; a run directory is meant to be shared
+    hardware, fingerprint = _group_hardware([log.hardware(t) for log in logs for t in log.trials])
     try:
-        copy_name = _copy_name(path.name)
-        shutil.copyfile(path, tmp / copy_name)
-        for trial, j in zip(log.trials, judged):
-            _write_events(events_path(tmp, trial.number), trial, j, track_obj.name, log, step)
+        sources = []
+        for path, log, copy_name in zip(paths, logs, copy_names):
+            shutil.copyfile(path, tmp / copy_name)
+            label, fp = _group_hardware([log.hardware(t) for t in log.trials])
+            sources.append({"name": copy_name, "sha256": sha256_file(path), "trials": len(log.trials),
+                            "era": log.era, "hardware": label})
+        k = 0
+        for log in logs:
+            for trial in log.trials:
+                _write_events(events_path(tmp, judged[k].k), trial, judged[k], track_obj.name, log, step)
+                k += 1
+        eras = sorted({log.era for log in logs})
         write_json_atomic(tmp / MANIFEST, {
             "self_reported": True,
             "source": SOURCE,
@@ -404,18 +665,65 @@ def import_log(path: str | Path, track: str | None = None, out: str | Path | Non
             "api_version": API_VERSION,
             "track": {"name": track_obj.name, "config_sha256": track_obj.config_sha256},
             "track_inferred_from": how,
-            "era": log.era,
-            "source_logs": [{"name": copy_name, "sha256": sha256_file(path)}],
-            "env": log.env,
+            "era": eras[0] if len(eras) == 1 else "mixed: " + ", ".join(eras),
+            "source_logs": sources,
+            "skipped_files": [{"name": n, "reason": why} for n, why in (skipped or [])],
+            "env": logs[0].env,
+            "hardware": hardware,
+            "hardware_fingerprint": fingerprint,
             "requested_step": step,
-            "repetitions": [{"k": j.k, "status": j.status, "exit_code": None, "wall_s": None, "notes": j.notes}
-                            for j in judged],
+            "loss_field": loss_field,
+            "repetitions": [{"k": j.k, "status": j.status, "exit_code": None, "wall_s": None, "notes": j.notes,
+                             "source": j.source, "trial": j.trial, "hardware": j.hardware} for j in judged],
         })
         _replace_dir(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return Imported(target, log, judged, track_obj.name, how, step)
+    return Imported(target, logs[0], judged, track_obj.name, how, step, logs, list(skipped or []), loss_field,
+                    hardware)
+
+
+def import_log(path: str | Path, track: str | None = None, out: str | Path | None = None,
+               step: int | None = None, force: bool = False, loss_field: str = DEFAULT_LOSS_FIELD) -> Imported:
+    """Parse one log (all the trials in it) into its run directory."""
+    if Path(path).is_dir():
+        return import_record_dir(path, track, out, step, force, loss_field)
+    return import_logs([path], track, out, step, force, loss_field)
+
+
+def record_files(folder: str | Path) -> tuple[list[Path], list[tuple[str, str]]]:
+    """The logs of a record folder (its `.txt`/`.log` files, sorted by name) and the files passed over."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise SpeedrunError(f"{folder}: not a directory")
+    logs, skipped = [], []
+    for p in sorted(folder.iterdir()):
+        if not p.is_file() or p.suffix.lower() not in LOG_SUFFIXES:
+            continue
+        try:
+            text = p.read_bytes().decode("utf-8", errors="replace")
+        except OSError as exc:
+            raise SpeedrunError(f"{p}: cannot read: {exc.strerror}") from None
+        if any(_is_step(line.strip()) for line in text.splitlines()):
+            logs.append(p)
+        else:
+            skipped.append((p.name, "no step or validation lines"))
+    if not logs:
+        subdirs = sorted(d.name for d in folder.iterdir() if d.is_dir())
+        hint = f" (sub-folders: {', '.join(subdirs[:4])}; import one of them)" if subdirs else ""
+        raise SpeedrunError(f"{folder}: no log files with step lines{hint}")
+    return logs, skipped
+
+
+def import_record_dir(folder: str | Path, track: str | None = None, out: str | Path | None = None,
+                      step: int | None = None, force: bool = False, loss_field: str = DEFAULT_LOSS_FIELD,
+                      name: str | None = None) -> Imported:
+    """A modded-nanogpt record folder (logs, one run or many each) as one run directory named after it."""
+    folder = Path(folder)
+    logs, skipped = record_files(folder)
+    return import_logs(logs, track, out, step, force, loss_field, name=name or folder.resolve().name,
+                       skipped=skipped)
 
 
 def _replace_dir(new: Path, target: Path) -> None:
@@ -430,6 +738,170 @@ def _replace_dir(new: Path, target: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+# --- checking imported evidence (called by verify for `"self_reported": true` manifests) ---------------------
+
+
+@dataclass
+class ImportedCheck:
+    """What the self-reported evidence of an imported record amounts to under the track's rules."""
+
+    repetitions: list[dict]  # k, status, final_loss, timed_s, batches, problems, warnings (+ source, trial, hardware)
+    problems: list[str]
+    warnings: list[str]
+    target: "TargetResult"  # the track's rule over the judged losses of the repetitions without problems
+    judged_step: int | None  # the declared judging step (None: each trial's final validation)
+    earliest: "EarliestStep | None" = None  # margin-rule tracks: the earliest common step where the rule holds
+    hardware: str | None = None
+
+    @property
+    def qualifies(self) -> bool:
+        return not self.problems and bool(self.target.passed)
+
+    def to_dict(self) -> dict:
+        return {"repetitions": self.repetitions, "problems": self.problems, "warnings": self.warnings,
+                "target": self.target.to_dict(), "judged_step": self.judged_step,
+                "earliest": self.earliest.to_dict() if self.earliest is not None else None,
+                "hardware": self.hardware, "qualifies": self.qualifies}
+
+
+def _ranges(ks: list[int]) -> str:
+    ks = sorted(ks)
+    parts, start = [], None
+    for i, k in enumerate(ks):
+        if start is None:
+            start = k
+        if i + 1 == len(ks) or ks[i + 1] != k + 1:
+            parts.append(str(start) if start == k else f"{start}-{k}")
+            start = None
+    return ", ".join(parts)
+
+
+def _hardware_findings(reps: list[dict], manifest: dict, track) -> tuple[list[str], list[str]]:
+    """Hold each repetition's hardware against the track's: a mismatch is a problem on wallclock tracks (time
+    depends on it) and a warning on step-count tracks (the batch is fixed, so steps do not)."""
+    problems, warnings = [], []
+    fallback = (manifest.get("hardware"), manifest.get("hardware_fingerprint"))
+    by_label: dict[str | None, list] = {}
+    for rep in reps:
+        label = rep.get("hardware", fallback[0])
+        by_label.setdefault(label, []).append(rep)
+    for label, group in by_label.items():
+        ks = _ranges([r["k"] for r in group])
+        who = f"repetition{'s' if len(group) > 1 else ''} {ks}"
+        if label is None:
+            warnings.append(f"{who}: the log does not say which hardware it ran on; the track expects "
+                            f"{track.hardware}")
+            continue
+        fingerprint = None
+        if label == fallback[0] and fallback[1]:
+            fingerprint = fallback[1]
+        elif (m := re.match(r"^(\d+)x(.+)$", label)):
+            fingerprint = {"gpu_name": m.group(2), "gpu_count": int(m.group(1))}
+        match = hardware_matches(fingerprint, track.hardware)
+        if match is None:
+            warnings.append(f"{who} ran on {label}: cannot tell whether that is the track's {track.hardware}")
+        elif not match:
+            text = f"{who} ran on {label}; track {track.name} expects {track.hardware}"
+            if track.metric == "wallclock":
+                problems.append(text)
+            else:
+                warnings.append(text + " (steps do not depend on the hardware: the global batch is fixed)")
+    return problems, warnings
+
+
+_STATUS_TEXT = {"truncated": "is truncated", "missing-step": "has no result at the declared step",
+                "missing-field": "has no value in the judged loss field"}
+
+
+def check_imported(run_dir: str | Path, manifest: dict, track: "Track") -> ImportedCheck:
+    """Judge imported (self-reported) evidence as modded-nanogpt does: each repetition's loss at the declared
+    step (or its final validation), the track's statistical rule over them, and the hardware against the
+    track's. There is no referee clock, seal or probe to check: only what the logs printed."""
+    from speedrun import evidence, stats
+
+    run_dir = Path(run_dir)
+    if not manifest.get("self_reported"):
+        raise SpeedrunError(f"{run_dir}: not imported evidence (the manifest is not marked self_reported)")
+    judged_step = manifest.get("requested_step")
+    if judged_step is not None and (not isinstance(judged_step, int) or isinstance(judged_step, bool)):
+        raise SpeedrunError(f"{run_dir / MANIFEST}: field 'requested_step': expected a step number or null")
+    problems: list[str] = []
+    warnings: list[str] = []
+    recorded = (manifest.get("track") or {}).get("name")
+    if recorded not in (None, track.name):
+        problems.append(f"the evidence was imported for track {recorded}, not {track.name}")
+
+    reps_meta = manifest.get("repetitions") or [{"k": k, "status": None}
+                                                for k in evidence.iter_repetitions(run_dir)]
+    if not reps_meta:
+        problems.append("no repetitions recorded")
+    results, vals_by_rep = [], {}
+    for meta in reps_meta:
+        k = meta.get("k")
+        where = f" ({meta['source']}, trial {meta.get('trial')})" if meta.get("source") else ""
+        rep = {"k": k, "status": meta.get("status"), "final_loss": None, "timed_s": None, "batches": None,
+               "problems": [], "warnings": [], "source": meta.get("source"), "trial": meta.get("trial"),
+               "hardware": meta.get("hardware", manifest.get("hardware"))}
+        results.append(rep)
+        path = evidence.events_path(run_dir, k)
+        if not path.exists():
+            rep["problems"].append(f"repetition {k}{where} left no events (run-{k}.jsonl)")
+            continue
+        try:
+            events = evidence.read_events(path)
+        except SpeedrunError as exc:
+            rep["problems"].append(f"repetition {k}{where}: {exc}")
+            continue
+        rep["warnings"] = [e.get("message") for e in events.of("warning")]
+        if meta.get("status") not in ("ok", None):
+            notes = "; ".join(meta.get("notes") or [])
+            what = _STATUS_TEXT.get(meta.get("status"), f"is {meta.get('status')}")
+            rep["problems"].append(f"repetition {k}{where} {what}" + (f": {notes}" if notes else ""))
+            continue
+        vals = events.of("val")
+        if not vals:
+            rep["problems"].append(f"repetition {k}{where} has no validation")
+            continue
+        if judged_step is not None:
+            line = [v for v in vals if v.get("step") == judged_step]
+            if not line:
+                rep["problems"].append(f"repetition {k}{where} has no validation at the declared step {judged_step}")
+                continue
+            line = line[-1]
+        elif events.last("finish") is None:
+            rep["problems"].append(f"repetition {k}{where} is truncated (no final validation)")
+            continue
+        else:
+            line = vals[-1]
+        loss = line.get("loss")
+        if not isinstance(loss, (int, float)) or not math.isfinite(loss):
+            rep["problems"].append(f"repetition {k}{where}: its loss at step {line.get('step')} is not a number")
+            continue
+        rep["final_loss"], rep["timed_s"], rep["batches"] = float(loss), line.get("timed_s"), line.get("step")
+        vals_by_rep[k] = [v for v in vals if judged_step is None or (v.get("step") or 0) <= judged_step]
+
+    hw_problems, hw_warnings = _hardware_findings(results, manifest, track)
+    problems += hw_problems
+    warnings += hw_warnings
+    for r in results:
+        problems += r["problems"]
+        warnings += [f"repetition {r['k']}: {w}" for w in r["warnings"]]
+    for skipped in manifest.get("skipped_files") or []:
+        warnings.append(f"{skipped.get('name')} was not imported: {skipped.get('reason')}")
+
+    good = [r for r in results if r["final_loss"] is not None and not r["problems"]]
+    ends = sorted({r["batches"] for r in good if r["batches"] is not None})
+    if judged_step is None and len(ends) > 1:
+        warnings.append(f"the repetitions were judged at different steps ({', '.join(map(str, ends))}): a record "
+                        f"is judged at one step for all its runs; declare it (import-log --step)")
+    target = stats.target_test([r["final_loss"] for r in good], track.target_val_loss, track.rule)
+    earliest = None
+    if track.rule.test == "margin" and good and len(good) == len(results):
+        earliest = stats.earliest_passing_step({r["k"]: vals_by_rep[r["k"]] for r in good},
+                                               track.target_val_loss, track.rule)
+    return ImportedCheck(results, problems, warnings, target, judged_step, earliest, manifest.get("hardware"))
+
+
 # --- command line -------------------------------------------------------------------------------------------
 
 
@@ -437,61 +909,118 @@ def _summary_table(imp: Imported):
     from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=escape(f"{imp.log.path.name} -> {imp.run_dir}"),
-                  caption=escape(f"track {imp.track} (from {imp.track_from}); self-reported {imp.log.era} log, "
-                                 f"not refereed"))
+    many = len(imp.logs) > 1
+    title = f"{imp.log.path.parent.name if many else imp.log.path.name} -> {imp.run_dir}"
+    caption = (f"track {imp.track} (from {imp.track_from}); self-reported "
+               f"{'record of ' + str(len(imp.logs)) + ' logs' if many else imp.log.era + ' log'}, not refereed"
+               f"; hardware {imp.hardware or 'not stated'}")
+    if imp.loss_field != DEFAULT_LOSS_FIELD:
+        caption += f"; loss field {imp.loss_field}"
+    table = Table(title=escape(title), caption=escape(caption))
+    table.add_column("run", justify="right")
+    if many:
+        table.add_column("log")
     table.add_column("trial", justify="right")
     table.add_column("steps", justify="right")
-    table.add_column("final val loss", justify="right")
+    table.add_column("val loss", justify="right")
     table.add_column("time (s)", justify="right")
     table.add_column("status")
     for j in imp.trials:
         steps = "-" if j.last_step is None else f"{j.last_step}" + (f"/{j.total}" if j.total is not None else "")
-        loss = "-" if j.result is None or j.result.loss is None else f"{j.result.loss:.4f}"
+        loss = "-" if j.result is None or j.result.loss is None else f"{j.result.loss:.5f}".rstrip("0").rstrip(".")
         secs = "-" if j.result is None or j.result.seconds is None else f"{j.result.seconds:.3f}"
         status = j.status
         if j.result is not None and j.result.step != j.last_step:
             status += f" (judged at step {j.result.step})"
         elif j.status == "truncated":
-            status += " (no final validation)" if imp.requested_step is None else \
-                f" (no validation at step {imp.requested_step})"
-        table.add_row(str(j.k), steps, loss, secs, status)
+            status += " (no final validation)"
+        elif j.status == "missing-step":
+            status += f" (no validation at step {imp.requested_step})"
+        cells = [str(j.k)] + ([escape(j.source)] if many else []) + [str(j.trial), steps, loss, secs, status]
+        table.add_row(*cells)
     return table
+
+
+def _print_import(console, imp: Imported) -> None:
+    from rich.markup import escape
+
+    from speedrun.tracks import load_track
+
+    console.print(_summary_table(imp))
+    unknown = sum(len(t.unknown) for log in imp.logs for t in log.trials)
+    if unknown:
+        console.print(f"  skipped {unknown} unrecognised line(s) (warnings in the run-K.jsonl files)")
+    from speedrun.evidence import read_json
+
+    check = check_imported(imp.run_dir, read_json(imp.run_dir / MANIFEST), load_track(imp.track))
+    at = f"at step {check.judged_step}" if check.judged_step is not None else "at each run's final validation"
+    console.print(escape(f"  track rule {at}: {check.target.reason}"), highlight=False)
+    if check.earliest is not None and check.earliest.step is not None and check.earliest.step != check.judged_step:
+        console.print(f"  the rule already holds at step {check.earliest.step} across all runs", highlight=False)
+    for p in check.problems:
+        console.print(escape(f"  problem: {p}"), highlight=False)
+    for w in check.warnings:  # the group's warnings; each run's own are in its run-K.jsonl
+        if not re.match(r"^repetition \d+: ", w):
+            console.print(escape(f"  warning: {w}"), highlight=False)
 
 
 def _cmd_import(args) -> int:
     from rich.console import Console
 
     console = Console()
-    paths = [Path(p) for p in args.files]
-    targets = [default_out_dir(p, args.out) for p in paths]
-    dupes = {t for t in targets if targets.count(t) > 1}
-    if dupes:
-        raise SpeedrunError(f"several input files would be imported to {sorted(dupes)[0]}; import them separately "
-                            f"with different --out directories")
+    paths = [Path(p) for p in args.paths]
+    dirs = [p for p in paths if p.is_dir()]
+    if args.as_record:
+        if dirs:
+            raise SpeedrunError(f"{dirs[0]}: --as-record groups log files; a folder is already one record")
+        jobs = [("group", paths)]
+    else:
+        if args.name and len(paths) > 1:
+            raise SpeedrunError("--name names one run directory: use it with one folder or with --as-record")
+        jobs = [("dir" if p.is_dir() else "file", [p]) for p in paths]
+        targets = [Path(args.out or "runs/imported") / args.name if args.name else default_out_dir(p, args.out)
+                   for _, (p,) in jobs]
+        dupes = {t for t in targets if targets.count(t) > 1}
+        if dupes:
+            raise SpeedrunError(f"several inputs would be imported to {sorted(dupes)[0]}; import them separately "
+                                f"with different --out directories")
     failed = 0
-    for path in paths:
+    for kind, group in jobs:
         try:
-            imp = import_log(path, args.track, args.out, args.step, args.force)
+            if kind == "group":
+                imp = import_logs(group, args.track, args.out, args.step, args.force, args.loss_field,
+                                  name=args.name or group[0].resolve().parent.name)
+            elif kind == "dir":
+                imp = import_record_dir(group[0], args.track, args.out, args.step, args.force, args.loss_field,
+                                        name=args.name)
+            else:
+                imp = import_logs(group, args.track, args.out, args.step, args.force, args.loss_field,
+                                  name=args.name)
         except SpeedrunError as exc:
             print(f"speedrun: error: {exc}", file=sys.stderr)
             failed += 1
             continue
-        console.print(_summary_table(imp))
-        unknown = sum(len(t.unknown) for t in imp.log.trials)
-        if unknown:
-            console.print(f"  skipped {unknown} unrecognised line(s) (warnings in the run-K.jsonl files)")
+        _print_import(console, imp)
     return 1 if failed else 0
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "import-log", help="import modded-nanogpt logs as self-reported run evidence",
-        description="Parse modded-nanogpt record logs (every era) into run directories marked self-reported: "
-                    "one per file, one run-K.jsonl per trial, with a copy of the log.")
-    p.add_argument("files", nargs="+", metavar="FILE", help="modded-nanogpt log file(s)")
+        description="Parse modded-nanogpt record logs (every era) into run directories marked self-reported. "
+                    "A FILE becomes one run directory (one run-K.jsonl per trial in it); a record FOLDER, or "
+                    "several files with --as-record, becomes ONE run directory whose repetitions are the trials "
+                    "of all its logs, judged together by the track's rule.")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="modded-nanogpt log file(s) or record folder(s)")
+    p.add_argument("--as-record", action="store_true",
+                   help="import the given files as one record (one run directory)")
     p.add_argument("--track", help="our track name (default: from the path, e.g. track_1_short, or the content)")
     p.add_argument("--out", help="parent directory for the run directories (default runs/imported)")
-    p.add_argument("--step", type=int, help="judge each trial at the validation of this step (early-judged runs)")
+    p.add_argument("--name", help="the run directory's name (default: the file's stem or the folder's name)")
+    p.add_argument("--step", type=int,
+                   help="judge every trial at its validation of this step (the record's declared step)")
+    p.add_argument("--loss-field", default=DEFAULT_LOSS_FIELD, metavar="FIELD",
+                   help="validation field to judge (default val_loss; e.g. val_ema_loss)")
     p.add_argument("--force", action="store_true", help="replace an existing run directory of the same name")
     p.set_defaults(func=_cmd_import)
+

@@ -1,21 +1,37 @@
-"""Statistics in one place: does a set of runs meet the target, and is A faster than B on the same hardware.
+"""Statistics in one place: does a set of runs meet the target, and is A better than B.
 
 Comparisons are defined once, here:
-- t-test rule: qualifies when the one-sided p-value of "mean loss < target" is strictly below the threshold
-  (`p < 0.01`), via `scipy.stats.ttest_1samp(losses, target, alternative="less")`.
-- margin rule (optimization track): qualifies when `(target - mean) * sqrt(n) >= margin` (inclusive).
-- faster: one-sided Welch test of "new times < old times", `p < threshold` (strict).
+- t-test rule (wallclock tracks): qualifies when the one-sided p-value of "mean loss < target" is strictly below
+  the threshold (`p < 0.01`), via `scipy.stats.ttest_1samp(losses, target, alternative="less")`. Repetitions
+  with identical losses (sd = 0) are refused, not turned into p = 0: the seed had no effect, so they are one
+  observation repeated, not n independent ones.
+- margin rule (optimization track): qualifies when `(target - mean) * sqrt(n) >= margin` (inclusive). The rule
+  assumes its own sd (0.0013), so n = 1 is allowed and zero variance is not a problem.
+- faster (wallclock): one-sided Welch test of "new times < old times", `p < threshold` (strict).
+- pairwise (optimization track, steps): modded-nanogpt's rule for a new result against a predecessor,
+  `(old_mean - new_mean + (old_steps - new_steps) / 100 * slope) / sqrt(1/n_old + 1/n_new) >= margin`.
+  Step counts of a record are all the same by design, so a Welch test on them means nothing; this rule is
+  what decides instead.
+- judging step: the loss of every repetition at one declared step (`values_at_step`), and the earliest step
+  at which the rule holds across all repetitions (`earliest_passing_step`).
+
+numpy and scipy are imported inside the functions: `speedrun --help` must not pay for them.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from typing import Mapping, Sequence
 
-import numpy as np
-from scipy import stats as sps
-
+from speedrun.errors import SpeedrunError
 from speedrun.tracks import Rule
+
+# modded-nanogpt track 3: 0.0045 val loss per 100 steps (measured by shortening a record by 200 steps)
+PAIRWISE_SLOPE = 0.0045
+PAIRWISE_PER_STEPS = 100
+PAIRWISE_MARGIN = 0.004
+ZERO_SPREAD = "repetitions are identical (sd = 0): the seed has no effect, so they are not independent runs"
 
 
 def p_passes(p: float, threshold: float) -> bool:
@@ -26,6 +42,26 @@ def p_passes(p: float, threshold: float) -> bool:
 def margin_passes(score: float, margin: float) -> bool:
     """The one definition of meeting a margin: at or above it (with float noise of the last digit forgiven)."""
     return bool(score >= margin - 1e-12)
+
+
+def _floats(values) -> list[float]:
+    return [float(v) for v in values]
+
+
+def _mean(x: list[float]) -> float:
+    return math.fsum(x) / len(x) if x else math.nan
+
+
+def _sd(x: list[float]) -> float:
+    """Sample standard deviation (n - 1); 0.0 for fewer than two values."""
+    if len(x) < 2:
+        return 0.0
+    m = _mean(x)
+    return math.sqrt(math.fsum((v - m) ** 2 for v in x) / (len(x) - 1))
+
+
+def _all_equal(x: list[float]) -> bool:
+    return len(x) > 1 and all(v == x[0] for v in x)
 
 
 @dataclass
@@ -44,31 +80,36 @@ class TargetResult:
         return asdict(self)
 
 
-def target_test(losses: list[float], target: float, rule: Rule) -> TargetResult:
-    """Apply the track's rule to the final val losses of n runs."""
-    x = np.asarray(losses, dtype=np.float64)
+def target_test(losses: Sequence[float], target: float, rule: Rule) -> TargetResult:
+    """Apply the track's rule to the final (or judged-step) val losses of n runs."""
+    x = _floats(losses)
     n = len(x)
-    mean = float(x.mean()) if n else math.nan
-    sd = float(x.std(ddof=1)) if n > 1 else 0.0
+    finite = all(math.isfinite(v) for v in x)
+    mean = _mean(x) if finite else math.nan
+    sd = _sd(x) if finite else math.nan
+
+    def refuse(why: str) -> TargetResult:
+        return TargetResult(n, mean, sd, target, rule.test, math.nan, None, False, why)
+
+    if n == 0:
+        return refuse("no runs to judge")
     if n < rule.min_runs:
-        return TargetResult(n, mean, sd, target, rule.test, math.nan, None, False,
-                            f"{n} run(s); the track needs at least {rule.min_runs}")
-    if not np.isfinite(x).all():
-        return TargetResult(n, mean, sd, target, rule.test, math.nan, None, False, "a final loss is not finite")
+        return refuse(f"{n} run(s); the track needs at least {rule.min_runs}")
+    if not finite:
+        return refuse("a final loss is not finite")
     if rule.test == "margin":
         score = (target - mean) * math.sqrt(n)
         ok = margin_passes(score, rule.margin)
-        why = f"(target - mean) * sqrt(n) = {score:.5f} {'>=' if ok else '<'} {rule.margin}"
+        why = f"(target - mean) * sqrt(n) = {score:.5f} {'>=' if ok else '<'} {rule.margin} (n = {n})"
         return TargetResult(n, mean, sd, target, "margin", score, None, ok, why)
     if n < 2:
-        return TargetResult(n, mean, sd, target, "ttest", math.nan, None, False, "a t-test needs at least 2 runs")
-    if sd == 0.0:
-        # scipy returns nan for zero variance; the answer is then plain
-        p = 0.0 if mean < target else 1.0
-        t = -math.inf if mean < target else math.inf
-    else:
-        res = sps.ttest_1samp(x, target, alternative="less")
-        t, p = float(res.statistic), float(res.pvalue)
+        return refuse("a t-test needs at least 2 runs")
+    if _all_equal(x):
+        return refuse(ZERO_SPREAD)
+    from scipy import stats as sps
+
+    res = sps.ttest_1samp(x, target, alternative="less")
+    t, p = float(res.statistic), float(res.pvalue)
     ok = p_passes(p, rule.p_value)
     why = f"one-sided t-test of mean < {target}: p = {p:.3g} ({'<' if ok else '>='} {rule.p_value})"
     return TargetResult(n, mean, sd, target, "ttest", t, p, ok, why)
@@ -84,28 +125,188 @@ class FasterResult:
     p_value: float
     passed: bool
     threshold: float
+    reason: str = ""
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def faster_test(new: list[float], old: list[float], threshold: float = 0.01) -> FasterResult:
-    """One-sided Welch test that `new` times are lower than `old` times."""
-    a, b = np.asarray(new, dtype=np.float64), np.asarray(old, dtype=np.float64)
-    ratio = float(a.mean() / b.mean()) if len(a) and len(b) else math.nan
+def faster_test(new: Sequence[float], old: Sequence[float], threshold: float = 0.01) -> FasterResult:
+    """One-sided Welch test that `new` times are lower than `old` times (wallclock).
+
+    Refused (passed false, p nan, with the reason) when a side has fewer than 2 values, a value is not finite,
+    or both sides have zero spread: Welch's statistic is undefined there, and for step counts (where equal
+    values are normal) `pairwise_test` is the rule instead.
+    """
+    a, b = _floats(new), _floats(old)
+    mean_a, mean_b = _mean(a), _mean(b)
+    ratio = mean_a / mean_b if a and b and mean_b else math.nan
+
+    def refuse(why: str) -> FasterResult:
+        return FasterResult(len(a), len(b), mean_a, mean_b, ratio, math.nan, False, threshold, why)
+
     if len(a) < 2 or len(b) < 2:
-        return FasterResult(len(a), len(b), float(a.mean()) if len(a) else math.nan,
-                            float(b.mean()) if len(b) else math.nan, ratio, math.nan, False, threshold)
-    if a.std(ddof=1) == 0 and b.std(ddof=1) == 0:
-        p = 0.0 if a.mean() < b.mean() else 1.0
-    else:
+        return refuse(f"a Welch test needs at least 2 values on each side (have {len(a)} and {len(b)})")
+    if not all(math.isfinite(v) for v in a + b):
+        return refuse("a time is not finite")
+    if _sd(a) == 0 and _sd(b) == 0:
+        return refuse("both sides have zero spread (identical values): a Welch test is undefined; "
+                      "compare step counts with the pairwise rule")
+    import warnings
+
+    from scipy import stats as sps
+
+    with warnings.catch_warnings():  # one side without spread is fine; scipy warns about its exact zero
+        warnings.simplefilter("ignore", RuntimeWarning)
         p = float(sps.ttest_ind(a, b, equal_var=False, alternative="less").pvalue)
-    return FasterResult(len(a), len(b), float(a.mean()), float(b.mean()), ratio, p,
-                        p_passes(p, threshold), threshold)
+    ok = p_passes(p, threshold)
+    why = f"one-sided Welch test of new < old: p = {p:.3g} ({'<' if ok else '>='} {threshold})"
+    return FasterResult(len(a), len(b), mean_a, mean_b, ratio, p, ok, threshold, why)
 
 
-def mean_sd(values: list[float]) -> tuple[float, float]:
-    x = np.asarray(values, dtype=np.float64)
-    if not len(x):
+@dataclass
+class PairwiseResult:
+    """modded-nanogpt track 3's test of a new result against a predecessor (steps traded against loss)."""
+
+    n_new: int
+    n_old: int
+    mean_new: float
+    mean_old: float
+    steps_new: float
+    steps_old: float
+    loss_gain: float  # mean_old - mean_new: positive when the new result reaches a lower loss
+    step_credit: float  # (steps_old - steps_new) / per_steps * slope: the loss the saved steps are worth
+    statistic: float  # (loss_gain + step_credit) / sqrt(1/n_old + 1/n_new)
+    margin: float
+    slope: float
+    per_steps: int
+    passed: bool
+    reason: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _steps(value, side: str) -> float:
+    """A record's step count: one number, or one per run (they must agree: a record is judged at one step)."""
+    try:
+        values = _floats(value) if hasattr(value, "__iter__") and not isinstance(value, str) else [float(value)]
+    except (TypeError, ValueError):
+        values = []
+    if not values or not all(math.isfinite(v) and v >= 0 for v in values):
+        raise SpeedrunError(f"{side} step count must be a non-negative number, got {value!r}")
+    if any(v != values[0] for v in values):
+        raise SpeedrunError(f"{side} runs were judged at different steps ({sorted(set(values))}); "
+                            f"judge every run at one declared step")
+    return values[0]
+
+
+def pairwise_test(new_losses: Sequence[float], new_steps, old_losses: Sequence[float], old_steps, *,
+                  slope: float = PAIRWISE_SLOPE, per_steps: int = PAIRWISE_PER_STEPS,
+                  margin: float = PAIRWISE_MARGIN) -> PairwiseResult:
+    """Is the new result (losses of its runs at `new_steps`) better than the old one, trading steps for loss?
+
+    `(mean_old - mean_new + (steps_old - steps_new) / per_steps * slope) / sqrt(1/n_old + 1/n_new) >= margin`.
+    Passing is inclusive, like the margin rule. Steps are one number per side (or one per run, all equal).
+    """
+    a, b = _floats(new_losses), _floats(old_losses)
+    if not all(math.isfinite(v) for v in a + b):
+        sa, sb = _steps(new_steps, "new"), _steps(old_steps, "old")
+        return PairwiseResult(len(a), len(b), math.nan, math.nan, sa, sb, math.nan, math.nan, math.nan, margin,
+                              slope, per_steps, False, "a loss is not finite")
+    return pairwise_from_summary(_mean(a), len(a), new_steps, _mean(b), len(b), old_steps, slope=slope,
+                                 per_steps=per_steps, margin=margin)
+
+
+def pairwise_from_summary(mean_new: float, n_new: int, steps_new, mean_old: float, n_old: int, steps_old, *,
+                          slope: float = PAIRWISE_SLOPE, per_steps: int = PAIRWISE_PER_STEPS,
+                          margin: float = PAIRWISE_MARGIN) -> PairwiseResult:
+    """`pairwise_test` from each side's mean loss and run count (what a ledger entry keeps)."""
+    if not (slope > 0 and math.isfinite(slope)) or not per_steps > 0 or not (margin > 0 and math.isfinite(margin)):
+        raise SpeedrunError(f"pairwise test: slope, per_steps and margin must be positive "
+                            f"(got {slope}, {per_steps}, {margin})")
+    sa, sb = _steps(steps_new, "new"), _steps(steps_old, "old")
+    n_new, n_old = int(n_new), int(n_old)
+    credit = (sb - sa) / per_steps * slope
+    gain = mean_old - mean_new
+
+    def result(stat: float, ok: bool, why: str) -> PairwiseResult:
+        return PairwiseResult(n_new, n_old, mean_new, mean_old, sa, sb, gain, credit, stat, margin, slope,
+                              per_steps, ok, why)
+
+    if n_new < 1 or n_old < 1:
+        return result(math.nan, False, f"both sides need at least one run (have {n_new} new, {n_old} old)")
+    if not (math.isfinite(mean_new) and math.isfinite(mean_old)):
+        return result(math.nan, False, "a mean loss is not finite")
+    stat = (gain + credit) / math.sqrt(1 / n_old + 1 / n_new)
+    ok = margin_passes(stat, margin)
+    why = (f"(loss gain {gain:+.5f} + {sb - sa:g} steps saved x {slope}/{per_steps} = {credit:+.5f}) "
+           f"/ sqrt(1/{n_old} + 1/{n_new}) = {stat:.5f} {'>=' if ok else '<'} {margin}")
+    return result(stat, ok, why)
+
+
+def mean_sd(values: Sequence[float]) -> tuple[float, float]:
+    x = _floats(values)
+    if not x:
         return math.nan, math.nan
-    return float(x.mean()), float(x.std(ddof=1)) if len(x) > 1 else 0.0
+    return _mean(x), _sd(x)
+
+
+# --- the judging step ---------------------------------------------------------------------------------------
+
+
+def _label(key) -> str:
+    return f"repetition {key}"
+
+
+def values_at_step(vals_by_rep: Mapping[object, Sequence[Mapping]], step: int, field: str = "loss") -> list[float]:
+    """For every repetition, the `field` of its validation at `step` (the declared judging step), in order.
+
+    `vals_by_rep` maps a repetition's label (its k) to its validation events (dicts with "step" and `field`;
+    when a step was validated twice the last one counts). A repetition without a validation at that step, or
+    whose value there is missing, is an error naming it: a record is judged at one step for all its runs.
+    """
+    out = []
+    for key, vals in vals_by_rep.items():
+        at = [v for v in vals if v.get("step") == step]
+        if not at:
+            steps = [v.get("step") for v in vals if isinstance(v.get("step"), int)]
+            ends = f"its validations end at step {max(steps)}" if steps else "it has no validation at all"
+            raise SpeedrunError(f"{_label(key)} has no validation at step {step} ({ends})")
+        value = at[-1].get(field)
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise SpeedrunError(f"{_label(key)}: its validation at step {step} has no {field!r} value")
+        out.append(float(value))
+    return out
+
+
+@dataclass
+class EarliestStep:
+    """The earliest step every repetition validated at where the rule holds (None when there is none)."""
+
+    step: int | None
+    result: TargetResult | None  # the rule's result at `step`
+    checked: list[int] = field(default_factory=list)  # the common steps looked at, in order
+
+    def to_dict(self) -> dict:
+        return {"step": self.step, "result": self.result.to_dict() if self.result else None,
+                "checked": list(self.checked)}
+
+
+def common_steps(vals_by_rep: Mapping[object, Sequence[Mapping]], field: str = "loss") -> list[int]:
+    """The steps at which every repetition has a validation with a `field` value, ascending."""
+    sets = [{v["step"] for v in vals if isinstance(v.get("step"), int) and isinstance(v.get(field), (int, float))}
+            for vals in vals_by_rep.values()]
+    return sorted(set.intersection(*sets)) if sets else []
+
+
+def earliest_passing_step(vals_by_rep: Mapping[object, Sequence[Mapping]], target: float, rule: Rule,
+                          field: str = "loss", not_before: int = 0) -> EarliestStep:
+    """What track-3 submitters do: validate often near the end and take the earliest step at which the rule
+    holds across *all* runs (the same step for every run; never a per-run choice)."""
+    steps = [s for s in common_steps(vals_by_rep, field) if s >= not_before]
+    for step in steps:
+        result = target_test(values_at_step(vals_by_rep, step, field), target, rule)
+        if result.passed:
+            return EarliestStep(step, result, steps[:steps.index(step) + 1])
+    return EarliestStep(None, None, steps)
