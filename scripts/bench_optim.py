@@ -7,12 +7,18 @@
       orthogonalising every matrix (same kernels, no sharding);
   [3] AdamW over GPT-2-small's embedding, head and vectors: fused against foreach and for-loop torch paths;
   [4] the optimizer's share of a GPT-2-small training step on one device (forward/backward against Muon+AdamW),
-      with an estimate for 8 devices (orthogonalisation measured on 1/8 of every stack; communication excluded).
+      with an estimate for 8 devices (orthogonalisation measured on 1/8 of every stack; communication excluded);
+  [5] one Muon step on bf16 weights (GPT-2-small's hidden matrices, as in [1]): speedrun.optim.Muon with its
+      defaults against torch.optim.Muon, same weights, gradients and hyper-parameters (both orthogonalise in
+      bf16 with the same coefficients), plus how far apart the two leave the weights.
 
-    python scripts/bench_optim.py                  # CPU fp32: [1], [2], [3]
-    python scripts/bench_optim.py --device cuda    # one GPU, bf16: [1], [3], [4]  (~2 minutes on an H100)
+    python scripts/bench_optim.py                  # CPU: [1] fp32, [2], [3], [5] bf16
+    python scripts/bench_optim.py --device cuda    # one GPU, bf16: [1], [3], [4], [5]  (~2 minutes on an H100)
+    python scripts/bench_optim.py --parts 2 --banks   # [2] with every layer's matrices stored as 3-D banks
 
-Timings alternate between the two sides of each ratio and report medians, so a busy machine hurts both alike.
+Timings alternate between the two sides of each ratio and report medians, so a busy machine hurts both alike;
+the ratios of [1] and [5] are medians of the per-round ratios (each round times both sides back to back).
+On CPU, bf16 speed depends on native bf16 instructions (avx512_bf16 / amx_bf16): the header says which exist.
 """
 
 from __future__ import annotations
@@ -59,13 +65,35 @@ def timed(fn, device: torch.device) -> float:
 
 def alternate(fns: dict, device: torch.device, repeats: int, warmup: int = 1) -> dict[str, float]:
     """Median seconds of each function, run in turn `repeats` times after `warmup` untimed rounds."""
+    times = rounds(fns, device, repeats, warmup)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def rounds(fns: dict, device: torch.device, repeats: int, warmup: int = 1) -> dict[str, list[float]]:
+    """Seconds of each function in each of `repeats` rounds (the order within a round flips every round)."""
     times = {name: [] for name in fns}
     for round_ in range(warmup + repeats):
-        for name, fn in fns.items():
+        order = list(fns.items()) if round_ % 2 == 0 else list(fns.items())[::-1]
+        for name, fn in order:
             t = timed(fn, device)
             if round_ >= warmup:
                 times[name].append(t)
-    return {name: statistics.median(ts) for name, ts in times.items()}
+    return times
+
+
+def paired_ratio(times: dict[str, list[float]], numerator: str, denominator: str) -> float:
+    """Median over rounds of numerator/denominator: load that changes between rounds cancels within each."""
+    return statistics.median(a / b for a, b in zip(times[numerator], times[denominator]))
+
+
+def cpu_bf16_flags() -> str:
+    """Native bf16 support of this CPU, from /proc/cpuinfo (Linux)."""
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        return "cpu flags unknown"
+    found = [f for f in ("avx512_bf16", "amx_bf16", "avx512_fp16") if f in flags.split()]
+    return ", ".join(found) if found else "no avx512_bf16 / amx_bf16"
 
 
 def compute_dtype(device: torch.device) -> torch.dtype:
@@ -131,12 +159,13 @@ def bench_single(device: torch.device, layers: int, repeats: int) -> dict:
     weights, grads = make_matrices(shapes, device)
     ours = Muon(with_grads(weights, grads), lr=0.02, dtype=dtype)
     plain = StraightforwardMuon(with_grads(weights, grads), lr=0.02, dtype=dtype)
-    t = alternate({"straightforward": plain.step, "ours": ours.step}, device, repeats)
+    times = rounds({"straightforward": plain.step, "ours": ours.step}, device, repeats)
+    t = {name: statistics.median(ts) for name, ts in times.items()}
     quality = orthogonalisation_quality(grads[:4] + grads[4 * layers:4 * layers + 2], dtype)
     result = {"layers": layers, "matrices": len(shapes), "values": sum(math.prod(s) for s in shapes),
               "device": str(device), "dtype": str(dtype).replace("torch.", ""),
               "straightforward_s": t["straightforward"], "ours_s": t["ours"],
-              "ratio": t["ours"] / t["straightforward"], **quality}
+              "ratio": paired_ratio(times, "ours", "straightforward"), **quality}
     print(f"[1] one Muon step, GPT-2-small hidden matrices: {layers} layers, {len(shapes)} matrices, "
           f"{result['values'] / 1e6:.1f}M values, {device.type} {result['dtype']} (median of {repeats})")
     print(f"    straightforward per-parameter Muon   {t['straightforward'] * 1e3:10.1f} ms/step")
@@ -170,20 +199,51 @@ def orthogonalisation_quality(grads: list[torch.Tensor], dtype: torch.dtype) -> 
     return out
 
 
+# --- [5] against torch.optim.Muon, bf16 -------------------------------------------------------------------
+
+
+def bench_torch_muon(device: torch.device, layers: int, repeats: int) -> dict:
+    shapes = gpt2_hidden_shapes(layers)
+    weights, grads = make_matrices(shapes, device, seed=2)
+    weights, grads = [w.bfloat16() for w in weights], [g.bfloat16() for g in grads]
+    hyper = dict(lr=0.02, momentum=0.95, nesterov=True, weight_decay=0.0, adjust_lr_fn="original")
+    ours_params, torch_params = with_grads(weights, grads), with_grads(weights, grads)
+    ours = Muon(ours_params, **hyper)
+    theirs = torch.optim.Muon(torch_params, **hyper)
+    times = rounds({"torch": theirs.step, "ours": ours.step}, device, repeats)
+    t = {name: statistics.median(ts) for name, ts in times.items()}
+    ratio = paired_ratio(times, "ours", "torch")
+    # both took the same steps on the same gradients: compare where they left the weights
+    moved = max((p.float() - w.float()).abs().max().item() for p, w in zip(torch_params, weights))
+    apart = max((a.float() - b.float()).abs().max().item() for a, b in zip(ours_params, torch_params))
+    where = f"{device.type}" + (f" ({cpu_bf16_flags()})" if device.type == "cpu" else "")
+    print(f"[5] one Muon step on bf16 weights, GPT-2-small hidden matrices: {layers} layers, {len(shapes)} matrices, "
+          f"{where}, {torch.get_num_threads()} threads (median of {repeats})")
+    print(f"    torch.optim.Muon                      {t['torch'] * 1e3:10.1f} ms/step")
+    print(f"    speedrun.optim.Muon (defaults)        {t['ours'] * 1e3:10.1f} ms/step")
+    print(f"    ratio ours / torch.optim.Muon         {ratio:10.3f}   (target <= 1.0; median of per-round ratios)")
+    print(f"    after {1 + repeats} identical steps the weights are at most {apart:.2e} apart "
+          f"(they moved up to {moved:.2e}; bf16 spacing near 0.03 is 1.2e-4)")
+    return {"layers": layers, "torch_s": t["torch"], "ours_s": t["ours"], "ratio": ratio,
+            "max_apart": apart, "max_moved": moved, "cpu_bf16": cpu_bf16_flags() if device.type == "cpu" else None}
+
+
 # --- [2] distributed ----------------------------------------------------------------------------------------
 
 
-def bench_dist(ranks: int, layers: int, repeats: int) -> dict:
+def bench_dist(ranks: int, layers: int, repeats: int, banks: bool = False) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "dist.json"
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}",
                __file__, "--dist-worker", str(out), "--layers", str(layers), "--repeats", str(repeats)]
+        cmd += ["--banks"] if banks else []
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
             raise SystemExit(f"bench_optim: the torchrun benchmark failed (exit {proc.returncode})")
         result = json.loads(out.read_text())
-    print(f"[2] distributed Muon step, {ranks} gloo ranks x {result['threads']} thread(s), {layers} layers "
+    layout = "as 3 banks [layers*4|layers, rows, cols]" if banks else "as 2-D matrices"
+    print(f"[2] distributed Muon step, {ranks} gloo ranks x {result['threads']} thread(s), {layers} layers {layout} "
           f"(slowest rank, median of {repeats})")
     print(f"    every rank orthogonalises every matrix {result['replicated_s'] * 1e3:10.1f} ms/step")
     print(f"    sharded (speedrun.optim.Muon)         {result['sharded_s'] * 1e3:10.1f} ms/step")
@@ -192,14 +252,19 @@ def bench_dist(ranks: int, layers: int, repeats: int) -> dict:
     return result
 
 
-def dist_worker(out: Path, layers: int, repeats: int) -> None:
+def gpt2_hidden_banks(layers: int) -> list[tuple[int, int, int]]:
+    """The same matrices as `gpt2_hidden_shapes`, stored as one 3-D bank per shape."""
+    return [(4 * layers, DIM, DIM), (layers, HIDDEN, DIM), (layers, DIM, HIDDEN)]
+
+
+def dist_worker(out: Path, layers: int, repeats: int, banks: bool = False) -> None:
     import torch.distributed as dist
 
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     alone = [dist.new_group([r]) for r in range(world)][rank]   # a group of one: no sharding
     device = torch.device("cpu")
-    weights, grads = make_matrices(gpt2_hidden_shapes(layers), device)
+    weights, grads = make_matrices(gpt2_hidden_banks(layers) if banks else gpt2_hidden_shapes(layers), device)
     sharded_params, replicated_params = with_grads(weights, grads), with_grads(weights, grads)
     sharded = Muon(sharded_params, lr=0.02)
     replicated = Muon(replicated_params, lr=0.02, process_group=alone)
@@ -364,37 +429,43 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layers", type=int, default=12, help="GPT-2-small layers of hidden matrices [1][2]")
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds per figure (medians are reported)")
     parser.add_argument("--ranks", type=int, default=2, help="gloo ranks for [2]")
-    parser.add_argument("--parts", help="which figures to measure, e.g. 1,3 (default: cpu 1,2,3; cuda 1,3,4)")
+    parser.add_argument("--parts", help="which figures to measure, e.g. 1,3 (default: cpu 1,2,3,5; cuda 1,3,4,5)")
+    parser.add_argument("--banks", action="store_true", help="[2]: store each layer type's matrices as one 3-D bank")
     parser.add_argument("--share-layers", type=int, default=12)
     parser.add_argument("--batch-seqs", type=int, default=None, help="[4] sequences per step (cuda 32, cpu 1)")
     parser.add_argument("--seq-len", type=int, default=1024)
     parser.add_argument("--share-steps", type=int, default=None, help="[4] timed steps (cuda 10, cpu 2)")
     parser.add_argument("--compile", action="store_true", help="[4] torch.compile the model")
+    parser.add_argument("--threads", type=int, help="torch.set_num_threads for this process (default: torch's)")
     parser.add_argument("--json", type=Path, help="also write every figure to this JSON file")
     parser.add_argument("--dist-worker", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.dist_worker:
-        dist_worker(args.dist_worker, args.layers, args.repeats)
+        dist_worker(args.dist_worker, args.layers, args.repeats, args.banks)
         return 0
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("bench_optim: --device cuda but torch sees no CUDA device")
-    parts = set((args.parts or ("1,2,3" if device.type == "cpu" else "1,3,4")).replace(" ", "").split(","))
-    if not parts <= {"1", "2", "3", "4"}:
-        raise SystemExit(f"bench_optim: --parts takes numbers from 1 to 4, got {args.parts!r}")
+    parts = set((args.parts or ("1,2,3,5" if device.type == "cpu" else "1,3,4,5")).replace(" ", "").split(","))
+    if not parts <= {"1", "2", "3", "4", "5"}:
+        raise SystemExit(f"bench_optim: --parts takes numbers from 1 to 5, got {args.parts!r}")
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{os.cpu_count()} CPU cores"
     print(f"bench_optim: torch {torch.__version__}, {name}, {torch.get_num_threads()} threads")
     results: dict = {"device": name, "torch": torch.__version__}
     if "1" in parts:
         results["single"] = bench_single(device, args.layers, args.repeats)
     if "2" in parts:
-        results["dist"] = bench_dist(args.ranks, args.layers, args.repeats)
+        results["dist"] = bench_dist(args.ranks, args.layers, args.repeats, args.banks)
     if "3" in parts:
         results["adamw"] = bench_adamw(device, args.layers, args.repeats)
     if "4" in parts:
         cuda = device.type == "cuda"
         results["share"] = bench_share(device, args.share_layers, args.batch_seqs or (32 if cuda else 1),
                                        args.seq_len, args.share_steps or (10 if cuda else 2), args.compile)
+    if "5" in parts:
+        results["torch_muon"] = bench_torch_muon(device, args.layers, args.repeats)
     if args.json:
         tmp = args.json.with_suffix(args.json.suffix + ".tmp")
         tmp.write_text(json.dumps(results, indent=2))

@@ -1,7 +1,8 @@
 """Distributed half of the Muon tests: run under `torchrun --nproc_per_node=2` (gloo) by tests/test_optim_dist.py.
 
-The problem (parameters of mixed shapes, two param groups, per-step gradients, a parameter without a gradient
-at one step) is defined here once and imported by the test, which replays it on a single device and compares.
+The problem (parameters of mixed shapes including 3-D banks, three param groups with the options, per-step
+gradients, a parameter without a gradient at one step) is defined here once and imported by the test, which
+replays it on a single device and compares.
 Usage: torchrun --standalone --nproc_per_node=2 tests/optim_dist_worker.py OUT_DIR
 """
 
@@ -15,8 +16,12 @@ import torch
 STEPS = 6
 RESUME_AT = 3          # the resume check loads a single-device state taken after this many steps
 NO_GRAD_STEP = 2       # at this step parameter 0 has no gradient
-SHAPES = [(16, 24), (16, 24), (24, 16), (8, 8), (6, 2, 3, 3), (16, 24), (40, 12), (40, 12), (24, 16), (5, 7)]
-SECOND_GROUP = {6, 7, 8, 9}   # indices of parameters in the second param group
+# 3-D banks (indices 10-12) join the stacks of their matrices' shape and are shared out across ranks matrix by
+# matrix; (5, 40, 12) makes a stack of 7 matrices that wraps around the ranks inside a bank.
+SHAPES = [(16, 24), (16, 24), (24, 16), (8, 8), (6, 2, 3, 3), (16, 24), (40, 12), (40, 12), (24, 16), (5, 7),
+          (3, 16, 24), (5, 40, 12), (3, 24, 16)]
+SECOND_GROUP = {6, 7, 8, 9, 11}   # indices of parameters in the second param group (NorMuon, cautious decay)
+THIRD_GROUP = {12}                # Polar Express, NorMuon per column
 
 
 def make_params() -> list[torch.Tensor]:
@@ -27,12 +32,15 @@ def make_params() -> list[torch.Tensor]:
 def make_optimizer(params: list[torch.Tensor], **kwargs):
     from speedrun.optim import Muon
 
-    first = [p for i, p in enumerate(params) if i not in SECOND_GROUP]
+    first = [p for i, p in enumerate(params) if i not in SECOND_GROUP | THIRD_GROUP]
     second = [p for i, p in enumerate(params) if i in SECOND_GROUP]
+    third = [p for i, p in enumerate(params) if i in THIRD_GROUP]
     groups = [
         {"params": first},
         {"params": second, "lr": 0.05, "weight_decay": 0.1, "nesterov": False, "adjust_lr_fn": "match_rms_adamw",
-         "ns_coefficients": [(3.0, -3.2, 1.2)] * 4 + [(1.875, -1.25, 0.375)], "ns_steps": None},
+         "ns_coefficients": [(3.0, -3.2, 1.2)] * 4 + [(1.875, -1.25, 0.375)], "ns_steps": None,
+         "normuon_beta2": 0.9, "cautious_wd": True},
+        {"params": third, "ns_coefficients": "polar_express", "normuon_beta2": 0.95, "normuon_axis": "cols"},
     ]
     return Muon(groups, lr=0.02, momentum=0.9, weight_decay=0.01, **kwargs)
 

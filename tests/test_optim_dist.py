@@ -66,7 +66,10 @@ def test_state_dict_is_complete_on_every_rank(dist_run):
         got = dist_run[f"replicated-{rank}"]["state"]
         assert set(got["state"]) == set(want["state"]) == set(range(len(worker.SHAPES)))
         for index, entry in want["state"].items():
-            torch.testing.assert_close(got["state"][index]["momentum_buffer"], entry["momentum_buffer"], **CLOSE)
+            assert set(got["state"][index]) == set(entry)
+            for key, value in entry.items():   # momentum, and NorMuon's statistics for groups 2 and 3
+                torch.testing.assert_close(got["state"][index][key], value, **CLOSE)
+        assert sum("normuon_buffer" in entry for entry in want["state"].values()) == 6
         assert got["param_groups"] == want["param_groups"]
 
 
