@@ -1,7 +1,10 @@
-"""The `speedrun` command: one argparse front for every concept module.
+"""The `speedrun` command: one argparse front for every concept module, quick to answer.
 
-Each module that offers commands has `register(subparsers)`, which adds its sub-commands and sets
-`func(args) -> int` on each. A `SpeedrunError` becomes one line on stderr and exit status 1.
+`COMMANDS` maps each sub-command to the module that implements it and the one line `speedrun --help` shows.
+Building the parser imports only the module of the command being run (its `register(subparsers)` adds its
+sub-commands, each with `func(args) -> int`); every other command is a placeholder carrying the table's help
+line. So `speedrun --help` loads no module of the harness at all, and `speedrun tracks` loads no torch, numpy,
+scipy, matplotlib or wandb. A `SpeedrunError` becomes one line on stderr and exit status 1.
 """
 
 from __future__ import annotations
@@ -10,45 +13,74 @@ import argparse
 import importlib
 import sys
 
-from speedrun import __version__
+from speedrun import __version__, paths
 from speedrun.errors import SpeedrunError
 
-# modules that add sub-commands, in the order `speedrun --help` lists them
-COMMAND_MODULES = (
-    "speedrun.launcher",   # run
-    "speedrun.verify",     # verify
-    "speedrun.tracks_cli", # tracks
-    "speedrun.data_cli",   # data fetch / prepare / verify
-    "speedrun.ledger",     # record add, leaderboard
-    "speedrun.compare",    # compare, replay
-    "speedrun.legacy",     # import-log
-    "speedrun.plots",      # plot
-)
+# sub-command -> (module with its `register`, the help line `speedrun --help` shows), in the order it lists them;
+# a module that registers several commands (ledger, compare) must register exactly the ones mapped to it here
+COMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("speedrun.launcher", "launch a submission with torchrun under the referee, keep the evidence, verify"),
+    "verify": ("speedrun.verify", "re-check a run directory and write verdict.json"),
+    "tracks": ("speedrun.tracks_cli", "list tracks, or show one in full"),
+    "data": ("speedrun.data_cli", "fetch, prepare and verify token shards"),
+    "record": ("speedrun.compare", "add a verified run to the ledger"),
+    "leaderboard": ("speedrun.ledger", "print the records; --write regenerates the tables"),
+    "compare": ("speedrun.compare", "run two scripts or records interleaved on this machine"),
+    "replay": ("speedrun.compare", "re-run a record under this harness and hardware"),
+    "import-log": ("speedrun.legacy", "import modded-nanogpt logs as self-reported run evidence"),
+    "plot": ("speedrun.plots", "plot val loss of run directories, or the record progression of a track"),
+    "new": ("speedrun.starter", "write a commented starter submission NAME.py for a track"),
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="speedrun", description="Referee and ledger for the NanoGPT speedrun.")
+class DefaultsFormatter(argparse.HelpFormatter):
+    """Appends "(default: X)" to an option's help when it has a real default (not None or False) and the help
+    does not already say it: `formatter_class=DefaultsFormatter` on a command's parser."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if ("default" in text or default is None or default is False or default is argparse.SUPPRESS
+                or not (action.option_strings or action.nargs in (argparse.OPTIONAL, argparse.ZERO_OR_MORE))):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def command_of(argv: list[str]) -> str | None:
+    """The sub-command named in `argv`: the first word that is not an option (the top level takes no values)."""
+    return next((word for word in argv if not word.startswith("-")), None)
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser, with `command`'s module registered for real and every other command as a placeholder."""
+    parser = argparse.ArgumentParser(
+        prog="speedrun", description="Referee and ledger for the NanoGPT speedrun. "
+                                     "`speedrun COMMAND --help` shows a command's options.",
+        epilog=paths.describe(), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"speedrun {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name:  # not written yet
-                continue
-            raise
-        module.register(sub)
+    wanted = COMMANDS[command][0] if command in COMMANDS else None
+    for name, (module_name, help_line) in COMMANDS.items():
+        if name in sub.choices:  # registered together with an earlier command of the same module
+            continue
+        if module_name != wanted:
+            sub.add_parser(name, help=help_line, add_help=False)
+            continue
+        importlib.import_module(module_name).register(sub)
+        missing = [n for n, (m, _) in COMMANDS.items() if m == module_name and n not in sub.choices]
+        if missing:
+            raise RuntimeError(f"{module_name}.register did not add {', '.join(missing)} (see cli.COMMANDS)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     # everything after the first `--` belongs to the submission script, untouched by argparse
     passthrough: list[str] = []
     if "--" in argv:
         cut = argv.index("--")
         argv, passthrough = argv[:cut], argv[cut + 1:]
+    parser = build_parser(command_of(argv))
     args = parser.parse_args(argv)
     args.passthrough = passthrough
     if not getattr(args, "func", None):

@@ -1,4 +1,4 @@
-"""Same-hardware comparison and replay: how "faster than the prior record" is decided.
+"""How a run becomes a record: same-hardware comparison, replay, and `speedrun record add`.
 
 `speedrun compare A B --track T --runs K` runs two scripts (or records) interleaved, A B A B ..., on this
 machine, so drifting load or thermals hit both alike. Each side gets its own verified run directory; the
@@ -6,24 +6,33 @@ result (`compare.json`) holds the time ratio A/B, a one-sided Welch test that A'
 side's loss verdict, and the hardware it ran on. `record add` uses it (or accepts one made earlier on the
 same hardware).
 
-`speedrun replay NNN --track T` re-runs a record's script under the current harness and hardware, verifies
-it, and reports its time against the recorded one, flagging a different harness version or hardware.
+`speedrun replay NNN --track T` re-runs a record's script with its recorded seeds under the current harness,
+verifies it, and reports its time and val losses against the recorded ones (identical on the same machine
+class), naming the hardware fingerprint fields that differ.
+
+`speedrun record add RUN_DIR` re-verifies the run, checks that it beats the current record -- wallclock
+tracks: faster in a `compare` on the same hardware (run now, or given with `--compare`); the optimization
+track: fewer steps, with modded-nanogpt's pairwise statistic recorded -- and writes the entry through
+`speedrun.ledger` (which only stores). The ledger never imports this module.
 """
 
 from __future__ import annotations
 
 import argparse
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 
-from rich.console import Console
-
-from speedrun import __version__, evidence, launcher, stats, verify
+from speedrun import API_VERSION, __version__, evidence, hardware, launcher, ledger
 from speedrun.errors import SpeedrunError
 from speedrun.tracks import Track, load_track
 
-console = Console()
 RESULT = "compare.json"
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(highlight=False)
 
 
 def resolve_script(ref: str, track: Track) -> Path:
@@ -33,8 +42,6 @@ def resolve_script(ref: str, track: Track) -> Path:
         return path
     if path.is_dir() and (path / "train.py").is_file():
         return path / "train.py"
-    from speedrun import ledger
-
     name, _, number = ref.rpartition("/")
     if number.isdigit():
         return ledger.find_record(name or track.name, int(number)).script
@@ -45,9 +52,11 @@ def _metric(verdict: dict) -> list[float]:
     return verdict["metric"]["values"]
 
 
-def compare(a: Path, b: Path, track: Track, runs: int = 3, nproc: int = 1, out: Path | None = None,
+def compare(a: Path, b: Path, track: Track, runs: int = 3, nproc: int = 2, out: Path | None = None,
             seed: int = 0, script_args: list[str] | None = None, timeout: float | None = None) -> Path:
     """Run A and B interleaved `runs` times each; write and return the comparison directory."""
+    from speedrun import stats, verify
+
     if out is None:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
         out = launcher.runs_root() / "compare" / f"{stamp}_{a.stem}-vs-{b.stem}"
@@ -57,75 +66,125 @@ def compare(a: Path, b: Path, track: Track, runs: int = 3, nproc: int = 1, out: 
     out.mkdir(parents=True, exist_ok=True)
     sides = {"A": launcher.Launch(a, track, nproc, runs, out / "A", seed, script_args or [], {}, timeout=timeout),
              "B": launcher.Launch(b, track, nproc, runs, out / "B", seed, script_args or [], {}, timeout=timeout)}
-    console.print(f"[bold]speedrun compare[/bold] A={a} B={b} on track {track.name}: {runs} runs each, "
-                  f"interleaved -> {out}", highlight=False)
+    console = _console()
+    console.print(f"speedrun compare A={a} B={b} on track {track.name}: {runs} runs each, interleaved -> {out}",
+                  markup=False)
     for k in range(1, runs + 1):
         for name in ("A", "B") if k % 2 else ("B", "A"):
             sides[name].repetition(k)
     verdicts = {name: verify.verify_run_dir(job.run_dir) for name, job in sides.items()}
-    faster = stats.faster_test(_metric(verdicts["A"]), _metric(verdicts["B"]))
     result = {
         "track": track.name,
         "metric": track.metric,
         "hardware": sides["A"].manifest["hardware"],
+        "hardware_fingerprint": sides["A"].manifest["hardware_fingerprint"],
         "hostname": sides["A"].manifest["env"]["hostname"],
         "harness_version": __version__,
         "runs": runs,
         "nproc_per_node": nproc,
-        "sides": {name: {"script": str(job.cmd[-1]), "script_sha256": job.manifest["script"]["sha256"],
+        "sides": {name: {"script": str(job.run_dir / job.manifest["script"]["name"]),
+                         "script_sha256": job.manifest["script"]["sha256"],
                          "run_dir": job.run_dir.name, "qualifies": verdicts[name]["qualifies"],
                          "problems": verdicts[name]["problems"], "values": _metric(verdicts[name]),
+                         "losses": [r["final_loss"] for r in verdicts[name]["repetitions"]
+                                    if r.get("final_loss") is not None and not r.get("problems")],
                          "mean": verdicts[name]["metric"]["mean"], "sd": verdicts[name]["metric"]["sd"],
                          "val_loss_mean": verdicts[name]["target"]["mean"],
                          "loss_verdict": verdicts[name]["target"]["reason"]}
                   for name, job in sides.items()},
-        "ratio": faster.ratio,
-        "p_value": faster.p_value,
-        "threshold": faster.threshold,
-        "a_faster": faster.passed,
     }
+    a_side, b_side = result["sides"]["A"], result["sides"]["B"]
+    if track.metric == "wallclock":
+        faster = stats.faster_test(a_side["values"], b_side["values"])
+        result.update(test="welch", ratio=faster.ratio, p_value=faster.p_value, threshold=faster.threshold,
+                      a_faster=faster.passed, reason=faster.reason)
+    else:  # steps do not depend on the machine; the pairwise rule says whether the gain is significant
+        pair = stats.pairwise_test(a_side["losses"], a_side["values"], b_side["losses"], b_side["values"])
+        ratio = a_side["mean"] / b_side["mean"] if a_side["mean"] and b_side["mean"] else float("nan")
+        result.update(test="pairwise", ratio=ratio, p_value=None, statistic=pair.statistic, threshold=pair.margin,
+                      a_faster=bool(ratio < 1), pairwise_significant=bool(pair.passed), reason=pair.reason)
     evidence.write_json_atomic(out / RESULT, result)
     print_compare(result)
     return out
 
 
-def check_against(compare_dir: Path, new_sha: str, prior, hardware: str) -> dict:
-    """Does this comparison show the new script (A) beating the prior record (B) on `hardware`?"""
+def check_against(compare_dir: Path, new_sha: str, prior, fingerprint: dict | None) -> dict:
+    """Does this comparison show the new script (A) beating the prior record (B) on the run's hardware?"""
     result = evidence.read_json(Path(compare_dir) / RESULT)
     a, b = result["sides"]["A"], result["sides"]["B"]
     if a["script_sha256"] != new_sha:
         raise SpeedrunError(f"{compare_dir}: side A is not this run's script")
     if b["script_sha256"] != prior.script_sha256:
         raise SpeedrunError(f"{compare_dir}: side B is not record #{prior.number}'s script")
-    if hardware and result["hardware"] != hardware:
-        raise SpeedrunError(f"{compare_dir}: compared on {result['hardware']}, but the run is from {hardware}")
+    diff = hardware.differences(result.get("hardware_fingerprint"), fingerprint)
+    if diff:
+        raise SpeedrunError(f"{compare_dir}: compared on other hardware than the run's ({'; '.join(diff)})")
     passed = bool(result["a_faster"] and a["qualifies"] and result["ratio"] < 1)
-    return {"against": prior.number, "ratio": result["ratio"], "p_value": result["p_value"],
+    return {"against": prior.number, "test": result.get("test", "welch"), "ratio": result["ratio"],
+            "p_value": result.get("p_value"), "statistic": result.get("statistic"),
             "threshold": result["threshold"], "runs": result["runs"], "hardware": result["hardware"],
-            "mean_new": a["mean"], "mean_prior": b["mean"], "passed": passed}
+            "mean_new": a["mean"], "mean_prior": b["mean"], "passed": passed, "reason": result.get("reason", "")}
 
 
 def print_compare(result: dict) -> None:
+    console = _console()
     a, b = result["sides"]["A"], result["sides"]["B"]
     unit = "s" if result["metric"] == "wallclock" else "steps"
     for name, side in (("A", a), ("B", b)):
         console.print(f"{name}: {side['mean']:.3f} ± {side['sd']:.3f} {unit}  val loss {side['val_loss_mean']:.4f}  "
                       f"{'qualifies' if side['qualifies'] else 'does not qualify'} ({side['loss_verdict']})",
-                      highlight=False)
-    console.print(f"ratio A/B = {result['ratio']:.4f}; one-sided Welch p = {result['p_value']:.3g}: "
-                  f"{'A is faster' if result['a_faster'] else 'A is not shown faster'} on {result['hardware']}",
-                  highlight=False)
+                      markup=False)
+    if result.get("test") == "pairwise":
+        verdict = f"pairwise statistic {result['statistic']:.5f} ({result.get('reason', '')})"
+    else:
+        verdict = f"one-sided Welch p = {result['p_value']:.3g}"
+    console.print(f"ratio A/B = {result['ratio']:.4f}; {verdict}: "
+                  f"{'A is better' if result['a_faster'] else 'A is not shown better'} on {result['hardware']}",
+                  markup=False)
+
+
+def prefix_replay(track: Track, number: int, steps: int, nproc: int | None = None, out: Path | None = None,
+                  timeout: float | None = None) -> dict:
+    """Re-run the first `steps` logged steps of record `number`'s first repetition (its recorded seed) and
+    compare the logged train losses with the recorded ones: cheap, and exact on the same machine class."""
+    console = _console()
+    rec = ledger.find_record(track.name, number)
+    if not (rec.path / "run-1.jsonl").is_file():
+        raise SpeedrunError(f"record #{number} has no recorded run to replay against")
+    recorded = evidence.read_json(rec.path / evidence.MANIFEST)
+    logged = [e["scalars"] for e in evidence.read_events(rec.path / "run-1.jsonl").of("log")][:steps]
+    if len(logged) < steps:
+        raise SpeedrunError(f"record #{number} logged {len(logged)} steps (run.log); a prefix replay of {steps} "
+                            f"needs that many")
+    job = launcher.Launch(rec.script, track, nproc or recorded.get("nproc_per_node", 1), 1,
+                          str(out) if out else None, (recorded.get("seeds") or [0])[0], [], {}, timeout=timeout,
+                          stop_after_logs=steps)
+    job.repetition(1)
+    replayed = [e["scalars"] for e in evidence.read_events(evidence.events_path(job.run_dir, 1)).of("log")][:steps]
+    diff = hardware.differences(recorded.get("hardware_fingerprint"), job.manifest.get("hardware_fingerprint"))
+    report = {"record": number, "run_dir": str(job.run_dir), "steps": steps, "recorded": logged,
+              "replayed": replayed, "identical": replayed == logged, "same_hardware": not diff,
+              "flags": [f"recorded on other hardware ({'; '.join(diff)})"] if diff else []}
+    console.print(f"record #{number}: the first {len(replayed)} of {steps} logged steps "
+                  f"{'match the recorded run exactly' if report['identical'] else 'differ from the recorded run'}"
+                  + (f" ({report['flags'][0]})" if diff else ""), markup=False)
+    return report
 
 
 def replay(track: Track, number: int, runs: int = 3, nproc: int | None = None, out: Path | None = None,
            timeout: float | None = None) -> dict:
-    """Re-run record `number`, verify it, and compare its time with the recorded one."""
-    from speedrun import ledger
+    """Re-run record `number` with its recorded seeds, verify it, and compare with the recorded run.
 
+    On the same machine class (equal hardware fingerprints) and harness, a replay reproduces the recorded
+    val losses exactly; elsewhere it says which fingerprint fields differ and times are not comparable."""
+    from speedrun import verify
+
+    console = _console()
     rec = ledger.find_record(track.name, number)
     recorded = evidence.read_json(rec.path / evidence.MANIFEST) if (rec.path / evidence.MANIFEST).exists() else {}
     nproc = nproc or recorded.get("nproc_per_node", 1)
-    run_dir = launcher.launch(rec.script, track, nproc, runs, str(out) if out else None, 0, [], {},
+    seed = (recorded.get("seeds") or [0])[0]
+    run_dir = launcher.launch(rec.script, track, nproc, runs, str(out) if out else None, seed, [], {},
                               timeout=timeout)
     verdict = verify.verify_run_dir(run_dir)
     verify.print_verdict(verdict)
@@ -133,50 +192,210 @@ def replay(track: Track, number: int, runs: int = 3, nproc: int | None = None, o
     flags = []
     if rec.harness_version != __version__:
         flags.append(f"recorded under harness {rec.harness_version}, replayed under {__version__}")
-    if rec.hardware and rec.hardware != manifest["hardware"]:
-        flags.append(f"recorded on {rec.hardware}, replayed on {manifest['hardware']}: times are not comparable")
+    diff = hardware.differences(recorded.get("hardware_fingerprint"), manifest.get("hardware_fingerprint"))
+    if diff:
+        flags.append(f"recorded on {rec.hardware or 'unknown hardware'}, replayed on {manifest['hardware']} "
+                     f"({'; '.join(diff)}): times are not comparable")
+    recorded_losses = [r.get("final_loss") for r in (ledger.recorded_verdict(rec) or {}).get("repetitions", [])]
+    replayed_losses = [r.get("final_loss") for r in verdict["repetitions"]]
+    same = [a == b for a, b in zip(recorded_losses, replayed_losses) if a is not None and b is not None]
     ratio = verdict["metric"]["mean"] / rec.metric_mean if rec.verified and rec.metric_mean else None
     report = {"record": number, "run_dir": str(run_dir), "qualifies": verdict["qualifies"],
-              "recorded": rec.metric_mean, "replayed": verdict["metric"]["mean"], "ratio": ratio, "flags": flags}
+              "recorded": rec.metric_mean, "replayed": verdict["metric"]["mean"], "ratio": ratio, "flags": flags,
+              "losses_recorded": recorded_losses, "losses_replayed": replayed_losses,
+              "losses_identical": bool(same) and all(same), "same_hardware": not diff}
     unit = "s" if track.metric == "wallclock" else "steps"
     if ratio is not None:
         console.print(f"record #{number}: recorded {rec.metric_mean:.3f} {unit}, replayed "
-                      f"{verdict['metric']['mean']:.3f} {unit} (ratio {ratio:.3f})", highlight=False)
+                      f"{verdict['metric']['mean']:.3f} {unit} (ratio {ratio:.3f}); val losses "
+                      f"{'identical to' if report['losses_identical'] else 'differ from'} the recorded run's",
+                      markup=False)
     elif not rec.verified:
-        console.print(f"record #{number} has no verified run to compare with ({rec.note})", highlight=False)
+        console.print(f"record #{number} has no verified run to compare with ({rec.note})", markup=False)
     for f in flags:
-        console.print(f"[yellow]note:[/yellow] {f}", highlight=False)
+        console.print(f"note: {f}", style="yellow", markup=False)
     return report
 
 
+def add_record(run_dir: Path, description: str, contributors: list[str], *, track_name: str | None = None,
+               slug: str | None = None, compare_dir: Path | None = None, compare_runs: int = 3,
+               systems_speedup: bool = False, step: int | None = None, root: Path | None = None) -> ledger.Record:
+    """Verify `run_dir`, check it beats the current record (wallclock: timed side by side on the same
+    hardware; steps: fewer steps, with the pairwise statistic recorded), and add it to the ledger."""
+    root = root or ledger.records_dir()
+    run_dir = Path(run_dir)
+    from speedrun import stats, verify
+
+    manifest = evidence.read_json(run_dir / evidence.MANIFEST)
+    command = manifest.get("command") or []
+    script_name = (manifest.get("script") or {}).get("name", "")
+    tail = command[next((i for i, c in enumerate(command) if script_name and c.endswith(script_name)),
+                        len(command)) + 1:]
+    if tail:
+        raise SpeedrunError(f"{run_dir} was launched with script arguments {tail}: a record must run without "
+                            f"arguments (bake them into the script) so that replay and compare reproduce it")
+    verdict = verify.verify_run_dir(run_dir, step=step)
+    track = load_track(verdict["track"])
+    if track_name and track_name != track.name:
+        raise SpeedrunError(f"{run_dir} is a run of track {track.name}, not {track_name}")
+    if verdict["self_reported"]:
+        raise SpeedrunError(f"{run_dir} holds self-reported (imported) evidence; only refereed runs can be records")
+    if verdict["problems"]:
+        raise SpeedrunError(f"{run_dir} is not verified: {verdict['problems'][0]}")
+    if systems_speedup and not track.checks.systems_speedup_without_loss_test:
+        raise SpeedrunError(f"track {track.name} does not accept systems speedups without the loss test")
+    if not verdict["target"]["passed"] and not systems_speedup:
+        raise SpeedrunError(f"{run_dir} does not meet the target: {verdict['target']['reason']}")
+    sha = manifest["script"]["sha256"]
+    for rec in ledger.load_records(track.name, root):
+        if rec.script_sha256 == sha:
+            raise SpeedrunError(f"this script is already recorded as #{rec.number} ({rec.path.name})")
+
+    prior = ledger.current_record(track.name, root)
+    metric = verdict["metric"]
+    target = verdict["target"]
+    comparison: dict = {}
+    compare_file = None
+    if prior is not None and track.metric == "steps":
+        # steps do not depend on the machine: no re-run; fewer steps makes a record, and the pairwise rule
+        # (loss difference plus steps saved, at the track's slope) says whether the gain is significant
+        pair = stats.pairwise_from_summary(target["mean"], target["n"], metric["mean"], prior.val_loss_mean,
+                                           prior.n_runs, prior.metric_mean)
+        comparison = {"against": prior.number, "test": "pairwise", "statistic": pair.statistic,
+                      "threshold": pair.margin, "significant": pair.passed, "reason": pair.reason,
+                      "mean_new": metric["mean"], "mean_prior": prior.metric_mean,
+                      "passed": metric["mean"] < prior.metric_mean}
+        if not comparison["passed"]:
+            raise SpeedrunError(f"not fewer steps than record #{prior.number}: {metric['mean']:g} vs "
+                                f"{prior.metric_mean:g}")
+    elif prior is not None:
+        if compare_dir is None:
+            compare_dir = compare(run_dir / manifest["script"]["name"], prior.script, track,
+                                          runs=compare_runs, nproc=manifest.get("nproc_per_node", 1))
+        comparison = check_against(Path(compare_dir), sha, prior, manifest.get("hardware_fingerprint"))
+        compare_file = Path(compare_dir) / RESULT
+        if not comparison["passed"]:
+            raise SpeedrunError(f"not faster than record #{prior.number} on this hardware: time ratio "
+                                f"{comparison['ratio']:.4f}, one-sided Welch p = {comparison['p_value']:.3g} "
+                                f"(needs p < {comparison['threshold']})")
+        if prior.hardware_fingerprint:
+            diff = hardware.differences(prior.hardware_fingerprint, manifest.get("hardware_fingerprint"))
+            if diff:
+                comparison["note"] = (f"record #{prior.number} was recorded on other hardware ({'; '.join(diff)}); "
+                                      f"it was re-timed here for this comparison")
+
+    with ledger.locked(track.name, root):
+        existing = ledger.load_records(track.name, root)
+        number = max((r.number for r in existing), default=0) + 1
+        tp = verdict.get("throughput") or {}
+        record = ledger.Record(
+            number=number, slug=ledger.slugify(slug or description), date=date.today().isoformat(), track=track.name,
+            description=description, contributors=contributors, verified=True, metric=track.metric,
+            script_sha256=sha, harness_version=manifest.get("harness_version", __version__),
+            api_version=manifest.get("api_version", API_VERSION), hardware=manifest.get("hardware", ""),
+            metric_mean=metric["mean"], metric_sd=metric["sd"], val_loss_mean=target["mean"],
+            val_loss_sd=target["sd"], n_runs=target["n"], p_value=target["p_value"],
+            prior=prior.number if prior else 0, comparison=comparison, judged_step=verdict.get("judged_step"),
+            throughput={k: tp.get(k) for k in ("tokens_per_s", "flops_per_token", "mfu")},
+            hardware_fingerprint=manifest.get("hardware_fingerprint") or {},
+            note="systems speedup: accepted on time alone" if systems_speedup and not target["passed"] else "")
+        files = ledger.evidence_files(run_dir, manifest)
+        if compare_file is not None:
+            files["compare.json"] = compare_file
+        entry_manifest = dict(manifest, script=dict(manifest["script"], name="train.py",
+                                                    original_name=manifest["script"]["name"]))
+        ledger.write_entry(root, record, files, entry_manifest)
+    ledger.write_tables(root)
+    return record
+
+
 def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("record", help="add a verified run to the ledger")
+    rsub = p.add_subparsers(dest="record_command", metavar="ACTION", required=True)
+    a = rsub.add_parser("add", help="verify RUN_DIR, check it beats the current record, append it")
+    a.add_argument("run_dir", type=Path)
+    a.add_argument("--description", required=True)
+    a.add_argument("--contributors", required=True, help="comma-separated")
+    a.add_argument("--track", help="refuse unless the run is of this track")
+    a.add_argument("--slug")
+    a.add_argument("--compare", type=Path, help="a `speedrun compare` directory made on this hardware")
+    a.add_argument("--compare-runs", type=int, default=3, help="runs per side when comparing now")
+    a.add_argument("--systems-speedup", action="store_true",
+                   help="a pure systems speedup: accepted on time alone where the track allows it")
+    a.add_argument("--step", type=int, help="the declared judging step of every run (optimization track)")
+    a.set_defaults(func=_cmd_add)
+    u = rsub.add_parser("add-unverified", help="enter a baseline that has no verified run yet")
+    u.add_argument("script", type=Path)
+    u.add_argument("--track", required=True)
+    u.add_argument("--description", required=True)
+    u.add_argument("--contributors", required=True)
+    u.add_argument("--note", default="no verified run exists yet")
+    u.add_argument("--slug")
+    u.set_defaults(func=_cmd_add_unverified)
     c = sub.add_parser("compare", help="run two scripts or records interleaved on this machine")
     c.add_argument("a", help="script, record directory or record number (the challenger)")
     c.add_argument("b", help="script, record directory or record number (the incumbent)")
     c.add_argument("--track", required=True)
-    c.add_argument("--runs", type=int, default=3)
-    c.add_argument("--nproc", type=int, default=1)
+    c.add_argument("--runs", type=int, default=3, help="repetitions of each side (default: 3)")
+    c.add_argument("--nproc", type=int, help="processes per side (default: the incumbent record's, else 1)")
     c.add_argument("--out", type=Path)
     c.add_argument("--timeout", type=float)
     c.set_defaults(func=_cmd_compare)
     r = sub.add_parser("replay", help="re-run a record under this harness and hardware")
     r.add_argument("number", type=int)
     r.add_argument("--track", required=True)
-    r.add_argument("--runs", type=int, default=3)
-    r.add_argument("--nproc", type=int, help="default: as recorded")
+    r.add_argument("--runs", type=int, help="repetitions (default: the track's minimum)")
+    r.add_argument("--steps", type=int, help="only the first N logged steps of repetition 1, compared exactly with "
+                                             "the recorded ones (a cheap check that the record still runs the same)")
+    r.add_argument("--nproc", type=int, help="processes (default: as recorded)")
     r.add_argument("--out", type=Path)
     r.add_argument("--timeout", type=float)
     r.set_defaults(func=_cmd_replay)
 
 
+def _recorded_nproc(script: Path) -> int | None:
+    manifest = script.parent / evidence.MANIFEST
+    if manifest.is_file():
+        try:
+            return int(evidence.read_json(manifest).get("nproc_per_node") or 0) or None
+        except (SpeedrunError, TypeError, ValueError):
+            return None
+    return None
+
+
 def _cmd_compare(args) -> int:
     track = load_track(args.track)
-    out = compare(resolve_script(args.a, track), resolve_script(args.b, track), track, args.runs, args.nproc,
-                  args.out, script_args=list(getattr(args, "passthrough", [])), timeout=args.timeout)
+    a, b = resolve_script(args.a, track), resolve_script(args.b, track)
+    nproc = args.nproc or _recorded_nproc(b) or 1
+    out = compare(a, b, track, args.runs, nproc, args.out, script_args=list(getattr(args, "passthrough", [])),
+                  timeout=args.timeout)
     result = evidence.read_json(out / RESULT)
     return 0 if result["a_faster"] else 1
 
 
 def _cmd_replay(args) -> int:
-    report = replay(load_track(args.track), args.number, args.runs, args.nproc, args.out, args.timeout)
+    track = load_track(args.track)
+    if args.steps:
+        report = prefix_replay(track, args.number, args.steps, args.nproc, args.out, args.timeout)
+        return 0 if report["identical"] or not report["same_hardware"] else 1
+    report = replay(track, args.number, args.runs or track.rule.min_runs, args.nproc, args.out, args.timeout)
     return 0 if report["qualifies"] else 1
+
+
+def _contributors(text: str) -> list[str]:
+    return [c.strip() for c in text.split(",") if c.strip()]
+
+
+def _cmd_add(args) -> int:
+    rec = add_record(args.run_dir, args.description, _contributors(args.contributors), track_name=args.track,
+                     slug=args.slug, compare_dir=args.compare, compare_runs=args.compare_runs,
+                     systems_speedup=args.systems_speedup, step=args.step)
+    print(f"added record #{rec.number} to track {rec.track}: {rec.path}")
+    return 0
+
+
+def _cmd_add_unverified(args) -> int:
+    rec = ledger.add_unverified(args.script, load_track(args.track), args.description, _contributors(args.contributors),
+                         args.note, args.slug)
+    print(f"entered #{rec.number} on track {rec.track} (not verified): {rec.path}")
+    return 0

@@ -6,10 +6,10 @@ date, description, contributors, metric mean and spread, n runs, p-value, hardwa
 sha256, the prior record and the comparison statistics. An entry may be `verified = false` (a baseline
 nobody has run on the track's hardware yet); it then says so in `note` and is never the current record.
 
-`speedrun record add RUN_DIR` re-verifies the run, checks that it beats the current record on the same
-hardware (`speedrun compare`, run now or given with `--compare`), takes the next number under a lock, writes
-the entry aside and renames it into place (a crash leaves the ledger valid), and regenerates the tables.
-Tables (`records/<track>/README.md` and a section of the top-level README) are generated, never hand-edited.
+This module is the store: reading and validating entries, writing one under a lock (aside, then renamed
+into place: a crash leaves the ledger valid), and the generated tables (`records/<track>/README.md` and a
+section of the top-level README, never hand-edited) and leaderboard. Deciding whether a run *becomes* a record
+(`speedrun record add`: verify, compare with the prior record, then `write_record`) is `speedrun.compare`'s.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ except ModuleNotFoundError:  # Python 3.10
 
 from speedrun import API_VERSION, __version__, evidence
 from speedrun.errors import SpeedrunError
-from speedrun.tracks import REPO_ROOT, Track, load_track, track_names
+from speedrun.tracks import Track, load_track, track_names
 
 ENTRY = re.compile(r"^(\d{3})_([a-z0-9][a-z0-9-]*)$")
 README_START, README_END = "<!-- leaderboard:start -->", "<!-- leaderboard:end -->"
@@ -42,7 +42,10 @@ LOCK_TIMEOUT_S = 120
 
 
 def records_dir() -> Path:
-    return Path(os.environ.get("SPEEDRUN_RECORDS_DIR", REPO_ROOT / "records"))
+    """`$SPEEDRUN_RECORDS_DIR`, else the checkout's `records/`, else `./records` (the rule is `speedrun.paths`)."""
+    from speedrun import paths
+
+    return paths.records_dir()
 
 
 @dataclass
@@ -68,6 +71,9 @@ class Record:
     prior: int = 0
     note: str = ""
     comparison: dict = field(default_factory=dict)
+    judged_step: int | None = None       # optimization track: the declared step every run was judged at
+    throughput: dict = field(default_factory=dict)  # tokens_per_s, flops_per_token, mfu (from the verdict)
+    hardware_fingerprint: dict = field(default_factory=dict)
     path: Path | None = None
 
     @property
@@ -76,8 +82,11 @@ class Record:
 
     def to_toml(self) -> dict:
         doc = {k: v for k, v in asdict(self).items() if k != "path" and v is not None}
-        if not doc["comparison"]:
-            doc.pop("comparison")
+        for key in ("comparison", "throughput", "hardware_fingerprint"):
+            if not doc[key]:
+                doc.pop(key)
+            else:
+                doc[key] = {k: v for k, v in doc[key].items() if v is not None}
         return doc
 
 
@@ -85,7 +94,7 @@ _REQUIRED = {"number": int, "slug": str, "date": str, "track": str, "description
              "verified": bool, "metric": str, "script_sha256": str, "harness_version": str, "api_version": int}
 _OPTIONAL = {"hardware": str, "metric_mean": (int, float), "metric_sd": (int, float), "val_loss_mean": (int, float),
              "val_loss_sd": (int, float), "n_runs": int, "p_value": (int, float), "prior": int, "note": str,
-             "comparison": dict}
+             "comparison": dict, "judged_step": int, "throughput": dict, "hardware_fingerprint": dict}
 
 
 def read_record(path: Path) -> Record:
@@ -135,6 +144,12 @@ def current_record(track: str, root: Path | None = None) -> Record | None:
     return verified[-1] if verified else None
 
 
+def recorded_verdict(record: Record) -> dict | None:
+    """The verdict stored with a ledger entry (None for unverified entries)."""
+    path = record.path / evidence.VERDICT if record.path else None
+    return evidence.read_json(path) if path is not None and path.is_file() else None
+
+
 def find_record(track: str, number: int, root: Path | None = None) -> Record:
     for rec in load_records(track, root):
         if rec.number == number:
@@ -151,7 +166,7 @@ def slugify(text: str) -> str:
 
 
 @contextmanager
-def _locked(track: str, root: Path):
+def locked(track: str, root: Path):
     folder = root / track
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / ".lock", "w") as f:
@@ -170,7 +185,7 @@ def _locked(track: str, root: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _write_entry(root: Path, record: Record, files: dict[str, Path], manifest: dict | None) -> Path:
+def write_entry(root: Path, record: Record, files: dict[str, Path], manifest: dict | None) -> Path:
     """Write the entry beside the ledger and rename it into place (the caller holds the lock)."""
     folder = root / record.track
     for stale in folder.glob(".tmp-*"):  # left by a crash mid-write: never part of the ledger
@@ -197,83 +212,11 @@ def _write_entry(root: Path, record: Record, files: dict[str, Path], manifest: d
     return final
 
 
-def _evidence_files(run_dir: Path, manifest: dict) -> dict[str, Path]:
+def evidence_files(run_dir: Path, manifest: dict) -> dict[str, Path]:
     files = {"train.py": run_dir / manifest["script"]["name"], evidence.VERDICT: run_dir / evidence.VERDICT}
     for p in sorted(run_dir.glob("run-*.jsonl")) + sorted(run_dir.glob("run-*.log")):
         files[p.name] = p
     return files
-
-
-def add_record(run_dir: Path, description: str, contributors: list[str], *, track_name: str | None = None,
-               slug: str | None = None, compare_dir: Path | None = None, compare_runs: int = 3,
-               systems_speedup: bool = False, root: Path | None = None) -> Record:
-    """Verify `run_dir`, check it beats the current record on the same hardware, and add it to the ledger."""
-    root = root or records_dir()
-    run_dir = Path(run_dir)
-    from speedrun import verify
-
-    verdict = verify.verify_run_dir(run_dir)
-    manifest = evidence.read_json(run_dir / evidence.MANIFEST)
-    track = load_track(verdict["track"])
-    if track_name and track_name != track.name:
-        raise SpeedrunError(f"{run_dir} is a run of track {track.name}, not {track_name}")
-    if verdict["self_reported"]:
-        raise SpeedrunError(f"{run_dir} holds self-reported (imported) evidence; only refereed runs can be records")
-    if verdict["problems"]:
-        raise SpeedrunError(f"{run_dir} is not verified: {verdict['problems'][0]}")
-    if systems_speedup and not track.checks.systems_speedup_without_loss_test:
-        raise SpeedrunError(f"track {track.name} does not accept systems speedups without the loss test")
-    if not verdict["target"]["passed"] and not systems_speedup:
-        raise SpeedrunError(f"{run_dir} does not meet the target: {verdict['target']['reason']}")
-    command = manifest.get("command") or []
-    script_name = manifest["script"]["name"]
-    tail = command[next((i for i, c in enumerate(command) if c.endswith(script_name)), len(command)) + 1:]
-    if tail:
-        raise SpeedrunError(f"{run_dir} was launched with script arguments {tail}: a record must run without "
-                            f"arguments (bake them into the script) so that replay and compare reproduce it")
-    sha = manifest["script"]["sha256"]
-    for rec in load_records(track.name, root):
-        if rec.script_sha256 == sha:
-            raise SpeedrunError(f"this script is already recorded as #{rec.number} ({rec.path.name})")
-
-    prior = current_record(track.name, root)
-    comparison: dict = {}
-    compare_file = None
-    if prior is not None:
-        from speedrun import compare
-
-        if compare_dir is None:
-            compare_dir = compare.compare(run_dir / manifest["script"]["name"], prior.script, track,
-                                          runs=compare_runs, nproc=manifest.get("nproc_per_node", 1))
-        comparison = compare.check_against(Path(compare_dir), sha, prior, manifest.get("hardware", ""))
-        compare_file = Path(compare_dir) / compare.RESULT
-        if not comparison["passed"]:
-            raise SpeedrunError(f"not faster than record #{prior.number} on this hardware: time ratio "
-                                f"{comparison['ratio']:.4f}, one-sided Welch p = {comparison['p_value']:.3g} "
-                                f"(needs p < {comparison['threshold']})")
-
-    metric = verdict["metric"]
-    target = verdict["target"]
-    with _locked(track.name, root):
-        existing = load_records(track.name, root)
-        number = max((r.number for r in existing), default=0) + 1
-        record = Record(
-            number=number, slug=slugify(slug or description), date=date.today().isoformat(), track=track.name,
-            description=description, contributors=contributors, verified=True, metric=track.metric,
-            script_sha256=sha, harness_version=manifest.get("harness_version", __version__),
-            api_version=manifest.get("api_version", API_VERSION), hardware=manifest.get("hardware", ""),
-            metric_mean=metric["mean"], metric_sd=metric["sd"], val_loss_mean=target["mean"],
-            val_loss_sd=target["sd"], n_runs=target["n"], p_value=target["p_value"],
-            prior=prior.number if prior else 0, comparison=comparison,
-            note="systems speedup: accepted on time alone" if systems_speedup and not target["passed"] else "")
-        files = _evidence_files(run_dir, manifest)
-        if compare_file is not None:
-            files["compare.json"] = compare_file
-        entry_manifest = dict(manifest, script=dict(manifest["script"], name="train.py",
-                                                    original_name=manifest["script"]["name"]))
-        _write_entry(root, record, files, entry_manifest)
-    write_tables(root)
-    return record
 
 
 def add_unverified(script: Path, track: Track, description: str, contributors: list[str], note: str,
@@ -283,14 +226,14 @@ def add_unverified(script: Path, track: Track, description: str, contributors: l
     root = root or records_dir()
     if not script.is_file():
         raise SpeedrunError(f"{script}: no such script")
-    with _locked(track.name, root):
+    with locked(track.name, root):
         number = max((r.number for r in load_records(track.name, root)), default=0) + 1
         record = Record(number=number, slug=slugify(slug or description), date=date.today().isoformat(),
                         track=track.name, description=description, contributors=contributors, verified=False,
                         metric=track.metric, script_sha256=evidence.sha256_file(script),
                         harness_version=__version__, api_version=API_VERSION, hardware=track.hardware,
                         note=note or "no verified run exists yet")
-        _write_entry(root, record, {"train.py": script}, None)
+        write_entry(root, record, {"train.py": script}, None)
     write_tables(root)
     return record
 
@@ -302,11 +245,22 @@ def _fmt(value, digits: int) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def _throughput_text(r: Record) -> str:
+    tp = r.throughput or {}
+    if not tp.get("tokens_per_s"):
+        return "-"
+    text = f"{tp['tokens_per_s']:,.0f} tok/s"
+    if tp.get("mfu"):
+        text += f", MFU {tp['mfu']:.1%}"
+    return text
+
+
 def track_table(track: Track, records: list[Record]) -> str:
     unit = "s" if track.metric == "wallclock" else "steps"
     lines = [
-        f"| # | date | {track.metric} ({unit}) | val loss | runs | p | description | contributors | hardware | status |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        f"| # | date | {track.metric} ({unit}) | val loss | runs | p | description | contributors | hardware | "
+        f"throughput | status |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in records:
         metric = f"{_fmt(r.metric_mean, 2)} ± {_fmt(r.metric_sd, 2)}" if r.verified else "-"
@@ -314,7 +268,7 @@ def track_table(track: Track, records: list[Record]) -> str:
         p = "-" if r.p_value is None else f"{r.p_value:.2g}"
         lines.append(f"| [{r.number}]({r.path.name}/) | {r.date} | {metric} | {_fmt(r.val_loss_mean, 4)} | "
                      f"{r.n_runs or '-'} | {p} | {r.description} | {', '.join(r.contributors)} | {r.hardware} | "
-                     f"{status} |")
+                     f"{_throughput_text(r)} | {status} |")
     return "\n".join(lines)
 
 
@@ -346,7 +300,10 @@ def readme_section(root: Path) -> str:
 
 
 def rendered_tables(root: Path | None = None) -> dict[Path, str]:
-    """Every generated file's expected content, keyed by path."""
+    """Every generated file's expected content, keyed by path. The README beside the records folder gets the
+    leaderboard section between its markers; a README without markers only when it is the checkout's."""
+    from speedrun import paths
+
     root = root or records_dir()
     out = {}
     for name in track_names():
@@ -359,7 +316,7 @@ def rendered_tables(root: Path | None = None) -> dict[Path, str]:
             head, rest = text.split(README_START, 1)
             tail = rest.split(README_END, 1)[1]
             out[readme] = head + section + tail
-        else:
+        elif readme.parent == paths.checkout():  # never append to some other project's README
             out[readme] = text.rstrip("\n") + "\n\n## Leaderboard\n\n" + section + "\n"
     return out
 
@@ -384,60 +341,91 @@ def write_tables(root: Path | None = None) -> list[Path]:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("record", help="add a verified run to the ledger")
-    rsub = p.add_subparsers(dest="record_command", metavar="ACTION", required=True)
-    a = rsub.add_parser("add", help="verify RUN_DIR, check it beats the current record, append it")
-    a.add_argument("run_dir", type=Path)
-    a.add_argument("--description", required=True)
-    a.add_argument("--contributors", required=True, help="comma-separated")
-    a.add_argument("--track", help="refuse unless the run is of this track")
-    a.add_argument("--slug")
-    a.add_argument("--compare", type=Path, help="a `speedrun compare` directory made on this hardware")
-    a.add_argument("--compare-runs", type=int, default=3, help="runs per side when comparing now")
-    a.add_argument("--systems-speedup", action="store_true",
-                   help="a pure systems speedup: accepted on time alone where the track allows it")
-    a.set_defaults(func=_cmd_add)
-    u = rsub.add_parser("add-unverified", help="enter a baseline that has no verified run yet")
-    u.add_argument("script", type=Path)
-    u.add_argument("--track", required=True)
-    u.add_argument("--description", required=True)
-    u.add_argument("--contributors", required=True)
-    u.add_argument("--note", default="no verified run exists yet")
-    u.add_argument("--slug")
-    u.set_defaults(func=_cmd_add_unverified)
+    from speedrun.cli import DefaultsFormatter
 
-    lb = sub.add_parser("leaderboard", help="print the records; --write regenerates the tables")
-    lb.add_argument("--track")
+    lb = sub.add_parser("leaderboard", help="print the records; --write regenerates the tables",
+                        description="Print each track's records, one line each (at most 100 columns); --long adds "
+                                    "contributors, p-values, notes and full descriptions.",
+                        formatter_class=DefaultsFormatter)
+    lb.add_argument("--track", help="only this track (default: every track)")
+    lb.add_argument("--long", action="store_true",
+                    help="every field in full: description, contributors, p-value, prior record, notes")
     lb.add_argument("--write", action="store_true", help="regenerate records/*/README.md and the README section")
     lb.add_argument("--check", action="store_true", help="exit 1 when a generated table is stale")
     lb.add_argument("--history", action="store_true", help="show the external (self-reported) history instead")
     lb.set_defaults(func=_cmd_leaderboard)
 
 
-def _contributors(text: str) -> list[str]:
-    return [c.strip() for c in text.split(",") if c.strip()]
+LEADERBOARD_WIDTH = 100  # columns of `speedrun leaderboard` when the output is not a terminal
 
 
-def _cmd_add(args) -> int:
-    rec = add_record(args.run_dir, args.description, _contributors(args.contributors), track_name=args.track,
-                     slug=args.slug, compare_dir=args.compare, compare_runs=args.compare_runs,
-                     systems_speedup=args.systems_speedup)
-    print(f"added record #{rec.number} to track {rec.track}: {rec.path}")
-    return 0
+def _metric_text(track: Track, r: Record) -> str:
+    if r.metric_mean is None:
+        return "-"
+    digits = 2 if track.metric == "wallclock" else 0
+    spread = "" if r.metric_sd is None else f" ± {r.metric_sd:.{digits}f}"
+    return f"{r.metric_mean:.{digits}f}{spread}"
 
 
-def _cmd_add_unverified(args) -> int:
-    rec = add_unverified(args.script, load_track(args.track), args.description, _contributors(args.contributors),
-                         args.note, args.slug)
-    print(f"entered #{rec.number} on track {rec.track} (not verified): {rec.path}")
-    return 0
+def leaderboard_table(track: Track, records: list[Record], width: int = LEADERBOARD_WIDTH):
+    """One track's records as a rich Table of one line per record, `width` columns at most: text that does
+    not fit is cut with an ellipsis (`leaderboard_details` has it in full)."""
+    from rich.table import Table
+
+    current = next((r.number for r in reversed(records) if r.verified), None)
+    lead = (f"current record #{current}" if current is not None
+            else "no verified record yet" if records else "no entries yet")
+    title = f"{track.name}: target val loss {track.target_val_loss:g}, {track.metric}, {track.hardware}; {lead}"
+    table = Table(title=title, title_justify="left", title_style="bold", box=None, padding=(0, 1),
+                  pad_edge=False, header_style="bold underline", min_width=min(len(title), width),
+                  show_header=bool(records))
+    rows = [[str(r.number), r.date, _metric_text(track, r), _fmt(r.val_loss_mean, 4), str(r.n_runs or "-"),
+             "verified" if r.verified else "unverified", r.hardware or "-", r.description] for r in records]
+    headers = ["#", "date", "wallclock (s)" if track.metric == "wallclock" else "steps", "val loss", "n", "status",
+               "hardware", "description"]
+    widths = [max([len(h)] + [len(row[i]) for row in rows]) for i, h in enumerate(headers)]
+    # every column is sized to its content; hardware, then the description, give way to fit `width`
+    budget = width - 2 * (len(headers) - 1)
+    widths[6] = min(widths[6], 16)
+    widths[7] = max(12, min(widths[7], budget - sum(widths[:7])))
+    for i, header in enumerate(headers):
+        table.add_column(header, justify="right" if i in (0, 2, 3, 4) else "left", no_wrap=True,
+                         overflow="ellipsis", max_width=widths[i], min_width=min(widths[i], len(header)))
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def leaderboard_details(track: Track, records: list[Record]):
+    """Every field of every record, wrapped (`speedrun leaderboard --long`)."""
+    from rich.console import Group
+    from rich.table import Table
+
+    parts = []
+    for r in records:
+        grid = Table.grid(padding=(0, 2))
+        grid.add_column(style="bold", no_wrap=True)
+        grid.add_column(overflow="fold")
+        fields = [("description", r.description), ("contributors", ", ".join(r.contributors) or "-"),
+                  ("status", "verified" if r.verified else "not verified"), ("note", r.note or "-"),
+                  (track.metric, _metric_text(track, r)), ("val loss", _fmt(r.val_loss_mean, 4)),
+                  ("runs", str(r.n_runs or "-")), ("p-value", "-" if r.p_value is None else f"{r.p_value:.3g}"),
+                  ("prior record", f"#{r.prior}" if r.prior else "-"), ("hardware", r.hardware or "-"),
+                  ("throughput", _throughput_text(r)),
+                  ("harness", f"{r.harness_version} (API {r.api_version})"), ("script sha256", r.script_sha256),
+                  ("entry", str(r.path) if r.path else "-")]
+        for key, value in fields:
+            grid.add_row(key, value)
+        parts += [f"[bold]{track.name} #{r.number}[/bold] {r.date}", grid, ""]
+    return Group(*parts)
 
 
 def _cmd_leaderboard(args) -> int:
-    from rich.console import Console
-    from rich.table import Table
+    import sys
 
-    console = Console()
+    from rich.console import Console
+
+    console = Console() if sys.stdout.isatty() else Console(width=LEADERBOARD_WIDTH)
     if args.history:
         from speedrun import history
 
@@ -452,14 +440,20 @@ def _cmd_leaderboard(args) -> int:
         for path in stale:
             print(f"stale: {path} (run `speedrun leaderboard --write`)")
         return 1 if stale else 0
-    for name in [args.track] if args.track else track_names():
+    root = records_dir()
+    if not root.is_dir():
+        console.print(f"no records folder at {root.absolute()} (`speedrun --help` says where records live)")
+    shown = 0
+    for i, name in enumerate([args.track] if args.track else track_names()):
         track = load_track(name)
-        table = Table(title=f"{name}: target {track.target_val_loss}, {track.metric}, {track.hardware}")
-        for col in ("#", "date", track.metric, "val loss", "runs", "description", "hardware", "status"):
-            table.add_column(col)
-        for r in load_records(name):
-            table.add_row(str(r.number), r.date, f"{_fmt(r.metric_mean, 2)} ± {_fmt(r.metric_sd, 2)}",
-                          _fmt(r.val_loss_mean, 4), str(r.n_runs or "-"), r.description, r.hardware,
-                          "verified" if r.verified else f"not verified: {r.note}")
-        console.print(table)
+        records = load_records(name)
+        shown += len(records)
+        if i:
+            console.print()
+        console.print(leaderboard_table(track, records, width=min(console.width, LEADERBOARD_WIDTH)))
+        if args.long and records:
+            console.print()
+            console.print(leaderboard_details(track, records))
+    if shown and not args.long:
+        console.print("\n[dim]`speedrun leaderboard --long`: full descriptions, contributors, p-values, notes[/dim]")
     return 0

@@ -97,17 +97,35 @@ def _draw_curve(ax, curve: Curve, axis: str, label: str | None, gid: str, **styl
         xs, ys = [p[0] for p in pairs], [p[1] for p in pairs]
     if not xs:
         return False
-    (line,) = ax.plot(xs, ys, label=label or "_nolegend_", marker=".", markersize=4, **style)
+    if len(xs) == 1:  # a lone validation: a visible marker (its value is written beside it later)
+        style = {**style, "linestyle": "none"}
+        (line,) = ax.plot(xs, ys, label=label or "_nolegend_", marker="o", markersize=7, **style)
+    else:
+        (line,) = ax.plot(xs, ys, label=label or "_nolegend_", marker=".", markersize=4, **style)
     line.set_gid(gid)
     return True
 
 
+def _label_lone_points(ax, low: float, high: float) -> None:
+    """Write each run's lone validation loss beside its marker; labels are spread apart vertically (at least
+    1/25 of the axis) so that repetitions with close losses stay readable."""
+    points = sorted((line.get_ydata()[0], line.get_xdata()[0], line) for line in ax.lines
+                    if str(line.get_gid()).startswith("run:") and len(line.get_xdata()) == 1)
+    gap, last = (high - low) / 25, -math.inf
+    for y, x, line in points:
+        text_y = max(y, last + gap)
+        last = text_y
+        ax.annotate(f"{y:.4f}", (x, y), xytext=(8, text_y), textcoords=("offset points", "data"), fontsize=8,
+                    va="center", color=line.get_color(), gid=f"{line.get_gid()}:value")
+
+
 def _loss_limits(losses: list[float], targets: list[float]) -> tuple[float, float]:
-    """Zoom on the approach to the target: the first losses (~10.8 nats) would flatten everything else."""
+    """Zoom on the approach to the target (the first losses, ~10.8 nats, would flatten everything else), but
+    always keep every target line and the lowest loss inside the range."""
     low = min(losses + targets)
     high = max(max(targets, default=low) + 1.0, min(losses) + 0.5)
-    high = min(high, max(losses))
-    pad = 0.05 * max(high - low, 0.1)
+    high = max(min(high, max(losses)), max(targets, default=low))
+    pad = max(0.06 * (high - low), 0.02)
     return low - pad, high + pad
 
 
@@ -165,6 +183,11 @@ def plot_runs(run_dirs: list[str | os.PathLike], out: str | os.PathLike, x: str 
     lo, hi = _loss_limits(all_losses, list(targets))
     for ax in axes:
         ax.set_ylim(lo, hi)
+        _label_lone_points(ax, lo, hi)
+        # the clock and the step count start at 0; room on the right for the last markers and their values
+        xmax = max((max(line.get_xdata(), default=0) for line in ax.lines
+                    if str(line.get_gid()).startswith(("run:", "record:"))), default=0)
+        ax.set_xlim(0, 1.1 * xmax if xmax > 0 else 1)
     _save(fig, Path(out))
     return fig
 
@@ -193,7 +216,7 @@ def plot_progression(track: str, out: str | os.PathLike, history_path: str | os.
     fig, (ax,) = _figure(1)
     fig.set_size_inches(9, 5.2)
     if dated:
-        (line,) = ax.plot([r.day for r in dated], [r.seconds for r in dated], drawstyle="steps-post",
+        (line,) = ax.plot([r.day for r in dated], [r.value for r in dated], drawstyle="steps-post",
                           marker="o", markersize=4, linewidth=1, color="tab:blue",
                           label=f"modded-nanogpt history (external, self-reported; {len(dated)} records)")
         line.set_gid("history")
@@ -231,6 +254,18 @@ def _minor_log_label(value: float, _pos) -> str:
 # --- command line -------------------------------------------------------------------------------------------
 
 
+def run_plot_path(run_dirs: list[str | os.PathLike]) -> Path:
+    """Where a run plot goes by default: into the (first) run directory, never the current directory."""
+    return Path(run_dirs[0]) / ("val_loss.png" if len(run_dirs) == 1 else "val_loss-compare.png")
+
+
+def progression_path(track: str) -> Path:
+    """Where a progression plot goes by default: beside the runs (`speedrun.paths.runs_dir()`)."""
+    from speedrun import paths
+
+    return paths.runs_dir() / f"progression-{track}.png"
+
+
 def _cmd_plot(args) -> int:
     targets = args.targets
     if targets[0] == "progression":  # a run directory of that name can be given as ./progression
@@ -239,29 +274,33 @@ def _cmd_plot(args) -> int:
                                 "named so)")
         if not args.track:
             raise SpeedrunError("plot progression needs --track (e.g. --track gpt2-small)")
-        out = Path(args.out or f"progression-{args.track}.png")
+        out = Path(args.out) if args.out else progression_path(args.track)
         plot_progression(args.track, out, records_dir=args.records)
     else:
         if args.track:
             raise SpeedrunError("--track is only for `plot progression`; run plots take the track from each "
                                 "run's manifest")
-        out = Path(args.out) if args.out else (Path(targets[0]) / "val_loss.png" if len(targets) == 1
-                                               else Path("val_loss.png"))
+        out = Path(args.out) if args.out else run_plot_path(targets)
         plot_runs(targets, out, x=args.x, records_dir=args.records)
     print(f"wrote {out}")
     return 0
 
 
 def register(subparsers) -> None:
+    from speedrun.cli import DefaultsFormatter
+
     p = subparsers.add_parser(
         "plot", help="plot val loss of run directories, or the record progression of a track",
         description="`plot RUN_DIR...`: val loss against timed seconds and/or steps, one line per repetition, "
                     "with the target and the track's current record. `plot progression --track T`: record "
-                    "time against date (log scale), external history and ledger records marked apart.")
+                    "time against date (log scale), external history and ledger records marked apart.",
+        formatter_class=DefaultsFormatter)
     p.add_argument("targets", nargs="+", metavar="RUN_DIR", help="run directories, or the word `progression`")
-    p.add_argument("--out", help="PNG to write (default RUN_DIR/val_loss.png for one run, ./val_loss.png for "
-                                 "several, ./progression-TRACK.png)")
-    p.add_argument("--x", choices=X_CHOICES, default="both", help="x axis for run plots (default both)")
+    p.add_argument("--out", help="PNG to write (default: RUN_DIR/val_loss.png for one run, "
+                                 "FIRST_RUN_DIR/val_loss-compare.png for several, RUNS/progression-TRACK.png "
+                                 "with RUNS = $SPEEDRUN_RUNS_DIR, else ./runs)")
+    p.add_argument("--x", choices=X_CHOICES, default="both", help="x axis for run plots")
     p.add_argument("--track", help="track for `plot progression`")
-    p.add_argument("--records", help="ledger records directory (default the checkout's records/)")
+    p.add_argument("--records", help="ledger records directory (default: $SPEEDRUN_RECORDS_DIR, else the "
+                                     "checkout's records/, else ./records)")
     p.set_defaults(func=_cmd_plot)

@@ -30,8 +30,11 @@ TESTS = ("ttest", "margin")
 
 
 def tracks_dir() -> Path:
-    """Where track files live: `$SPEEDRUN_TRACKS_DIR`, else the checkout's `configs/tracks`."""
-    return Path(os.environ.get("SPEEDRUN_TRACKS_DIR", REPO_ROOT / "configs" / "tracks"))
+    """Where track files live: `$SPEEDRUN_TRACKS_DIR`, else the checkout's `configs/tracks`, else the tracks
+    shipped in the package (the rule is `speedrun.paths`)."""
+    from speedrun import paths
+
+    return paths.tracks_dir()
 
 
 @dataclass(frozen=True)
@@ -96,7 +99,8 @@ class Checks:
     `fixed_batch_tokens` / `fixed_seq_len`: the train loader must be asked for exactly these (0 = free).
     `systems_speedup_without_loss_test`: a record that only speeds up the previous record's computation may be
     accepted on time alone.
-    `require_logits`: submissions must pass `logits_fn` to validation so the normalisation probe can run.
+    `require_logits`: kept for old track files; under API 2 the referee always computes the loss from logits.
+    `max_seq_len`: the longest sequence (or flat piece) the loaders serve (0 = free).
     """
 
     forbidden: tuple[str, ...] = ()
@@ -104,6 +108,7 @@ class Checks:
     fixed_seq_len: int = 0
     systems_speedup_without_loss_test: bool = False
     require_logits: bool = False
+    max_seq_len: int = 0
 
 
 @dataclass(frozen=True)
@@ -121,6 +126,11 @@ class Track:
     checks: Checks
     path: Path
     config_sha256: str
+    # reference levels of the val tokens, in nats/token: the unigram entropy (what a model that has seen no
+    # data cannot beat: the referee's start check) and the entropy floor (no model can go below it); None =
+    # not stored (the launcher then computes the unigram level from the val tokens themselves)
+    unigram_entropy: float | None = None
+    entropy_floor: float | None = None
 
     @property
     def is_tiny(self) -> bool:
@@ -156,7 +166,7 @@ class _Fields:
         value = self.get(key, (kind, int) if kind is float else kind, default)
         if value is not None and value <= 0:
             raise self.fail(key, f"must be positive, got {value}")
-        return float(value) if kind is float else value
+        return float(value) if kind is float and value is not None else value
 
     def table_of(self, key: str) -> "_Fields":
         value = self.get(key, dict, {})
@@ -215,6 +225,14 @@ def load_track_file(path: str | os.PathLike) -> Track:
         raw = path.read_bytes()
     except OSError as exc:
         raise SpeedrunError(f"{path}: cannot read track file: {exc.strerror}") from None
+    return parse_track(raw, path)
+
+
+def parse_track(raw: bytes | str, path: str | os.PathLike) -> Track:
+    """Validate a track file's contents (`path` names it in errors and must end in `<name>.toml`)."""
+    path = Path(path)
+    if isinstance(raw, str):
+        raw = raw.encode("utf-8")
     try:
         doc = tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
@@ -222,7 +240,7 @@ def load_track_file(path: str | os.PathLike) -> Track:
 
     f = _Fields(path, doc)
     f.unknown({"name", "description", "metric", "target_val_loss", "val_tokens", "vocab_size", "bos_token",
-               "hardware", "data", "rule", "checks"})
+               "hardware", "data", "rule", "checks", "unigram_entropy", "entropy_floor"})
     name = f.get("name", str)
     if name != path.stem:
         raise f.fail("name", f"{name!r} does not match the file name {path.stem!r}")
@@ -249,7 +267,7 @@ def load_track_file(path: str | os.PathLike) -> Track:
 
     cf = f.table_of("checks")
     cf.unknown({"forbidden", "fixed_batch_tokens", "fixed_seq_len", "systems_speedup_without_loss_test",
-                "require_logits"})
+                "require_logits", "max_seq_len"})
     forbidden = cf.get("forbidden", list, [])
     for i, pattern in enumerate(forbidden):
         try:
@@ -262,6 +280,7 @@ def load_track_file(path: str | os.PathLike) -> Track:
         fixed_seq_len=cf.get("fixed_seq_len", int, 0),
         systems_speedup_without_loss_test=cf.get("systems_speedup_without_loss_test", bool, False),
         require_logits=cf.get("require_logits", bool, False),
+        max_seq_len=cf.get("max_seq_len", int, 0),
     )
 
     return Track(
@@ -278,11 +297,17 @@ def load_track_file(path: str | os.PathLike) -> Track:
         checks=checks,
         path=path,
         config_sha256=hashlib.sha256(raw).hexdigest(),
+        unigram_entropy=f.positive("unigram_entropy", float, None),
+        entropy_floor=f.positive("entropy_floor", float, None),
     )
 
 
 def track_names() -> list[str]:
-    return sorted(p.stem for p in tracks_dir().glob("*.toml"))
+    folder = tracks_dir()
+    if not folder.is_dir():
+        origin = " (from $SPEEDRUN_TRACKS_DIR)" if os.environ.get("SPEEDRUN_TRACKS_DIR", "").strip() else ""
+        raise SpeedrunError(f"{folder}: no such tracks folder{origin}")
+    return sorted(p.stem for p in folder.glob("*.toml"))
 
 
 def load_track(name_or_path: str) -> Track:

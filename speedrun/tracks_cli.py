@@ -12,27 +12,38 @@ from pathlib import Path
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("tracks", help="list tracks, or show one in full")
+    from speedrun import paths
+    from speedrun.cli import DefaultsFormatter
+
+    parser = subparsers.add_parser("tracks", help="list tracks, or show one in full",
+                                   description="List the tracks (`speedrun tracks`) or show one in full. Track "
+                                               f"files are read from {paths.tracks_dir()} ($SPEEDRUN_TRACKS_DIR, "
+                                               "else the checkout's configs/tracks/, else the package's own).",
+                                   formatter_class=DefaultsFormatter)
     sub = parser.add_subparsers(dest="tracks_command", metavar="ACTION")
-    show = sub.add_parser("show", help="print one track's every field, its config sha256 and data status")
+    show = sub.add_parser("show", help="print one track's every field, its config sha256 and data status",
+                          formatter_class=DefaultsFormatter)
     show.add_argument("name", help="track name or path to a track .toml")
-    show.add_argument("--data-dir", type=Path, help="data folder (default $SPEEDRUN_DATA_DIR or <repo>/data)")
+    show.add_argument("--data-dir", type=Path,
+                      help=f"data folder holding the tiny track's generated corpus (default: $SPEEDRUN_DATA_DIR, "
+                           f"else the checkout's data/, else ~/.cache/speedrun/data; here: {paths.data_dir()})")
     show.set_defaults(func=cmd_show)
     parser.set_defaults(func=cmd_list)
 
 
-def _console():
+def _console(width: int = 200):
+    """A rich console: the terminal's width, or `width` columns when the output is not a terminal."""
     from rich.console import Console
 
-    return Console() if sys.stdout.isatty() else Console(width=200)
+    return Console() if sys.stdout.isatty() else Console(width=width)
 
 
 def _data_summary(track) -> str:
     ds = track.data
     if ds.source == "generator":
-        return f"generator {ds.generator} (seed {ds.seed}, {ds.train_tokens:,} train tokens)"
+        return f"generator {ds.generator}, seed {ds.seed}"
     lo, hi = ds.train_range
-    return f"hub {ds.repo} ({hi - lo + 1} train shards)"
+    return f"{ds.repo} ({hi - lo + 1} shards)"
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -40,13 +51,15 @@ def cmd_list(args: argparse.Namespace) -> int:
 
     from speedrun import tracks
 
-    table = Table(title=f"tracks in {tracks.tracks_dir()}")
+    table = Table(caption=f"from {tracks.tracks_dir()}; `speedrun tracks show NAME` for every field",
+                  caption_justify="left", box=None, header_style="bold underline")
     for column in ("name", "metric", "target", "val tokens", "vocab", "hardware", "data"):
-        table.add_column(column, justify="right" if column in ("target", "val tokens", "vocab") else "left")
+        table.add_column(column, justify="right" if column in ("target", "val tokens", "vocab") else "left",
+                         no_wrap=column != "data")
     for track in tracks.all_tracks():
         table.add_row(track.name, track.metric, f"{track.target_val_loss:g}", f"{track.val_tokens:,}",
                       f"{track.vocab_size:,}", track.hardware, _data_summary(track))
-    _console().print(table)
+    _console(width=100).print(table)
     return 0
 
 

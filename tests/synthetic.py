@@ -23,7 +23,7 @@ bos_token = {bos}
 hardware = "test"
 
 [rule]
-test = "ttest"
+test = "{rule}"
 min_runs = 1
 
 [checks]
@@ -39,12 +39,13 @@ train_range = [1, 2]
 
 
 def make_track(root: Path, name: str = "smoke", vocab: int = 512, val_tokens: int = 16384, target: float = 7.0,
-               metric: str = "wallclock", train_tokens: int = 200_000, require_logits: bool = True) -> dict:
+               metric: str = "wallclock", train_tokens: int = 200_000, require_logits: bool = True,
+               rule: str = "ttest") -> dict:
     root = Path(root)
     (root / "tracks").mkdir(parents=True, exist_ok=True)
     (root / "tracks" / f"{name}.toml").write_text(TRACK.format(
         name=name, metric=metric, target=target, val_tokens=val_tokens, vocab=vocab, bos=vocab - 1,
-        require_logits=str(require_logits).lower()))
+        require_logits=str(require_logits).lower(), rule=rule))
     folder = root / "data" / f"{name}-data"
     rng = np.random.default_rng(0)
     data.write_shard(folder / f"{name}_val_000000.bin", rng.integers(0, vocab, val_tokens + 1000))

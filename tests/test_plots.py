@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -136,8 +137,8 @@ def test_progression_counts_undated_rows_and_needs_data(tmp_path):
     fig = plot_progression("gpt2-medium", tmp_path / "m.png", records_dir=tmp_path)
     assert len(lines_by_gid(fig.axes[0])["history"].get_xdata()) == 17
     assert "1 undated" in fig.axes[0].get_title()
-    with pytest.raises(SpeedrunError, match="no dated records for track 'optimization'"):
-        plot_progression("optimization", tmp_path / "n.png", records_dir=tmp_path)
+    with pytest.raises(SpeedrunError, match="no dated records for track 'tiny'"):
+        plot_progression("tiny", tmp_path / "n.png", records_dir=tmp_path)
 
 
 def test_bad_record_toml_names_the_field(tmp_path):
@@ -147,12 +148,50 @@ def test_bad_record_toml_names_the_field(tmp_path):
         read_record(path)
 
 
+def single_validation_run(folder: Path, losses: list[float]) -> Path:
+    """A run directory of the tiny track whose repetitions each validated once (e.g. only at the end)."""
+    folder.mkdir(parents=True)
+    (folder / "manifest.json").write_text(json.dumps({"track": {"name": "tiny"}}))
+    for k, loss in enumerate(losses, start=1):
+        event = {"event": "val", "step": 40, "batches": 40, "timed_s": 3.5 + 0.4 * k, "loss": loss,
+                 "tokens": 262144, "seconds": 0.6}
+        (folder / f"run-{k}.jsonl").write_text(json.dumps(event) + "\n")
+    return folder
+
+
+def test_single_validations_are_labelled_markers_and_the_target_is_in_range(tmp_path):
+    run = single_validation_run(tmp_path / "runs" / "final-only", [4.62, 4.58])
+    out = tmp_path / "one.png"
+    fig = plot_runs([run], out, x="both", records_dir=tmp_path)
+    assert_png(out)
+    for ax in fig.axes:
+        lines = lines_by_gid(ax)
+        for k, loss in ((1, 4.62), (2, 4.58)):
+            line = lines[f"run:final-only:{k}"]
+            assert line.get_marker() == "o" and line.get_markersize() >= 6 and line.get_linestyle() == "None"
+            labels = [t for t in ax.texts if t.get_gid() == f"run:final-only:{k}:value"]
+            assert [t.get_text() for t in labels] == [f"{loss:.4f}"]
+        low, high = ax.get_ylim()
+        assert low < 4.58 and 4.9 < high  # the target (4.9) sits above every loss and is still drawn inside
+        assert ax.get_xlim()[0] == 0 and ax.get_xlim()[1] > max(lines["run:final-only:2"].get_xdata())
+        legend = [t.get_text() for t in ax.get_legend().get_texts()]
+        assert "final-only (2 repetitions)" in legend and "target 4.9 (tiny)" in legend
+
+
 def test_cli_plot_commands(tmp_path, runs, records, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SPEEDRUN_RUNS_DIR", raising=False)
     assert cli.main(["plot", str(runs["late_2025-12"]), "--records", str(records)]) == 0
     assert_png(runs["late_2025-12"] / "val_loss.png")
+    # several runs: into the first run's directory; the progression: beside the runs; never the current dir
+    assert cli.main(["plot", str(runs["dec_2024-12"]), str(runs["late_2025-12"]), "--x", "steps"]) == 0
+    assert_png(runs["dec_2024-12"] / "val_loss-compare.png")
     assert cli.main(["plot", "progression", "--track", "gpt2-small", "--records", str(records)]) == 0
-    assert_png(tmp_path / "progression-gpt2-small.png")
+    assert_png(tmp_path / "runs" / "progression-gpt2-small.png")
+    assert not list(tmp_path.glob("*.png"))
+    monkeypatch.setenv("SPEEDRUN_RUNS_DIR", str(tmp_path / "elsewhere"))
+    assert cli.main(["plot", "progression", "--track", "gpt2-small", "--records", str(records)]) == 0
+    assert "elsewhere/progression-gpt2-small.png" in capsys.readouterr().out
     assert cli.main(["plot", "progression"]) == 1
     assert "needs --track" in capsys.readouterr().err
     assert cli.main(["plot", str(runs["late_2025-12"]), "--track", "gpt2-small"]) == 1

@@ -25,6 +25,7 @@ def test_list_shows_every_track():
         line = next(l for l in out.splitlines() if f" {track.name} " in l)
         assert track.metric in line and f"{track.val_tokens:,}" in line and track.hardware in line
     assert "kjj0/fineweb10B-gpt2" in out and "generator tiny-v1" in out and "3.28" in out
+    assert max(len(line) for line in out.splitlines()) <= 100 and str(tracks.tracks_dir()) in out
 
 
 def test_show_hub_track_in_full():

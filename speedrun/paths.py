@@ -1,0 +1,85 @@
+"""Where speedrun keeps things: one rule, here, for tracks, data, records and runs.
+
+A *checkout* is the source tree this package was imported from: the folder above `speedrun/` when it holds
+the project's `pyproject.toml` and `configs/tracks/` (a clone, used in place or installed with `pip install
+-e`). A plain `pip install .` has no checkout. An environment variable always wins; an empty one counts as
+unset.
+
+  tracks   $SPEEDRUN_TRACKS_DIR, else <checkout>/configs/tracks, else the track files shipped in the package
+  data     $SPEEDRUN_DATA_DIR, else <checkout>/data, else $XDG_CACHE_HOME/speedrun/data (~/.cache/speedrun/data)
+  records  $SPEEDRUN_RECORDS_DIR, else <checkout>/records, else ./records (of the current directory)
+  runs     $SPEEDRUN_RUNS_DIR, else ./runs (of the current directory)
+
+Only the standard library is imported here: `speedrun --help` prints this rule.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+SOURCE_ROOT = PACKAGE_DIR.parent
+# where the wheel puts the track files (built from configs/tracks, see pyproject.toml)
+PACKAGED_TRACKS = PACKAGE_DIR / "_tracks"
+
+RULE = """\
+where things live (an environment variable always wins):
+  tracks   $SPEEDRUN_TRACKS_DIR, else the checkout's configs/tracks/, else the tracks shipped in the package
+  data     $SPEEDRUN_DATA_DIR, else the checkout's data/, else $XDG_CACHE_HOME/speedrun/data (~/.cache/...)
+  records  $SPEEDRUN_RECORDS_DIR, else the checkout's records/, else ./records
+  runs     $SPEEDRUN_RUNS_DIR, else ./runs
+(the checkout is the source tree speedrun was imported from; a plain `pip install .` has none)"""
+
+
+def _env(name: str) -> Path | None:
+    value = os.environ.get(name, "").strip()
+    return Path(value).expanduser() if value else None
+
+
+def checkout() -> Path | None:
+    """The source tree speedrun runs from, or None for an installed (non-editable) package."""
+    if (SOURCE_ROOT / "pyproject.toml").is_file() and (SOURCE_ROOT / "configs" / "tracks").is_dir():
+        return SOURCE_ROOT
+    return None
+
+
+def tracks_dir() -> Path:
+    env = _env("SPEEDRUN_TRACKS_DIR")
+    if env is not None:
+        return env
+    root = checkout()
+    return root / "configs" / "tracks" if root is not None else PACKAGED_TRACKS
+
+
+def user_cache_dir() -> Path:
+    base = _env("XDG_CACHE_HOME")
+    return (base if base is not None else Path.home() / ".cache") / "speedrun"
+
+
+def data_dir() -> Path:
+    env = _env("SPEEDRUN_DATA_DIR")
+    if env is not None:
+        return env
+    root = checkout()
+    return root / "data" if root is not None else user_cache_dir() / "data"
+
+
+def records_dir() -> Path:
+    env = _env("SPEEDRUN_RECORDS_DIR")
+    if env is not None:
+        return env
+    root = checkout()
+    return root / "records" if root is not None else Path("records")
+
+
+def runs_dir() -> Path:
+    env = _env("SPEEDRUN_RUNS_DIR")
+    return env if env is not None else Path("runs")
+
+
+def describe() -> str:
+    """The rule and, under it, what it resolves to right now (for `speedrun --help`)."""
+    now = (f"here and now: tracks {tracks_dir().absolute()}, data {data_dir().absolute()}, "
+           f"records {records_dir().absolute()}, runs {runs_dir().absolute()}")
+    return f"{RULE}\n{now}"
