@@ -356,16 +356,19 @@ class Run:
         self.clock.started = time.perf_counter()
         self._send("start", inductor=bootstrap.inductor_changes())
 
-    def validate(self, loss_fn=None, step: int | None = None, *, logits_fn: LogitsFn | None = None,
+    def validate(self, fn=None, step: int | None = None, *, logits_fn: LogitsFn | None = None,
                  batch_tokens: int | None = None, seq_len: int | None = None, layout: str | None = None) -> float:
         """Measure the mean val loss over exactly the track's val tokens, with the clock paused; returns it
-        (the same number on every rank). `loss_fn` (API 1) is accepted and not called."""
+        (the same number on every rank). API 2: `validate(logits_fn, step=...)`. API 1:
+        `validate(loss_fn, step=..., logits_fn=...)`, where the positional `loss_fn` is accepted and not called."""
         if self._phase != "timed":
             raise SpeedrunError({"init": "validate() before start()", "warmup": "validate() inside warmup()",
                                  "finished": "validate() after finish()"}.get(self._phase, "validate() now"))
         if logits_fn is None:
-            raise SpeedrunError("validate() needs logits_fn=...: the referee computes the loss from logits "
-                                "(API 2); a loss_fn alone is not accepted")
+            if fn is None or _takes_targets(fn):
+                raise SpeedrunError("validate() needs a logits_fn: the referee computes the loss from logits "
+                                    "(API 2); a loss_fn(inputs, targets) alone is not accepted")
+            logits_fn = fn
         bt, sl, layout = self._val_shape(batch_tokens, seq_len, layout)
         ev = self._session.evaluator(bt, sl, layout, self.rank, self.world_size, self.device)  # shape errors first
         self._session.barrier(self.device)
@@ -472,6 +475,18 @@ def _set_rng_state(state: dict) -> None:
     random.setstate(state["random"])
     if "cuda" in state:
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _takes_targets(fn) -> bool:
+    """Whether `fn` needs two positional arguments: an API 1 loss_fn(inputs, targets), not a logits_fn."""
+    import inspect
+
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    required = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty]
+    return len(required) >= 2
 
 
 def _param_digest(model) -> str:

@@ -69,7 +69,13 @@ def _rows(track) -> list[tuple[str, str]]:
             ("config sha256", track.config_sha256), ("metric", track.metric),
             ("target val loss", f"{track.target_val_loss:g}"), ("val tokens", f"{track.val_tokens:,}"),
             ("vocab size", f"{track.vocab_size:,}"), ("bos token", str(track.bos_token)),
-            ("hardware", track.hardware), ("rule.test", rule.test), ("rule.min_runs", str(rule.min_runs))]
+            ("hardware", track.hardware)]
+    if track.unigram_entropy is not None:
+        rows.append(("unigram entropy", f"{track.unigram_entropy:.4f} nats/token (val tokens): the start check's "
+                                        "no-data level"))
+    if track.entropy_floor is not None:
+        rows.append(("entropy floor", f"{track.entropy_floor:.4f} nats/token: no model's expected val loss is lower"))
+    rows += [("rule.test", rule.test), ("rule.min_runs", str(rule.min_runs))]
     if rule.test == "ttest":
         rows.append(("rule.p_value", f"{rule.p_value:g}"))
     else:

@@ -42,7 +42,10 @@ def test_show_tiny_reports_entropy_or_how_to_get_it(tmp_path):
     rc, out, err = run_cli("tracks", "show", "tiny", "--data-dir", str(tmp_path))
     assert rc == 0, err
     assert track.config_sha256 in out and "tiny_train_000004.bin" in out
-    assert "speedrun data fetch tiny" in out and "nats" not in out
+    assert "speedrun data fetch tiny" in out and "entropy bound (val)" not in out
+    # the track's own figures (the start check's no-data level and the floor) need no corpus
+    assert f"{track.unigram_entropy:.4f} nats/token" in out and f"{track.entropy_floor:.4f} nats/token" in out
+    assert 3.0 < track.entropy_floor < track.target_val_loss < track.unigram_entropy
     # a sidecar as the generator writes it (generating the full corpus here would be slow)
     folder = tmp_path / "tiny"
     folder.mkdir()
