@@ -167,6 +167,7 @@ class Session:
         self._cuda_sync = torch.cuda.synchronize
         self._dist_barrier, self._all_reduce = dist.barrier, dist.all_reduce
         self._dist_init, self._dist_ready_fn = dist.init_process_group, dist.is_initialized
+        self._dist_destroy = dist.destroy_process_group
 
     def setup_distributed(self):
         """nccl on CUDA, gloo on CPU; `SPEEDRUN_DEVICE=cpu` forces the CPU on a GPU machine. Under torchrun the
@@ -187,6 +188,19 @@ class Session:
         self._dist_ready = self._dist_ready_fn()
         self.device = device
         return rank, local_rank, world_size, device
+
+    def close_distributed(self) -> None:
+        """Tear the process group down before the interpreter exits, unless the script already did: left to
+        interpreter shutdown, gloo's threads are sometimes still joinable when their C++ destructors run, and
+        the rank aborts ("terminate called without an active exception") after a complete run. Skipped after
+        an uncaught exception, where a peer may be gone."""
+        if getattr(self, "_dist_ready_fn", None) is None or getattr(sys, "last_value", None) is not None:
+            return
+        try:
+            if self._dist_ready_fn():
+                self._dist_destroy()
+        except Exception:  # the run's outcome is already reported; a teardown failure changes nothing
+            pass
 
     def device_name(self) -> str:
         from speedrun import hardware
@@ -358,6 +372,7 @@ def unrefereed_session(track_name: str, seed: int, script: Path, data_dir: str |
 
     atexit.register(client.close)  # registered after the referee's own hook, so it runs first (LIFO)
     session = _begin(client, _hello(client), refereed=False)
+    atexit.register(session.close_distributed)  # first of all at exit
     session.send("script")
     return session
 
@@ -398,6 +413,8 @@ def main(argv: list[str] | None = None) -> int:
     except SpeedrunError:
         pass
     client.close()
+    if code == 0:
+        session.close_distributed()
     return code
 
 

@@ -108,6 +108,7 @@ class RankState:
     finish_t: float | None = None
     finish_steps: int | None = None
     params_digest: str | None = None
+    params_at_start: str | None = None
     exit: dict | None = None
     closed_in: str | None = None
 
@@ -455,6 +456,7 @@ class Referee:
 
     def _on_params(self, st: RankState, msg: dict, t: float) -> None:
         st.params_digest = msg["digest"]
+        st.params_at_start = msg.get("at_start")
 
     def _on_open(self, st: RankState, msg: dict, t: float) -> None:
         self.problem(f"rank {st.rank} opened the {msg['what']} file {os.path.basename(msg['path'])} itself "
@@ -515,6 +517,10 @@ class Referee:
                 if s.finish_steps is not None and ref.finish_steps is not None and s.finish_steps != ref.finish_steps:
                     self.problem(f"ranks disagree on steps served: rank {s.rank} {s.finish_steps}, rank {ref.rank} "
                                  f"{ref.finish_steps}")
+        for s in states:
+            if s.params_digest and s.params_digest == s.params_at_start and s.finish_steps:
+                self.problem(f"rank {s.rank}: the model given to warmup() did not change during the {s.finish_steps} "
+                             f"timed steps: the run trained something else (a stand-in handed to the warm-up)")
         digests = {s.rank: s.params_digest for s in states if s.params_digest}
         if len(set(digests.values())) > 1:
             groups: dict = {}

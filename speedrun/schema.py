@@ -43,13 +43,14 @@ MESSAGES: dict[str, dict[str, Any]] = {
                 "layout": str, "probe": dict, "error": OPT_STR},
     "log": {"step": OPT_INT, "scalars": dict},
     "finish": {"inductor": list},
-    "params": {"digest": str},                  # after finish(): a digest of the model's parameters
+    "params": {"digest": str, "at_start": OPT_STR},  # after finish(): digests of the warm-up model's parameters
+                                                # now and at start()
     "open": {"path": str, "what": str},         # the audit hook saw a data file opened by the script
     "warn": {"message": str},
     "tamper": {"names": list},                  # referee or timing functions the script replaced
     "exit": {"code": int, "error": OPT_STR},    # the bootstrap's last word
 }
-OPTIONAL = {"val_end": {"error"}, "start_check": set(), "exit": {"error"}}
+OPTIONAL = {"val_end": {"error"}, "start_check": set(), "exit": {"error"}, "params": {"at_start"}}
 
 # the launcher's only answer, to `hello`
 WELCOME = {"seed": int, "repetition": int, "track_toml": str, "track_path": str, "train_files": list,

@@ -206,6 +206,7 @@ class Run:
         self._phase = "init"
         self._loader: TrainLoader | None = None
         self._model = None
+        self._start_params: str | None = None
         self._val_count = 0
         self._last_loss = math.nan
         self._logs: list = []
@@ -350,6 +351,8 @@ class Run:
             except Exception as exc:  # the check's failure is the referee's to judge, not a crash
                 detail = f"the {which} could not be called on val inputs: {type(exc).__name__}: {exc}"[:500]
                 loss_sum, tokens = None, 0
+        # untimed: finish() compares it, so a stand-in handed to warmup() that the run never trains is seen
+        self._start_params = _param_digest(self._model) if self._model is not None else None
         self._send("start_check", loss_sum=loss_sum, tokens=tokens, detail=detail)
         self._session.barrier(self.device)
         self._phase = "timed"
@@ -403,7 +406,7 @@ class Run:
         self.clock.finished = time.perf_counter()
         self._flush_logs()
         if self._model is not None:  # untimed: lets the referee warn when ranks trained apart (no grad sync)
-            self._send("params", digest=_param_digest(self._model))
+            self._send("params", digest=_param_digest(self._model), at_start=self._start_params)
         return {"val_loss": self._last_loss, "timed_s": self.clock.timed(),
                 "batches": self._loader.batches if self._loader else 0}
 

@@ -68,7 +68,8 @@ EXTENDED = {"loader_counter_reset", "reuse_weights", "patch_referee", "shadow_tr
 ROOT = Path(__file__).resolve().parent.parent
 CHEATS_DIR = Path(__file__).resolve().parent / "cheats"
 CHEATS = sorted(p.stem for p in CHEATS_DIR.glob("*.py") if not p.name.startswith("_"))
-BASE = "records/tiny/002_muon-baseline/train.py"  # the default BASE of a spec (tests/cheats/_common.py)
+BASE = "tests/fixtures/api1_muon_baseline.py"  # the default BASE of a spec (tests/cheats/_common.py)
+RECORD = "records/tiny/002_muon-baseline/train.py"  # the current record, API 2
 FAST = ["--steps", "6", "--dim", "32", "--layers", "1", "--heads", "2"]
 LAUNCH_OPTS = ["--timeout", "120"]  # a hung repetition is killed (and then fails its test), never waited on
 VOCAB = 512
@@ -256,6 +257,13 @@ def test_honest_record_qualifies(honest):
     verdict = honest["verdict"]
     assert honest["rc"] == 0 and verdict["qualifies"], verdict.get("problems")
     assert verdict["problems"] == []
+
+
+def test_current_record_qualifies_under_the_same_conditions(pristine, tmp_path, monkeypatch):
+    """The cheats' base is the record's API 1 form; the record as it stands (API 2) passes the same referee."""
+    ws = workspace(pristine, tmp_path / "ws", monkeypatch)
+    rc, verdict, _ = launch(ROOT / RECORD, ws / "out")
+    assert rc == 0 and verdict["qualifies"] and verdict["problems"] == [], verdict.get("problems")
 
 
 @pytest.mark.parametrize("name", [pytest.param(name, marks=pytest.mark.skipif(

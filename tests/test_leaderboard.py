@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from speedrun import cli
+from speedrun.tracks import load_track
 
 LONG_NOTE = ("no verified run exists yet: the configuration ran 6 steps at full width on 1xH100 (synthetic "
              "shards, both probes passed); CI runs it at reduced width on CPU, and this note goes on and on")
@@ -52,7 +53,8 @@ def test_short_table_fits_100_columns_one_line_per_record(ledger_root):
     assert rc == 0, err
     lines = out.splitlines()
     assert max(len(line) for line in lines) <= 100
-    assert lines[0].startswith("tiny: target val loss 4.9") and "current record #2" in lines[0]
+    target = load_track("tiny").target_val_loss
+    assert lines[0].startswith(f"tiny: target val loss {target:g}") and "current record #2" in lines[0]
     rows = [line for line in lines if line[:3].strip().isdigit()]
     assert [row.split()[0] for row in rows] == ["1", "2", "3"]  # one line each, nothing wrapped
     assert "8.98 ± 0.50" in rows[1] and "4.6449" in rows[1] and " verified " in rows[1]

@@ -15,6 +15,7 @@ from speedrun.evidence import read_events
 from speedrun.legacy import import_log
 from speedrun.ledger import read_record
 from speedrun.plots import current_record, plot_progression, plot_runs
+from speedrun.tracks import load_track
 
 LOGS = Path(__file__).parent / "fixtures" / "modded_logs"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -160,22 +161,24 @@ def single_validation_run(folder: Path, losses: list[float]) -> Path:
 
 
 def test_single_validations_are_labelled_markers_and_the_target_is_in_range(tmp_path):
-    run = single_validation_run(tmp_path / "runs" / "final-only", [4.62, 4.58])
+    target = load_track("tiny").target_val_loss
+    losses = [round(target - 0.28, 4), round(target - 0.32, 4)]  # both well under the target
+    run = single_validation_run(tmp_path / "runs" / "final-only", losses)
     out = tmp_path / "one.png"
     fig = plot_runs([run], out, x="both", records_dir=tmp_path)
     assert_png(out)
     for ax in fig.axes:
         lines = lines_by_gid(ax)
-        for k, loss in ((1, 4.62), (2, 4.58)):
+        for k, loss in enumerate(losses, start=1):
             line = lines[f"run:final-only:{k}"]
             assert line.get_marker() == "o" and line.get_markersize() >= 6 and line.get_linestyle() == "None"
             labels = [t for t in ax.texts if t.get_gid() == f"run:final-only:{k}:value"]
             assert [t.get_text() for t in labels] == [f"{loss:.4f}"]
         low, high = ax.get_ylim()
-        assert low < 4.58 and 4.9 < high  # the target (4.9) sits above every loss and is still drawn inside
+        assert low < min(losses) and target < high  # the target sits above every loss and is still drawn inside
         assert ax.get_xlim()[0] == 0 and ax.get_xlim()[1] > max(lines["run:final-only:2"].get_xdata())
         legend = [t.get_text() for t in ax.get_legend().get_texts()]
-        assert "final-only (2 repetitions)" in legend and "target 4.9 (tiny)" in legend
+        assert "final-only (2 repetitions)" in legend and f"target {target:g} (tiny)" in legend
 
 
 def test_cli_plot_commands(tmp_path, runs, records, capsys, monkeypatch):

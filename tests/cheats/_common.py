@@ -16,7 +16,10 @@ Cheats that write files (the track, the data, the harness, the evidence) first c
 real checkout by mistake, they cheat at nothing and the test fails as "not refused".
 """
 
-BASE = "records/tiny/002_muon-baseline/train.py"
+# The API 1 form of the tiny Muon record (frozen: it still defines a loss_fn, the widest attack surface an old
+# script keeps); a spec may name another BASE, e.g. the current record (RECORD) for API 2 attacks.
+BASE = "tests/fixtures/api1_muon_baseline.py"
+RECORD = "records/tiny/002_muon-baseline/train.py"
 
 # --- anchors in BASE ------------------------------------------------------------------------------------------
 INIT = "run = speedrun.init()\n"
