@@ -45,7 +45,13 @@ class Server:
         os.chmod(self._dir, 0o700)
         self.path = str(Path(self._dir) / "referee.sock")
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._listener.bind(self.path)
+        try:
+            self._listener.bind(self.path)
+        except OSError as exc:
+            self._listener.close()
+            os.rmdir(self._dir)
+            raise SpeedrunError(f"cannot open the referee's socket {self.path} ({exc.strerror or exc}); a Unix "
+                                f"socket path must stay under 108 bytes: set TMPDIR to a shorter directory") from None
         self._listener.listen(64)
         self._listener.setblocking(False)
         self._selector = selectors.DefaultSelector()
@@ -60,7 +66,13 @@ class Server:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            for key, _ in self._selector.select(timeout=0.1):
+            try:
+                ready = self._selector.select(timeout=0.1)
+            except (OSError, ValueError):  # closed under us by close() after a slow handler
+                return
+            for key, _ in ready:
+                if self._stop.is_set():
+                    return
                 if key.data is None:
                     self._accept()
                 else:
@@ -79,7 +91,9 @@ class Server:
         self._selector.register(conn, selectors.EVENT_READ, cid)
 
     def _read(self, cid: int) -> None:
-        conn = self._conns[cid]
+        conn = self._conns.get(cid)
+        if conn is None:
+            return
         try:
             chunk = conn.recv(1 << 16)
         except (BlockingIOError, InterruptedError):
@@ -146,10 +160,11 @@ class Server:
     def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=2)
-        for cid in list(self._conns):
-            self._close(cid)
-        self._selector.close()
-        self._listener.close()
+        with self._lock:  # a handler still running (the join timed out) finishes before its sockets go
+            for cid in list(self._conns):
+                self._close(cid)
+            self._selector.close()
+            self._listener.close()
         try:
             os.unlink(self.path)
             os.rmdir(self._dir)

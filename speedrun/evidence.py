@@ -59,10 +59,6 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
     """Write bytes beside the target, fsync, then rename over it: readers see the old or the new file."""
     path = Path(path)

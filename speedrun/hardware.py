@@ -7,8 +7,8 @@ fingerprint: for CPUs the model, the cores this process may use and the ISA flag
 torch picks; for GPUs the name, count, memory, driver and interconnect. `differences()` says which fields of
 two fingerprints differ; `compare`, `replay` and `record add` treat any difference as different hardware.
 
-Only the standard library is imported at module level; torch is imported inside `fingerprint()` when CUDA
-matters.
+Only the standard library is imported at module level. GPUs are described by nvidia-smi, so the launcher
+never creates a CUDA context of its own; torch is asked only where nvidia-smi is missing.
 """
 
 from __future__ import annotations
@@ -82,16 +82,41 @@ def fingerprint(use_cuda: bool | None = None) -> dict:
     if use_cuda is None:
         use_cuda = os.environ.get("SPEEDRUN_DEVICE", "") != "cpu" and _cuda_available()
     if use_cuda:
-        import torch
+        gpus = _smi_gpus()
+        if gpus:
+            name, mib, driver = gpus[0]
+            n, memory_gib = len(gpus), round(mib / 1024)
+        else:  # no nvidia-smi: ask torch (this creates a CUDA context in the calling process)
+            import torch
 
-        n = torch.cuda.device_count()
-        props = torch.cuda.get_device_properties(0)
-        driver = _nvidia_smi("--query-gpu=driver_version", "--format=csv,noheader")
-        fp.update(kind="cuda", gpu_name=props.name, gpu_count=n,
-                  gpu_memory_gib=round(props.total_memory / 2**30),
-                  driver=driver.splitlines()[0].strip() if driver else None,
+            props = torch.cuda.get_device_properties(0)
+            n, name, memory_gib, driver = torch.cuda.device_count(), props.name, round(props.total_memory / 2**30), None
+        fp.update(kind="cuda", gpu_name=name, gpu_count=n, gpu_memory_gib=memory_gib, driver=driver,
                   interconnect=_interconnect() if n > 1 else "single")
     return fp
+
+
+def _smi_gpus() -> list[tuple[str, float, str]]:
+    """(name, memory MiB, driver) of each GPU this process may use, from nvidia-smi (no CUDA context is
+    created, so the launcher can ask before its ranks take the devices); [] when nvidia-smi cannot say."""
+    out = _nvidia_smi("--query-gpu=index,name,memory.total,driver_version", "--format=csv,noheader,nounits")
+    if not out:
+        return []
+    rows = {}
+    for line in out.splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) == 4 and parts[0].isdigit():
+            try:
+                rows[parts[0]] = (parts[1], float(parts[2]), parts[3])
+            except ValueError:
+                return []
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        wanted = [v.strip() for v in visible.split(",") if v.strip()]
+        if not all(v.isdigit() for v in wanted):  # UUIDs or MIG names: let torch answer
+            return []
+        return [rows[v] for v in wanted if v in rows]
+    return [rows[k] for k in sorted(rows, key=int)]
 
 
 def _cuda_available() -> bool:

@@ -12,8 +12,9 @@ others wait (e.g. died mid-validation), or a run past `--timeout` is stopped wit
 A deterministic failure of repetition 1 (a syntax error before launch, an import error, a crash before
 `speedrun.init()`) stops the remaining repetitions.
 
-Multi-node runs use torchrun's own rendezvous (`--nnodes`, `--node-rank`, `--rdzv-*` are passed through);
-each node's launcher referees its own ranks only (see the README's threat model).
+Multi-node runs are refused for now: each node's launcher would see only its own ranks, and the verdict
+rests on every rank's evidence (the val sums, the probes, the served batches). The `--rdzv-*` flags are
+passed through to torchrun for one-node runs that need them; the tracks' hardware is one node (8xH100).
 """
 
 from __future__ import annotations
@@ -168,6 +169,7 @@ class Repetition:
                  echo=None, data_files: dict[Path, str] | None = None, harness: str | None = None):
         from speedrun import channel, referee, watch
 
+        self.server = channel.Server(self._handle)  # first: a socket that cannot be opened leaves nothing behind
         self.t0 = time.monotonic()
         self.log = referee.EventLog(evidence.events_path(run_dir, k))
         self.echo, self.sink = echo, sink
@@ -179,8 +181,8 @@ class Repetition:
         self._outbox: queue.Queue = queue.Queue()
         self._deliverer = threading.Thread(target=self._deliver, name="speedrun-events", daemon=True)
         self._deliverer.start()
-        self.server = channel.Server(self._handle)
         self.stopped_early: str | None = None
+        self._watch_report: tuple[list[str], list[str]] | None = None
 
     def _handle(self, cid: int, msg, t: float, error: str | None) -> None:
         for to, answer in self.referee.handle(cid, msg, t, error):
@@ -205,10 +207,6 @@ class Repetition:
             except Exception:  # a printing or wandb failure must not stop the run
                 pass
 
-    def connections_open(self) -> bool:
-        return any(st.closed_in is None and st.phase not in ("finished", "exited")
-                   for st in self.referee.ranks.values())
-
     def stray_rank(self) -> str | None:
         """A rank whose process is gone while others still run, described; None if there is none."""
         with self.server.locked():
@@ -220,22 +218,32 @@ class Repetition:
                 return f"rank {st.rank}'s process ended ({st.closed_in or st.phase}) while rank {alive[0].rank} was still running"
         return None
 
-    def close(self, exit_code: int | None, extra: list[str], warnings: list[str] = ()) -> dict:
+    def stop_watch(self) -> tuple[list[str], list[str]]:
+        """Wait for the ranks' last messages, stop watching the data files and say what the watch saw:
+        (problems, warnings). Called before the launcher re-reads the pinned files itself, which the watch
+        must not mistake for the script's reads."""
         deadline = time.monotonic() + DRAIN_S
         while time.monotonic() < deadline and self.server._conns:
             time.sleep(0.05)
-        extra = list(extra)
-        if self.watch is not None:
-            self.watch.stop()
-            if self.watch.armed:
-                extra += self.watch.problems()
-            elif not self.watch.available:
-                warnings = [*warnings, "the data files could not be watched here (no inotify): reads the script "
-                                       "made itself through calls without an audit event were not seen"]
-        if self.log.tampered():
-            extra.append(f"{self.log.path.name} was modified by someone other than the launcher while the "
-                         f"repetition ran (the launcher rewrote it from its own record)")
+        if self.watch is None or self._watch_report is not None:
+            return self._watch_report or ([], [])
+        self.watch.stop()
+        problems, warnings = [], []
+        if self.watch.armed:
+            problems = self.watch.problems()
+        elif not self.watch.available:
+            warnings = ["the data files could not be watched here (no inotify): reads the script made itself "
+                        "through calls without an audit event were not seen"]
+        self._watch_report = (problems, warnings)
+        return self._watch_report
+
+    def close(self, exit_code: int | None, extra: list[str], warnings: list[str] = ()) -> dict:
+        seen, unwatched = self.stop_watch()
+        extra, warnings = list(extra) + seen, [*warnings, *unwatched]
         with self.server.locked():
+            if self.log.tampered():
+                extra.append(f"{self.log.path.name} was modified by someone other than the launcher while the "
+                             f"repetition ran (the launcher rewrote it from its own record)")
             for w in warnings:
                 self.referee._emit("warning", message=w)
             summary = self.referee.close(exit_code, extra)
@@ -436,14 +444,25 @@ class Launch:
                              harness=str(paths.PACKAGE_DIR))
         status = console.status(escape(f"{label} starting"), spinner="dots")
         before = descendants()
-        with status:
-            code, wall, reasons = run_processes(self.cmd, self._rank_env(rep_ref.server.path),
-                                                evidence.log_path(self.run_dir, k), rep_ref, self.timeout,
-                                                status_line=lambda s: status.update(escape(f"{label}  {s}")),
-                                                stop_after_logs=self.stop_after_logs)
+        try:
+            with status:
+                code, wall, reasons = run_processes(self.cmd, self._rank_env(rep_ref.server.path),
+                                                    evidence.log_path(self.run_dir, k), rep_ref, self.timeout,
+                                                    status_line=lambda s: status.update(escape(f"{label}  {s}")),
+                                                    stop_after_logs=self.stop_after_logs)
+        except BaseException:  # Ctrl-C or a launcher fault: seal what the referee saw, close wandb, then stop
+            try:
+                kill_leftovers(before)
+                rep_ref.close(None, ["the launcher was interrupted before the repetition ended"])
+                if sink is not None:
+                    sink.finish("interrupted")
+            except Exception:
+                pass
+            raise
         left = kill_leftovers(before)
         warnings = [f"the script left {len(left)} process(es) running after it ended (pids "
                     f"{', '.join(map(str, left[:5]))}); the launcher killed them"] if left else []
+        rep_ref.stop_watch()  # before the launcher re-reads the pinned files itself
         extra = reasons + pins.changed(self.pins)
         summary = rep_ref.close(code, extra, warnings)
         rep = {"k": k, "status": summary["status"] if not reasons else "failed", "exit_code": code,
@@ -576,6 +595,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from speedrun import verify
     from speedrun.tracks import load_track
 
+    if args.nnodes not in (None, "1", "1:1"):
+        raise SpeedrunError(f"--nnodes {args.nnodes}: multi-node runs cannot be refereed yet (each node's "
+                            f"launcher would see only its own ranks); run on one node, or unrefereed with torchrun")
     track = load_track(args.track)
     rdzv = {"nnodes": args.nnodes, "node-rank": args.node_rank, "rdzv-backend": args.rdzv_backend,
             "rdzv-endpoint": args.rdzv_endpoint, "rdzv-id": args.rdzv_id}

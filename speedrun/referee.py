@@ -133,7 +133,6 @@ class Referee:
         self.start_t: float | None = None
         self.last_loss: float | None = None
         self.last_timed = 0.0
-        self.finished = False
         self.closed = False
         self.on_all_preloaded: Callable[[], None] | None = None
         self.logged = 0  # `log` events of rank 0 so far

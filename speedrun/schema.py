@@ -99,8 +99,8 @@ STATUSES = ("ok", "failed", "unfinished", "stopped", "unknown")
 VERDICT_FIELDS = {
     "run_dir": str, "track": str, "self_reported": bool, "refereed": bool, "qualifies": bool, "problems": list,
     "warnings": list, "target": dict, "metric": dict, "throughput": dict, "repetitions": list,
-    "script_sha256": OPT_STR, "hardware": OPT_STR, "harness_version": OPT_STR, "verified_by": str,
-    "verified_at": str,
+    "judged_step": OPT_INT, "script_sha256": OPT_STR, "hardware": OPT_STR, "hardware_fingerprint": (dict, type(None)),
+    "harness_version": OPT_STR, "verified_by": str, "verified_at": str,
 }
 
 

@@ -298,10 +298,11 @@ class Run:
             for opt in optimizers:
                 opt.zero_grad(set_to_none=True)
             model.zero_grad(set_to_none=True)
-            if loader is not None:
-                loader._micro = 0
-                if (loader.batch_tokens, loader.seq_len, loader.accum_steps) != shape:
-                    loader._apply(*shape)
+            live = self._loader  # the loader now, which may have been made inside the block
+            if live is not None:
+                live._micro = 0
+                if live is loader and (live.batch_tokens, live.seq_len, live.accum_steps) != shape:
+                    live._apply(*shape)
             _set_rng_state(rng)
             after = _digest(model, optimizers)
             del model_state, opt_states
@@ -372,6 +373,7 @@ class Run:
                 raise SpeedrunError("validate() needs a logits_fn: the referee computes the loss from logits "
                                     "(API 2); a loss_fn(inputs, targets) alone is not accepted")
             logits_fn = fn
+        step = _as_step(step)
         bt, sl, layout = self._val_shape(batch_tokens, seq_len, layout)
         ev = self._session.evaluator(bt, sl, layout, self.rank, self.world_size, self.device)  # shape errors first
         self._session.barrier(self.device)
@@ -418,6 +420,7 @@ class Run:
         sync per flush), never one sync per call. `step` defaults to the steps served so far."""
         if self._phase != "timed":
             return  # warm-up trains on random tokens: nothing worth keeping
+        step = _as_step(step)
         if step is None and self._loader is not None:
             step = self._loader.batches
         self._logs.append((step, scalars))
@@ -478,6 +481,18 @@ def _set_rng_state(state: dict) -> None:
     random.setstate(state["random"])
     if "cuda" in state:
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_step(step) -> int | None:
+    """A step number as a plain int (a numpy or tensor integer would not survive the JSON on the channel)."""
+    if step is None or type(step) is int:
+        return step
+    try:
+        if float(step) == int(step):
+            return int(step)
+    except (TypeError, ValueError):
+        pass
+    raise SpeedrunError(f"step must be an integer, got {step!r}")
 
 
 def _takes_targets(fn) -> bool:
@@ -553,6 +568,8 @@ def init(track: str | None = None, seed: int | None = None, *, data_dir: str | N
         if wanted and Path(wanted).stem != session.track.name:
             raise SpeedrunError(f"speedrun.init(track={wanted!r}) but the launcher runs track {session.track.name}")
         return Run(session)
+    if track is not None and not isinstance(track, str):
+        track = str(getattr(track, "path", None) or getattr(track, "name", ""))  # a Track object
     name = track or _track_from_argv() or os.environ.get("SPEEDRUN_TRACK")
     if not name:
         raise SpeedrunError("no track: pass speedrun.init(track=...), --track NAME, or set SPEEDRUN_TRACK")

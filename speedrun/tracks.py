@@ -132,10 +132,6 @@ class Track:
     unigram_entropy: float | None = None
     entropy_floor: float | None = None
 
-    @property
-    def is_tiny(self) -> bool:
-        return self.data.source == "generator"
-
 
 # --- loading and validation -------------------------------------------------------------------------------
 

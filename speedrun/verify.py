@@ -29,7 +29,7 @@ import tokenize
 from datetime import datetime, timezone
 from pathlib import Path
 
-from speedrun import __version__, evidence
+from speedrun import __version__, evidence, schema
 from speedrun.errors import SpeedrunError
 
 TIMING_SLACK_S = 2e-3
@@ -268,6 +268,15 @@ def verify_run_dir(run_dir: str | Path, write: bool = True, step: int | None = N
     else:
         if not refereed:
             problems.append("unrefereed run (started without `speedrun run`): it can never qualify for a record")
+        malformed = schema.check(manifest, schema.MANIFEST_FIELDS, evidence.MANIFEST)
+        if malformed:
+            problems.append(malformed)
+        else:
+            for rep in manifest["repetitions"]:
+                malformed = schema.check(rep, schema.REPETITION_FIELDS, f"{evidence.MANIFEST} repetition")
+                if malformed:
+                    problems.append(malformed)
+                    break
         pin_problems, pin_warnings = _pin_problems(manifest, track)
         problems += pin_problems
         warnings += pin_warnings

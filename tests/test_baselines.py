@@ -14,8 +14,8 @@ from speedrun import evidence
 from speedrun.cli import main
 from speedrun.tracks import REPO_ROOT
 
-SMALL = ["--dim", "64", "--layers", "2", "--heads", "2", "--seq-len", "128", "--batch-tokens", "2048",
-         "--micro-rows", "4", "--steps", "3"]
+SMALL = ["--dim", "64", "--layers", "2", "--heads", "2", "--seq-len", "128", "--batch-tokens", "1024",
+         "--micro-rows", "2", "--steps", "3"]
 ENTRIES = [p for track in ("gpt2-small", "gpt2-medium", "optimization")
            for p in sorted((REPO_ROOT / "records" / track).glob("00[12]_*/train.py"))]
 SCRIPTS = {evidence.sha256_file(p): p for p in ENTRIES}  # the tracks share the same two scripts
@@ -38,8 +38,8 @@ def launch(script: Path, out: Path, nproc: int, config: str) -> float:
     assert main(["run", str(script), "--track", "gpt2-synthetic", "--nproc", str(nproc), "--out", str(out),
                  "--no-verify", "--", "--config", config, *SMALL]) == 0
     log = (out / "run-1.log").read_text()
-    accum = 4 // nproc  # 2048 tokens per step = ranks x accum x 4 rows x 128
-    assert f"config {config}" in log and f"{nproc} rank(s) x {accum} micro-batch(es) of 4 x 128" in log
+    accum = 4 // nproc  # 1024 tokens per step = ranks x accum x 2 rows x 128
+    assert f"config {config}" in log and f"{nproc} rank(s) x {accum} micro-batch(es) of 2 x 128" in log
     events = evidence.read_events(out / "run-1.jsonl")
     val = events.last("val")
     assert [r["probe"]["passed"] for r in val["ranks"]] == [True] * nproc and not events.of("problem")

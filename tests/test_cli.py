@@ -133,3 +133,11 @@ def test_script_arguments_after_double_dash_are_kept_apart(monkeypatch):
 def test_paths_help_text_matches_the_rule():
     assert paths.RULE.splitlines()[0].startswith("where things live")
     assert len(max(paths.RULE.splitlines(), key=len)) <= 110
+
+
+def test_multi_node_runs_are_refused_with_the_reason(tmp_path):
+    script = tmp_path / "train.py"
+    script.write_text("print('never launched')\n")
+    rc, _, err = run("run", str(script), "--track", "tiny", "--nnodes", "2", "--out", str(tmp_path / "out"))
+    assert rc != 0 and "multi-node runs cannot be refereed yet" in err
+    assert not (tmp_path / "out").exists()

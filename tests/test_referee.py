@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import synthetic
 
-from speedrun import evidence, verify
+from speedrun import evidence, schema, verify
 from speedrun.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,6 +76,8 @@ def test_honest_submission_qualifies_and_leaves_complete_evidence(env, tmp_path)
     assert finish["timed_s"] == pytest.approx(finish["t"] - start["t"] - val["seconds"], abs=1e-3)
     verdict = json.loads((out / "verdict.json").read_text())
     assert verdict["qualifies"] and verdict["problems"] == [] and verdict["throughput"]["tokens_per_s"] > 0
+    assert schema.check(verdict, schema.VERDICT_FIELDS, "verdict") is None
+    assert schema.check(manifest, schema.MANIFEST_FIELDS, "manifest") is None
     assert (out / "run-2.log").read_text().count("final val_loss") == 1
 
     # editing the evidence afterwards is caught, and so is editing the script copy
@@ -92,6 +94,15 @@ def test_honest_submission_qualifies_and_leaves_complete_evidence(env, tmp_path)
     v = verify.verify_run_dir(out)
     assert any("changed after the run" in p for p in v["problems"])
     assert main(["verify", str(out)]) == 1
+    # a manifest whose fields have the wrong types is a named problem, not a crash
+    broken = dict(manifest, seeds="0,1", repetitions=[dict(manifest["repetitions"][0], k="1")])
+    (out / "manifest.json").write_text(json.dumps(broken))
+    v = verify.verify_run_dir(out, write=False)
+    assert "manifest.json field 'seeds' has type str, expected list" in v["problems"]
+    broken["seeds"] = [0, 1]
+    (out / "manifest.json").write_text(json.dumps(broken))
+    v = verify.verify_run_dir(out, write=False)
+    assert "manifest.json repetition field 'k' has type str, expected int" in v["problems"]
 
 
 def test_crashing_submission_is_recorded_and_other_runs_kept(env, tmp_path):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import tempfile
 import time
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from speedrun import channel, evaluation, evidence, hardware, pins, referee, tracks, verify
+from speedrun.errors import SpeedrunError
 
 TRACK = """\
 name = "unit"
@@ -253,6 +255,29 @@ def test_hardware_fingerprints_differ_by_named_fields():
     assert hardware.differences(None, gpu)
 
 
+def test_gpu_fingerprint_comes_from_nvidia_smi_without_a_cuda_context(monkeypatch):
+    smi = ("0, NVIDIA H100 80GB HBM3, 81559, 550.54.15\n1, NVIDIA H100 80GB HBM3, 81559, 550.54.15\n"
+           "2, NVIDIA H100 80GB HBM3, 81559, 550.54.15\n")
+    monkeypatch.setattr(hardware, "_nvidia_smi", lambda *a: smi if a[0].startswith("--query-gpu") else "GPU0 X NV18")
+    monkeypatch.setattr("torch.cuda.get_device_properties", lambda *a: pytest.fail("CUDA context created"))
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    fp = hardware.fingerprint(use_cuda=True)
+    assert (fp["gpu_name"], fp["gpu_count"], fp["gpu_memory_gib"], fp["driver"], fp["interconnect"]) == \
+        ("NVIDIA H100 80GB HBM3", 3, 80, "550.54.15", "nvlink")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2")
+    fp = hardware.fingerprint(use_cuda=True)
+    assert fp["gpu_count"] == 1 and fp["interconnect"] == "single"
+
+
+def test_a_socket_path_too_long_is_a_one_line_error(tmp_path, monkeypatch):
+    deep = tmp_path / ("d" * 100)
+    deep.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(deep))
+    with pytest.raises(SpeedrunError, match="set TMPDIR to a shorter directory"):
+        channel.Server(lambda *a: None)
+    assert list(deep.iterdir()) == []  # nothing left behind
+
+
 def test_chunked_cross_entropy_matches_torch_in_bf16_with_fp32_accumulation(monkeypatch):
     monkeypatch.setattr(evaluation, "CHUNK_BYTES", 4 * 70 * 7)  # 7 rows per chunk: many uneven chunks
     torch.manual_seed(0)
@@ -343,3 +368,30 @@ def test_the_data_watch_sees_reads_that_raise_no_audit_event(tmp_path):
     w.stop()
     assert w.problems() == ["the data file w_val_000000.bin was opened while the scripts ran (the referee had "
                             "mapped it before they started): a script read the data itself"]
+
+
+def test_step_numbers_from_numpy_or_torch_become_plain_ints():
+    from speedrun import spec
+
+    assert [spec._as_step(s) for s in (None, 7, np.int64(8), torch.tensor(9), 10.0)] == [None, 7, 8, 9, 10]
+    assert json.dumps({"step": spec._as_step(np.int32(3))}) == '{"step": 3}'
+    with pytest.raises(SpeedrunError, match="step must be an integer"):
+        spec._as_step(2.5)
+    with pytest.raises(SpeedrunError, match="step must be an integer"):
+        spec._as_step("x")
+
+
+def test_rank_exit_keeps_atexit_hooks_and_unflushed_files(tmp_path):
+    code = ("import atexit, sys\n"
+            "from speedrun.bootstrap import exit_without_teardown\n"
+            f"f = open({str(tmp_path / 'left-open.txt')!r}, 'w')\n"
+            "f.write('kept' * 1000)\n"
+            f"atexit.register(lambda: open({str(tmp_path / 'hook.txt')!r}, 'w').write('ran'))\n"
+            "sys.stdout.write('unflushed')\n"
+            "exit_without_teardown(3)\n")
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 3 and proc.stdout == "unflushed", proc.stderr
+    assert (tmp_path / "left-open.txt").read_text() == "kept" * 1000 and (tmp_path / "hook.txt").read_text() == "ran"

@@ -92,11 +92,6 @@ NORMUON_EPS = 1e-8
 NORMUON_STATE = "normuon_buffer"
 
 
-def as_matrix(t: torch.Tensor) -> torch.Tensor:
-    """The 2-D view of a 2-D or convolution (4-D and up) weight: [rows, everything else]."""
-    return t.reshape(t.shape[0], -1)
-
-
 def as_matrices(t: torch.Tensor) -> torch.Tensor:
     """The [count, rows, cols] view Muon works on: 2-D -> [1, r, c], 3-D as is, 4-D and up -> [1, out, rest]."""
     if t.ndim == 3:
