@@ -18,6 +18,7 @@ import json
 import os
 from pathlib import Path
 
+from speedrun import paths
 from speedrun.evidence import sha256_file, write_json_atomic
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -25,8 +26,7 @@ HARNESS_SUFFIXES = (".py", ".toml")
 
 
 def cache_path() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "speedrun" / "sha256-cache.json"
+    return paths.user_cache_dir() / "sha256-cache.json"
 
 
 def _stat_key(st: os.stat_result) -> list[int]:

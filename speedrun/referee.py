@@ -252,14 +252,9 @@ class Referee:
                     self._emit("loader", from_step=st.steps, **config)
 
     def _rule_check(self, st: RankState) -> None:
-        c, checks = st.config or {}, self.track.checks
-        if checks.fixed_batch_tokens and c.get("batch_tokens") != checks.fixed_batch_tokens:
-            self.problem(f"train batch of {c.get('batch_tokens')} tokens; track {self.track.name} fixes "
-                         f"{checks.fixed_batch_tokens}")
-        if checks.fixed_seq_len and c.get("seq_len") != checks.fixed_seq_len:
-            self.problem(f"seq_len {c.get('seq_len')}; track {self.track.name} fixes {checks.fixed_seq_len}")
-        if checks.max_seq_len and (c.get("seq_len") or 0) > checks.max_seq_len:
-            self.problem(f"seq_len {c.get('seq_len')} is above track {self.track.name}'s limit {checks.max_seq_len}")
+        c = st.config or {}
+        for problem in self.track.checks.shape_problems(self.track.name, c.get("batch_tokens"), c.get("seq_len")):
+            self.problem(problem)
 
     def _on_batch(self, st: RankState, msg: dict, t: float) -> None:
         if st.phase == "warmup":

@@ -232,12 +232,9 @@ class Run:
             raise SpeedrunError("train_loader() may be called once per run (use train.set() for schedules)")
         if layout not in LAYOUTS:
             raise SpeedrunError(f"train_loader: layout must be 'rows' or 'flat', got {layout!r}")
-        checks = self.track.checks
-        if checks.fixed_batch_tokens and batch_tokens != checks.fixed_batch_tokens:
-            raise SpeedrunError(f"track {self.track.name} fixes batch_tokens={checks.fixed_batch_tokens}, "
-                                f"got {batch_tokens}")
-        if checks.fixed_seq_len and seq_len != checks.fixed_seq_len:
-            raise SpeedrunError(f"track {self.track.name} fixes seq_len={checks.fixed_seq_len}, got {seq_len}")
+        broken = self.track.checks.shape_problems(self.track.name, batch_tokens, seq_len)
+        if broken:
+            raise SpeedrunError(f"train_loader: {broken[0]}")
         self._loader = TrainLoader(self, batch_tokens, seq_len, accum_steps, layout, align_to_bos, max_doc_len)
         return self._loader
 

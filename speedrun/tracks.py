@@ -110,6 +110,18 @@ class Checks:
     require_logits: bool = False
     max_seq_len: int = 0
 
+    def shape_problems(self, track_name: str, batch_tokens, seq_len) -> list[str]:
+        """The train shape rules, one phrase per rule broken: the one statement of them, which the rank (to fail
+        fast), the referee (the authority) and `speedrun verify` (from the evidence) all apply."""
+        out = []
+        if self.fixed_batch_tokens and batch_tokens != self.fixed_batch_tokens:
+            out.append(f"train batch of {batch_tokens} tokens; track {track_name} fixes {self.fixed_batch_tokens}")
+        if self.fixed_seq_len and seq_len != self.fixed_seq_len:
+            out.append(f"seq_len {seq_len}; track {track_name} fixes {self.fixed_seq_len}")
+        if self.max_seq_len and (seq_len or 0) > self.max_seq_len:
+            out.append(f"seq_len {seq_len} is above track {track_name}'s limit {self.max_seq_len}")
+        return out
+
 
 @dataclass(frozen=True)
 class Track:

@@ -58,11 +58,7 @@ def rule_problems(track, script_text: str, loader_events: list[dict]) -> list[st
             line = code[: m.start()].count("\n") + 1
             problems.append(f"script line {line} matches a pattern track {track.name} forbids: {pattern}")
     for ev in loader_events:
-        if track.checks.fixed_batch_tokens and ev.get("batch_tokens") != track.checks.fixed_batch_tokens:
-            problems.append(f"train batch of {ev.get('batch_tokens')} tokens; the track fixes "
-                            f"{track.checks.fixed_batch_tokens}")
-        if track.checks.fixed_seq_len and ev.get("seq_len") != track.checks.fixed_seq_len:
-            problems.append(f"seq_len {ev.get('seq_len')}; the track fixes {track.checks.fixed_seq_len}")
+        problems += track.checks.shape_problems(track.name, ev.get("batch_tokens"), ev.get("seq_len"))
     return problems
 
 
