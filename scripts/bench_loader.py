@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from speedrun import data
+from speedrun.data import streams
 from speedrun.errors import SpeedrunError
 
 RECORD_TOKENS, RECORD_SECONDS, RECORD_GPUS = 340e6, 74.0, 8
@@ -42,18 +42,18 @@ def synthetic_shard(path: Path, tokens: int, rng: np.random.Generator) -> Path:
     starts = np.cumsum(doc_lengths)
     shard[starts[starts < tokens]] = BOS
     shard[0] = BOS
-    data.write_shard(path, shard)
+    streams.write_shard(path, shard)
     return path
 
 
 def bench(paths: list[Path], device: str, layout: str, **options) -> tuple[float, int]:
     """Rank 0 of 8 draining the shards; returns (tokens/s served to this rank, steps timed)."""
-    stream = data.TrainStream(paths, BOS)
+    stream = streams.TrainStream(paths, BOS)
     batch_tokens = WORLD * ROWS * SEQ_LEN
 
     def one_step() -> int:
         step = stream.next_step(batch_tokens, SEQ_LEN, **options)
-        return data.serve(step, 0, WORLD, 1, 0, layout, device)[0].numel()
+        return streams.serve(step, 0, WORLD, 1, 0, layout, device)[0].numel()
 
     for _ in range(3):  # warm up: page cache, allocator, the first shard's BOS index
         one_step()

@@ -36,7 +36,7 @@ def parse() -> argparse.Namespace:
 
 def drive(args: argparse.Namespace) -> None:
     """Launch this file under the referee and print its measurements."""
-    from speedrun import launcher
+    from speedrun.referee import launcher
     from speedrun.tracks import load_track
 
     if args.device:
@@ -55,7 +55,7 @@ def submission(args: argparse.Namespace) -> None:
     import torch.nn.functional as F
 
     import speedrun
-    from speedrun import data
+    from speedrun.data import streams
 
     class TinyGPT(nn.Module):
         """The tiny baseline's shape (dim 128, 4 layers, 4 heads) from torch's own encoder layer."""
@@ -83,7 +83,7 @@ def submission(args: argparse.Namespace) -> None:
 
     def bare():
         step = stream.next_step(args.batch_tokens, args.seq_len)
-        return data.serve(step, 0, 1, 1, 0, "rows", run.device)
+        return streams.serve(step, 0, 1, 1, 0, "rows", run.device)
 
     def step(get) -> float:
         began = time.perf_counter()
@@ -116,7 +116,7 @@ def submission(args: argparse.Namespace) -> None:
     print(f"bench: ratio referee / bare     : {a / b:.4f}   (target <= 1.01)", flush=True)
 
     model.eval()
-    val = data.ValStream(run._session.val_files, run.track.val_tokens, args.batch_tokens, args.seq_len,
+    val = streams.ValStream(run._session.val_files, run.track.val_tokens, args.batch_tokens, args.seq_len,
                          device=run.device)
 
     @torch.no_grad()

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from speedrun import data as sdata
+from speedrun.data import streams as sdata
 from speedrun import tracks
 
 V_BITS = 9  # 512 tokens
@@ -59,7 +59,7 @@ def load_tokens(track_name: str = "tiny") -> tuple[np.ndarray, np.ndarray, objec
 def extra_train(track, chunks: int) -> np.ndarray:
     """`chunks` x train_tokens more tokens from the track's generator (same grammar, topics, names' statistics;
     independent draws: streams [seed, 1000 + i], never the track's own train [seed, 1] or val [seed, 2])."""
-    from speedrun import corpus
+    from speedrun.data import corpus
 
     params = corpus._Params(track.vocab_size, track.bos_token, track.data.seed)
     parts = []

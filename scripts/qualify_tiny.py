@@ -1,6 +1,6 @@
 """How likely a fresh n-run replay of a record qualifies against a target, from the final losses of m seeds.
 
-The track's rule (speedrun/stats.py): n runs qualify when the one-sided t-test of "mean loss < T" gives
+The track's rule (speedrun/judge/stats.py): n runs qualify when the one-sided t-test of "mean loss < T" gives
 p < alpha, i.e. t = (T - mean) / (sd / sqrt(n)) > t_{1-alpha, n-1} (6.965 for n = 3, alpha = 0.01: the mean
 must sit about 4 *sample* sds of one run below T, and a 2-degree-of-freedom sd is very noisy).
 

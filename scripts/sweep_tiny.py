@@ -26,7 +26,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from speedrun import evidence
+from speedrun.evidence import rundir
 
 
 def run_point(script: Path, params: dict, out: Path, track: str = "tiny", nproc: int = 1, seed: int = 0) -> dict:
@@ -37,8 +37,8 @@ def run_point(script: Path, params: dict, out: Path, track: str = "tiny", nproc:
         cmd += [f"--{key.replace('_', '-')}", str(value)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     point = dict(params, seed=seed, ok=proc.returncode == 0)
-    path = evidence.events_path(out, 1)
-    vals = evidence.read_events(path).of("val") if path.exists() else []
+    path = rundir.events_path(out, 1)
+    vals = rundir.read_events(path).of("val") if path.exists() else []
     if vals:
         point.update(final_loss=vals[-1]["loss"], timed_s=vals[-1]["timed_s"])
     else:

@@ -10,8 +10,7 @@ ever grows: a record script written against version N keeps running under every 
      start(logits_fn), log(), describe_model(), loader layouts ("flat") and schedules (train.set) (harness 0.2)
 """
 
-__version__ = "0.2.0"
-API_VERSION = 2
+from speedrun.version import API_VERSION, __version__  # noqa: F401  (the public names)
 
 
 def init(*args, **kwargs):

@@ -42,7 +42,7 @@ class DataSource:
     """Where a track's tokens come from.
 
     `hub`: files in a Hugging Face dataset repo; train shards are `train_pattern.format(i)` for i in
-    `train_range` (inclusive). `generator`: the built-in corpus (`speedrun.corpus`), regenerated from `seed`.
+    `train_range` (inclusive). `generator`: the built-in corpus (`speedrun.data.corpus`), regenerated from `seed`.
     `sha256` pins file contents by file name where known.
     """
 
@@ -64,7 +64,7 @@ class DataSource:
         if self.source == "hub":
             lo, hi = self.train_range
             return [self.train_pattern.format(i) for i in range(lo, hi + 1)]
-        from speedrun import corpus
+        from speedrun.data import corpus
 
         return corpus.train_file_names(self)
 
@@ -72,7 +72,7 @@ class DataSource:
     def all_val_files(self) -> list[str]:
         if self.source == "hub":
             return list(self.val_files)
-        from speedrun import corpus
+        from speedrun.data import corpus
 
         return corpus.val_file_names(self)
 

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from speedrun import data, tracks
+from speedrun.data import streams
+from speedrun import tracks
 
 TRACK = """\
 name = "{name}"
@@ -48,9 +49,9 @@ def make_track(root: Path, name: str = "smoke", vocab: int = 512, val_tokens: in
         require_logits=str(require_logits).lower(), rule=rule))
     folder = root / "data" / f"{name}-data"
     rng = np.random.default_rng(0)
-    data.write_shard(folder / f"{name}_val_000000.bin", rng.integers(0, vocab, val_tokens + 1000))
+    streams.write_shard(folder / f"{name}_val_000000.bin", rng.integers(0, vocab, val_tokens + 1000))
     for i in (1, 2):
-        data.write_shard(folder / f"{name}_train_{i:06d}.bin", rng.integers(0, vocab, train_tokens))
+        streams.write_shard(folder / f"{name}_train_{i:06d}.bin", rng.integers(0, vocab, train_tokens))
     return {"SPEEDRUN_TRACKS_DIR": str(root / "tracks"), "SPEEDRUN_DATA_DIR": str(root / "data"),
             "SPEEDRUN_RUNS_DIR": str(root / "runs")}
 

@@ -31,7 +31,7 @@ import pytest
 import synthetic
 
 import speedrun
-from speedrun import data
+from speedrun.data import streams
 from speedrun.cli import main
 
 # --- what the refusal of each cheat must say: a regular expression searched (any case) in the verdict's problems
@@ -105,8 +105,8 @@ def pristine(tmp_path_factory) -> Path:
     toml.write_text(text)
     perm = np.random.default_rng(1).permutation(VOCAB).tolist()
     for i, path in enumerate(sorted((root / "data").rglob("*.bin"))):
-        n = len(data.read_shard(path))
-        data.write_shard(path, markov_tokens(n, 100 + i, perm))
+        n = len(streams.read_shard(path))
+        streams.write_shard(path, markov_tokens(n, 100 + i, perm))
     return root
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import synthetic
 
-from speedrun import evidence
+from speedrun.evidence import rundir
 from speedrun.cli import main
 from speedrun.tracks import REPO_ROOT
 
@@ -18,7 +18,7 @@ SMALL = ["--dim", "64", "--layers", "2", "--heads", "2", "--seq-len", "128", "--
          "--micro-rows", "2", "--steps", "3"]
 ENTRIES = [p for track in ("gpt2-small", "gpt2-medium", "optimization")
            for p in sorted((REPO_ROOT / "records" / track).glob("00[12]_*/train.py"))]
-SCRIPTS = {evidence.sha256_file(p): p for p in ENTRIES}  # the tracks share the same two scripts
+SCRIPTS = {rundir.sha256_file(p): p for p in ENTRIES}  # the tracks share the same two scripts
 
 
 def test_every_gpt2_track_has_both_baselines():
@@ -40,7 +40,7 @@ def launch(script: Path, out: Path, nproc: int, config: str) -> float:
     log = (out / "run-1.log").read_text()
     accum = 4 // nproc  # 1024 tokens per step = ranks x accum x 2 rows x 128
     assert f"config {config}" in log and f"{nproc} rank(s) x {accum} micro-batch(es) of 2 x 128" in log
-    events = evidence.read_events(out / "run-1.jsonl")
+    events = rundir.read_events(out / "run-1.jsonl")
     val = events.last("val")
     assert [r["probe"]["passed"] for r in val["ranks"]] == [True] * nproc and not events.of("problem")
     return events.last("val")["loss"]

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from speedrun import cli, paths
+from speedrun import cli
+from speedrun import paths
 
 REPO = Path(__file__).resolve().parent.parent
 HEAVY = {"torch", "scipy", "numpy", "matplotlib", "wandb", "huggingface_hub", "tiktoken"}
@@ -42,7 +43,7 @@ def cli_code(*argv: str) -> str:
 def test_building_the_parser_imports_no_command_module():
     heavy, ours, _ = loaded_after("import speedrun.cli\nspeedrun.cli.build_parser()")
     assert heavy == set()
-    assert ours <= {"speedrun", "speedrun.cli", "speedrun.paths", "speedrun.errors"}
+    assert ours <= {"speedrun", "speedrun.version", "speedrun.cli", "speedrun.paths", "speedrun.errors"}
 
 
 @pytest.mark.parametrize("argv", [("--help",), ("tracks",), ("leaderboard",), ("leaderboard", "--long"),
@@ -125,7 +126,7 @@ def test_script_arguments_after_double_dash_are_kept_apart(monkeypatch):
         p.add_argument("--flag", action="store_true")
         p.set_defaults(func=lambda args: seen.update(flag=args.flag, rest=args.passthrough) or 0)
 
-    monkeypatch.setattr(importlib.import_module("speedrun.tracks_cli"), "register", fake_register)
+    monkeypatch.setattr(importlib.import_module("speedrun.cli.tracks"), "register", fake_register)
     assert run("tracks", "--flag", "--", "--lr", "0.1", "--", "x")[0] == 0
     assert seen == {"flag": True, "rest": ["--lr", "0.1", "--", "x"]}
 

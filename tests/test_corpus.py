@@ -10,7 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from speedrun import corpus, data, tracks
+from speedrun.data import corpus
+from speedrun.data import streams
+from speedrun import tracks
 from speedrun.errors import SpeedrunError
 
 
@@ -43,7 +45,7 @@ def tiny_corpus(tmp_path_factory):
     track = tracks.load_track("tiny")
     folder = tmp_path_factory.mktemp("data")
     began = time.perf_counter()
-    train, val = data.track_files(track, folder)
+    train, val = streams.track_files(track, folder)
     return track, train, val, time.perf_counter() - began
 
 
@@ -51,14 +53,14 @@ def test_regenerated_corpus_matches_the_pins(tiny_corpus):
     track, train, val, seconds = tiny_corpus
     assert track.data.sha256, "tiny.toml must pin its shards"
     for path in train + val:
-        assert data.shard_info(path).sha256 == track.data.sha256[path.name], path.name
+        assert streams.shard_info(path).sha256 == track.data.sha256[path.name], path.name
     assert seconds < 60  # ~7-12 s on the 2-core CI machine; generous for a loaded one
 
 
 def test_sizes_and_entropy_sidecar(tiny_corpus):
     track, train, val, _ = tiny_corpus
-    assert [data.shard_tokens(p) for p in train] == [4_194_304] * 4
-    assert track.val_tokens + 1 <= data.shard_tokens(val[0]) <= track.val_tokens + 4096
+    assert [streams.shard_tokens(p) for p in train] == [4_194_304] * 4
+    assert track.val_tokens + 1 <= streams.shard_tokens(val[0]) <= track.val_tokens + 4096
     meta = corpus.entropy(track, val[0].parent.parent)
     assert meta is not None and meta["val_split_tokens"] == track.val_tokens
     bound = meta["entropy_nats"]["val"]
@@ -67,7 +69,7 @@ def test_sizes_and_entropy_sidecar(tiny_corpus):
 
 def test_language_like_statistics(tiny_corpus):
     track, train, val, _ = tiny_corpus
-    tokens = np.asarray(data.read_shard(train[0]))[:2_000_000].astype(np.int64)
+    tokens = np.asarray(streams.read_shard(train[0]))[:2_000_000].astype(np.int64)
     assert tokens.max() < track.vocab_size
     starts = np.flatnonzero(tokens == track.bos_token)
     lengths = np.diff(starts)
@@ -80,7 +82,7 @@ def test_language_like_statistics(tiny_corpus):
     big = np.zeros((512, 512))
     np.add.at(big, (tokens[:-1], tokens[1:]), 1)
     probs = (big + 0.1) / (big + 0.1).sum(1, keepdims=True)
-    v = np.asarray(data.read_shard(val[0]))[:track.val_tokens + 1].astype(np.int64)
+    v = np.asarray(streams.read_shard(val[0]))[:track.val_tokens + 1].astype(np.int64)
     bigram = -np.log(probs[v[:-1], v[1:]]).mean()
     bound = corpus.entropy(track, val[0].parent.parent)["entropy_nats"]["val"]
     assert bigram > bound + 0.8
@@ -120,33 +122,33 @@ def test_ensure_reuses_and_checks(tmp_path):
     folder = tmp_path / "d" / track.name
     assert corpus.entropy(track, tmp_path / "d") is None
     with pytest.raises(SpeedrunError, match="speedrun data fetch mini"):
-        data.track_files(track, tmp_path / "d", generate=False)
-    train, val = data.track_files(track, tmp_path / "d")
+        streams.track_files(track, tmp_path / "d", generate=False)
+    train, val = streams.track_files(track, tmp_path / "d")
     assert [p.name for p in train] == corpus.train_file_names(track.data) == [
         "tiny_train_000001.bin", "tiny_train_000002.bin", "tiny_train_000003.bin"]
-    assert [data.shard_tokens(p) for p in train] == [16384, 16384, 40000 - 2 * 16384]
+    assert [streams.shard_tokens(p) for p in train] == [16384, 16384, 40000 - 2 * 16384]
     mtimes = [p.stat().st_mtime_ns for p in train + val]
-    data.track_files(track, tmp_path / "d", check_sha256=True)
+    streams.track_files(track, tmp_path / "d", check_sha256=True)
     assert [p.stat().st_mtime_ns for p in train + val] == mtimes  # reused, not regenerated
 
     raw = bytearray(train[1].read_bytes())
     raw[2000] ^= 1
     train[1].write_bytes(bytes(raw))
-    data.track_files(track, tmp_path / "d")  # start-up checks sizes only
+    streams.track_files(track, tmp_path / "d")  # start-up checks sizes only
     with pytest.raises(SpeedrunError, match="tiny_train_000002.bin: sha256"):
-        data.track_files(track, tmp_path / "d", check_sha256=True)
+        streams.track_files(track, tmp_path / "d", check_sha256=True)
 
     train[2].write_bytes(train[2].read_bytes()[:-2])  # a wrong size: regenerated on next use
-    data.track_files(track, tmp_path / "d")
-    assert data.shard_tokens(train[2]) == 40000 - 2 * 16384
+    streams.track_files(track, tmp_path / "d")
+    assert streams.shard_tokens(train[2]) == 40000 - 2 * 16384
     assert (folder / corpus.META_NAME).exists()
 
 
 def _use(args):
     path, data_dir = args
     track = tracks.load_track_file(path)
-    train, val = data.track_files(track, data_dir)
-    return [data.shard_info(p).sha256 for p in train + val]
+    train, val = streams.track_files(track, data_dir)
+    return [streams.shard_info(p).sha256 for p in train + val]
 
 
 def test_concurrent_first_use_generates_once(tmp_path):
@@ -163,4 +165,4 @@ def test_unknown_generator_is_a_clear_error(tmp_path):
     track.path.write_text(track.path.read_text().replace("tiny-v1", "tiny-v9"))
     track = tracks.load_track_file(track.path)
     with pytest.raises(SpeedrunError, match="data.generator.*tiny-v9"):
-        data.track_files(track, tmp_path / "d")
+        streams.track_files(track, tmp_path / "d")

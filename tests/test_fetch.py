@@ -21,7 +21,10 @@ import numpy as np
 import pytest
 import synthetic
 
-from speedrun import cli, data, fetch, tracks
+from speedrun import cli
+from speedrun.data import streams
+from speedrun.data import fetch
+from speedrun import tracks
 from speedrun.errors import SpeedrunError
 
 REPO = "someone/fw"
@@ -138,9 +141,9 @@ def test_fetch_downloads_verifies_and_skips_present_files(hub, tmp_path):
     assert [i.path.name for i in infos] == ["fw_val_000000.bin", "fw_train_000001.bin", "fw_train_000002.bin"]
     for info in infos:
         assert info.sha256 == hashlib.sha256(hub.files[info.path.name]).hexdigest()
-        np.testing.assert_array_equal(data.read_shard(info.path), hub.tokens[info.path.name])
+        np.testing.assert_array_equal(streams.read_shard(info.path), hub.tokens[info.path.name])
     assert not (root / "fw" / "fw_train_000003.bin").exists()
-    train, val = data.track_files(track, root)
+    train, val = streams.track_files(track, root)
     assert len(train) == 2 and val[0].name == "fw_val_000000.bin"
 
     hub.requests.clear()

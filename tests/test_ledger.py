@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 import synthetic
 
-from speedrun import compare, ledger, verify
+from speedrun.ledger import compare
+from speedrun.ledger import store
+from speedrun.judge import verify
 from speedrun.cli import main
 from speedrun.errors import SpeedrunError
 from speedrun.tracks import REPO_ROOT, load_track
@@ -88,10 +90,10 @@ def test_ledger_grows_only_with_faster_verified_runs(world, tmp_path):
         assert c["passed"] and c["ratio"] < 1 and c["p_value"] < 0.01
         compare_json = records / "smoke" / "002_fast-variant" / "compare.json"
         assert json.loads(compare_json.read_text())["a_faster"]
-        assert ledger.current_record("smoke").number == 2
-        assert ledger.stale_tables(records) == []
+        assert store.current_record("smoke").number == 2
+        assert store.stale_tables(records) == []
         assert current.hardware_fingerprint and current.throughput["tokens_per_s"] > 0
-    numbers = [r.number for r in ledger.load_records("smoke")]
+    numbers = [r.number for r in store.load_records("smoke")]
 
     # a comparison made on other hardware is refused, naming the field that differs
     doctored = tmp_path / "other-hw"
@@ -115,7 +117,7 @@ def test_ledger_grows_only_with_faster_verified_runs(world, tmp_path):
     (doctored / "compare.json").write_text(json.dumps(result))
     assert main(["record", "add", str(slow_again), "--description", "slower", "--contributors", "@c",
                  "--compare", str(doctored)]) == 1
-    assert [r.number for r in ledger.load_records("smoke")] == numbers
+    assert [r.number for r in store.load_records("smoke")] == numbers
 
 
 def test_steps_track_records_need_fewer_steps_and_carry_the_pairwise_statistic(tmp_path, monkeypatch):
@@ -170,14 +172,14 @@ def test_a_crash_mid_write_leaves_the_ledger_as_it_was(world, tmp_path, monkeypa
             raise OSError("disk full (simulated)")
         return real_copy(src, dst, **kwargs)
 
-    monkeypatch.setattr(ledger.shutil, "copyfile", failing_copy)
+    monkeypatch.setattr(store.shutil, "copyfile", failing_copy)
     with pytest.raises(OSError, match="simulated"):
         compare.add_record(world["runs"]["fast"], "fast", ["@b"], root=root)
-    assert ledger.load_records("smoke", root) == []
+    assert store.load_records("smoke", root) == []
     assert not list((root / "smoke").glob(".tmp-*"))
     monkeypatch.undo()
     (root / "smoke" / ".tmp-999-001").mkdir()  # as if killed before cleaning up
-    assert ledger.load_records("smoke", root) == []
+    assert store.load_records("smoke", root) == []
     rec = compare.add_record(world["runs"]["fast"], "fast", ["@b"], root=root)
     assert rec.number == 1 and not list((root / "smoke").glob(".tmp-*"))
 
@@ -190,7 +192,7 @@ def test_concurrent_add_waits_for_the_lock(world, tmp_path, monkeypatch):
         fcntl.flock(held, fcntl.LOCK_EX)
         with pytest.raises(SpeedrunError, match="holds the ledger lock"):
             compare.add_record(world["runs"]["fast"], "fast", ["@b"], root=root)
-    assert ledger.load_records("smoke", root) == []
+    assert store.load_records("smoke", root) == []
 
 
 def test_malformed_record_names_file_and_field(tmp_path):
@@ -198,14 +200,14 @@ def test_malformed_record_names_file_and_field(tmp_path):
     entry.mkdir(parents=True)
     (entry / "record.toml").write_text('number = 1\nslug = "x"\n')
     with pytest.raises(SpeedrunError, match="001_x/record.toml: field 'date': missing"):
-        ledger.load_records("smoke", tmp_path)
+        store.load_records("smoke", tmp_path)
 
 
 def test_unverified_entry_is_never_the_current_record(world, tmp_path):
     root = tmp_path / "ledger"
-    rec = ledger.add_unverified(BASELINE, load_track("smoke"), "gpu baseline", ["@d"],
+    rec = store.add_unverified(BASELINE, load_track("smoke"), "gpu baseline", ["@d"],
                                 "no verified run exists yet", root=root)
-    assert not rec.verified and ledger.current_record("smoke", root) is None
+    assert not rec.verified and store.current_record("smoke", root) is None
     assert "not verified: no verified run exists yet" in (root / "smoke" / "README.md").read_text()
 
 
@@ -223,5 +225,5 @@ def test_replay_reruns_a_record_exactly(world, tmp_path):
 def test_committed_tables_are_fresh(monkeypatch):
     for var in ("SPEEDRUN_TRACKS_DIR", "SPEEDRUN_RECORDS_DIR"):
         monkeypatch.delenv(var, raising=False)
-    stale = ledger.stale_tables()
+    stale = store.stale_tables()
     assert stale == [], f"generated tables are stale: {stale}; run `speedrun leaderboard --write`"

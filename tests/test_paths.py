@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from speedrun import ledger, paths, tracks
+from speedrun.ledger import store
+from speedrun import paths
+from speedrun import tracks
 from speedrun.errors import SpeedrunError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -57,10 +59,10 @@ def test_environment_wins_and_empty_is_unset(clean, tmp_path):
 
 
 def test_modules_follow_the_rule(clean, tmp_path):
-    from speedrun import data
+    from speedrun.data import streams
 
-    for var, fn in (("SPEEDRUN_TRACKS_DIR", tracks.tracks_dir), ("SPEEDRUN_DATA_DIR", data.data_dir),
-                    ("SPEEDRUN_RECORDS_DIR", ledger.records_dir)):
+    for var, fn in (("SPEEDRUN_TRACKS_DIR", tracks.tracks_dir), ("SPEEDRUN_DATA_DIR", streams.data_dir),
+                    ("SPEEDRUN_RECORDS_DIR", store.records_dir)):
         assert fn() == {"SPEEDRUN_TRACKS_DIR": paths.tracks_dir, "SPEEDRUN_DATA_DIR": paths.data_dir,
                         "SPEEDRUN_RECORDS_DIR": paths.records_dir}[var]()
         clean.setenv(var, str(tmp_path / var))

@@ -11,10 +11,10 @@ import pytest
 
 from speedrun import cli
 from speedrun.errors import SpeedrunError
-from speedrun.evidence import read_events
-from speedrun.legacy import import_log
-from speedrun.ledger import read_record
-from speedrun.plots import current_record, plot_progression, plot_runs
+from speedrun.evidence.rundir import read_events
+from speedrun.legacy.modded import import_log
+from speedrun.ledger.store import read_record
+from speedrun.ledger.plots import current_record, plot_progression, plot_runs
 from speedrun.tracks import load_track
 
 LOGS = Path(__file__).parent / "fixtures" / "modded_logs"

@@ -10,7 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from speedrun import cli, data, prepare
+from speedrun import cli
+from speedrun.data import streams
+from speedrun.data import prepare
 from speedrun.errors import SpeedrunError
 
 pytest.importorskip("tiktoken")
@@ -76,7 +78,7 @@ def test_prepare_writes_val_then_train_shards(enc, tmp_path):
     assert names[1:] == [f"toy_train_{i:06d}.bin" for i in range(1, len(names))]
     sizes = [i.tokens for i in infos]
     assert sizes[0] == 100 and all(s == 300 for s in sizes[1:-1]) and 0 < sizes[-1] <= 300
-    got = np.concatenate([np.asarray(data.read_shard(i.path)) for i in infos])
+    got = np.concatenate([np.asarray(streams.read_shard(i.path)) for i in infos])
     np.testing.assert_array_equal(got, expected)
     assert got[0] == 50256 and (got == 50256).sum() == len(docs)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(names)  # no staging left behind
@@ -123,4 +125,4 @@ def test_cli_prepare_custom_field(enc, tmp_path):
                        "--val-tokens", "64", "--shard-tokens", "256", "--prefix", "c"])
     assert rc == 0, err.getvalue()
     assert "c_val_000000.bin" in out.getvalue() and "c_train_000001.bin" in out.getvalue()
-    assert data.shard_tokens(tmp_path / "o" / "c_val_000000.bin") == 65
+    assert streams.shard_tokens(tmp_path / "o" / "c_val_000000.bin") == 65

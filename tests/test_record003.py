@@ -21,7 +21,8 @@ import synthetic
 import torch
 import torch.nn.functional as F
 
-from speedrun import data, evidence
+from speedrun.data import streams
+from speedrun.evidence import rundir
 from speedrun.cli import main
 from speedrun.tracks import REPO_ROOT
 
@@ -133,10 +134,10 @@ def docs_track(tmp_path_factory):
     rng = np.random.default_rng(1)
     folder = Path(env["SPEEDRUN_DATA_DIR"]) / "gpt2-docs-data"
     for path in sorted(folder.glob("*.bin")):
-        count = data.shard_tokens(path)
+        count = streams.shard_tokens(path)
         tokens = rng.integers(0, 50256, count)
         tokens[rng.random(count) < 0.01] = 50256
-        data.write_shard(path, tokens)
+        streams.write_shard(path, tokens)
     return env
 
 
@@ -148,7 +149,7 @@ def launch(tmp_path: Path, track: str, *script_args: str) -> dict:
     manifest = json.loads((out / "manifest.json").read_text())
     assert [r["status"] for r in manifest["repetitions"]] == ["ok"], (out / "run-1.log").read_text()[-3000:]
     assert verdict["problems"] == [], verdict["problems"]
-    events = evidence.read_events(out / "run-1.jsonl")
+    events = rundir.read_events(out / "run-1.jsonl")
     assert all(r["probe"]["passed"] for r in events.last("val")["ranks"])
     return {"verdict": verdict, "events": events, "log": (out / "run-1.log").read_text()}
 

@@ -6,24 +6,26 @@ from __future__ import annotations
 
 import pytest
 
-from speedrun import compare, evidence, ledger
+from speedrun.ledger import compare
+from speedrun.evidence import rundir
+from speedrun.ledger import store
 from speedrun.cli import main
 from speedrun.tracks import load_track
 
-TINY = [r.number for r in ledger.load_records("tiny")]
+TINY = [r.number for r in store.load_records("tiny")]
 PREFIX_STEPS = 64  # run.log sends its scalars in blocks of 64: the first block of each record
 
 
 def test_the_tiny_track_has_its_baseline_records():
-    records = ledger.load_records("tiny")
+    records = store.load_records("tiny")
     assert [r.number for r in records] == [1, 2] and all(r.verified for r in records)
     assert records[1].prior == 1 and records[1].comparison["passed"]
-    assert ledger.current_record("tiny").number == 2
+    assert store.current_record("tiny").number == 2
     for r in records:
         assert r.api_version == 2 and r.hardware_fingerprint and r.n_runs >= 3
-        verdict = ledger.recorded_verdict(r)
+        verdict = store.recorded_verdict(r)
         assert verdict["qualifies"] and verdict["refereed"] and verdict["script_sha256"] == r.script_sha256
-        assert evidence.sha256_file(r.script) == r.script_sha256
+        assert rundir.sha256_file(r.script) == r.script_sha256
 
 
 @pytest.mark.parametrize("number", TINY)
@@ -31,8 +33,8 @@ def test_tiny_record_replays_its_first_steps_exactly(number, tmp_path, monkeypat
     """The recorded seed and shapes, the first logged train losses: identical on the machine class the record
     was made on, close elsewhere (another CPU's kernels round differently)."""
     monkeypatch.setenv("SPEEDRUN_RUNS_DIR", str(tmp_path))
-    rec = ledger.find_record("tiny", number)
-    steps = min(PREFIX_STEPS, len(evidence.read_events(rec.path / "run-1.jsonl").of("log")))
+    rec = store.find_record("tiny", number)
+    steps = min(PREFIX_STEPS, len(rundir.read_events(rec.path / "run-1.jsonl").of("log")))
     report = compare.prefix_replay(load_track("tiny"), number, steps, nproc=2, out=tmp_path / "replay")
     assert len(report["replayed"]) == steps > 0
     if report["same_hardware"]:
@@ -44,12 +46,12 @@ def test_tiny_record_replays_its_first_steps_exactly(number, tmp_path, monkeypat
 
 def test_gpt2_tracks_say_plainly_that_no_verified_run_exists():
     for track in ("gpt2-small", "gpt2-medium", "optimization"):
-        records = ledger.load_records(track)
+        records = store.load_records(track)
         assert len(records) >= 2 and not any(r.verified for r in records)
         assert all("no verified run" in r.note for r in records)
-        assert ledger.current_record(track) is None
+        assert store.current_record(track) is None
         for r in records:
-            assert evidence.sha256_file(r.script) == r.script_sha256, f"{r.path}: script changed since entered"
+            assert rundir.sha256_file(r.script) == r.script_sha256, f"{r.path}: script changed since entered"
 
 
 def test_leaderboard_history_lists_the_external_table(capsys):

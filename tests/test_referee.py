@@ -17,7 +17,9 @@ from pathlib import Path
 import pytest
 import synthetic
 
-from speedrun import evidence, schema, verify
+from speedrun.evidence import rundir
+from speedrun.evidence import schema
+from speedrun.judge import verify
 from speedrun.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,7 +63,7 @@ def test_honest_submission_qualifies_and_leaves_complete_evidence(env, tmp_path)
     assert set(manifest["pins"]["data"]) == {"smoke_val_000000.bin", "smoke_train_000001.bin", "smoke_train_000002.bin"}
     assert "speedrun/spec.py" in manifest["pins"]["harness"] and manifest["pins"]["track"]["name"] == "smoke"
     assert manifest["hardware_fingerprint"]["cpu_count"] >= 1
-    events = evidence.read_events(out / "run-1.jsonl")
+    events = rundir.read_events(out / "run-1.jsonl")
     assert events.sealed and events.seal_ok
     kinds = [e["event"] for e in events]
     assert kinds[:2] == ["init", "init"] and {"loader", "warmup", "start", "val", "finish"} <= set(kinds)
@@ -115,7 +117,7 @@ def test_crashing_submission_is_recorded_and_other_runs_kept(env, tmp_path):
     assert first["status"] == "failed" and first["exit_code"] != 0
     assert "boom [/bold] in the submission" in first["tail"]
     assert second["status"] == "ok"
-    assert evidence.read_events(out / "run-2.jsonl").last("finish") is not None
+    assert rundir.read_events(out / "run-2.jsonl").last("finish") is not None
     v = json.loads((out / "verdict.json").read_text())
     assert not v["qualifies"] and any("repetition 1 failed" in p for p in v["problems"])
 
@@ -169,7 +171,7 @@ def test_plain_torchrun_is_unrefereed_and_never_qualifies(env, tmp_path, monkeyp
     done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     (run_dir,) = (Path(env["SPEEDRUN_RUNS_DIR"]) / "smoke").glob("*_torchrun")
-    events = evidence.read_events(run_dir / "run-1.jsonl")
+    events = rundir.read_events(run_dir / "run-1.jsonl")
     assert events.seal_ok and len(events.last("val")["ranks"]) == 2
     v = verify.verify_run_dir(run_dir)
     assert not v["qualifies"] and v["repetitions"][0]["final_loss"] > 0
@@ -184,7 +186,7 @@ def test_launcher_logs_train_loss_to_wandb_offline(env, tmp_path, monkeypatch):
     out = tmp_path / "run"
     assert launch(script, out, "--wandb", "--wandb-project", "speedrun-test", "--wandb-name", "logged",
                   "--no-verify", nproc=1) == 0
-    logs = evidence.read_events(out / "run-1.jsonl").of("log")
+    logs = rundir.read_events(out / "run-1.jsonl").of("log")
     assert [e["step"] for e in logs] == list(range(1, 7)) and all(e["scalars"]["train_loss"] > 0 for e in logs)
     offline = list(out.glob("wandb/offline-run-*/run-*.wandb"))
     assert len(offline) == 1 and offline[0].stat().st_size > 0

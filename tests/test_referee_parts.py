@@ -15,7 +15,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from speedrun import channel, evaluation, evidence, hardware, pins, referee, tracks, verify
+from speedrun.referee import channel
+from speedrun.referee import evaluation
+from speedrun.evidence import rundir
+from speedrun.evidence import hardware
+from speedrun.evidence import pins
+from speedrun.referee import repetition
+from speedrun import tracks
+from speedrun.judge import verify
 from speedrun.errors import SpeedrunError
 
 TRACK = """\
@@ -51,8 +58,8 @@ class Judge:
 
     def __init__(self, tmp_path: Path, world: int = 2, seed: int = 5):
         self.track = tracks.parse_track(TRACK, "unit.toml")
-        self.log = referee.EventLog(tmp_path / "run-1.jsonl")
-        self.ref = referee.Referee(self.track, 1, seed, world, self.log, 0.0, WELCOME)
+        self.log = repetition.EventLog(tmp_path / "run-1.jsonl")
+        self.ref = repetition.Referee(self.track, 1, seed, world, self.log, 0.0, WELCOME)
         self.path = tmp_path / "run-1.jsonl"
         for r in range(world):
             ((to, reply),) = self.ref.handle(r, {"m": "hello", "rank": r, "world_size": world, "local_rank": r,
@@ -91,8 +98,8 @@ class Judge:
     def close(self, code: int = 0) -> dict:
         return self.ref.close(code)
 
-    def events(self) -> evidence.Events:
-        return evidence.read_events(self.path)
+    def events(self) -> rundir.Events:
+        return rundir.read_events(self.path)
 
 
 def test_an_honest_repetition_is_timed_by_the_launcher_clock(tmp_path):
@@ -230,7 +237,7 @@ def test_pins_notice_any_change_and_name_the_file(tmp_path, monkeypatch):
     object.__setattr__(track, "path", tmp_path / "unit.toml")
     (tmp_path / "unit.toml").write_text(TRACK)
     pinned = pins.pin_run(track, [shard])
-    assert set(pinned) == {"harness", "track", "data"} and "speedrun/referee.py" in pinned["harness"]
+    assert set(pinned) == {"harness", "track", "data"} and "speedrun/referee/repetition.py" in pinned["harness"]
     assert pins.changed(pinned) == []
     hasher = pins.Hasher()
     assert hasher.sha256(shard) == pinned["data"]["t_000001.bin"]["sha256"]
@@ -355,7 +362,8 @@ def test_source_scan_ignores_comments_but_not_code():
 
 
 def test_the_data_watch_sees_reads_that_raise_no_audit_event(tmp_path):
-    from speedrun import shards, watch
+    from speedrun.data import shards
+    from speedrun.referee import watch
 
     path = tmp_path / "w_val_000000.bin"
     shards.write_shard(path, np.arange(4096) % 500)
@@ -383,7 +391,7 @@ def test_step_numbers_from_numpy_or_torch_become_plain_ints():
 
 def test_rank_exit_keeps_atexit_hooks_and_unflushed_files(tmp_path):
     code = ("import atexit, sys\n"
-            "from speedrun.bootstrap import exit_without_teardown\n"
+            "from speedrun.rank.bootstrap import exit_without_teardown\n"
             f"f = open({str(tmp_path / 'left-open.txt')!r}, 'w')\n"
             "f.write('kept' * 1000)\n"
             f"atexit.register(lambda: open({str(tmp_path / 'hook.txt')!r}, 'w').write('ran'))\n"

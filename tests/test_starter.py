@@ -10,7 +10,9 @@ import re
 
 import pytest
 
-from speedrun import launcher, starter, verify
+from speedrun.referee import launcher
+from speedrun.cli import new as starter
+from speedrun.judge import verify
 from speedrun.cli import main
 from speedrun.errors import SpeedrunError
 from speedrun.tracks import load_track

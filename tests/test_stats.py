@@ -9,7 +9,7 @@ import sys
 import pytest
 from scipy import stats as sps
 
-from speedrun import stats
+from speedrun.judge import stats
 from speedrun.errors import SpeedrunError
 from speedrun.tracks import Rule, load_track
 
@@ -266,7 +266,7 @@ def test_earliest_passing_step_only_uses_steps_every_run_has():
 
 
 def test_stats_legacy_and_history_import_without_numpy_or_scipy():
-    code = ("import sys; import speedrun.stats, speedrun.legacy, speedrun.history; "
+    code = ("import sys; import speedrun.judge.stats, speedrun.legacy.modded, speedrun.ledger.history; "
             "heavy = [m for m in ('numpy', 'scipy', 'torch') if m in sys.modules]; print(heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

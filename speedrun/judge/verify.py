@@ -15,7 +15,7 @@ repetition's events as the launcher wrote them, and checks that
 - the final losses (or the losses at a declared judging step, `--step`) meet the target by the track's rule.
 It writes `verdict.json`, prints a summary, and `qualifies` is true only when all of that holds.
 
-Self-reported evidence (imported logs) is judged by `speedrun.legacy.check_imported`: only the statistics and
+Self-reported evidence (imported logs) is judged by `speedrun.legacy.modded.check_imported`: only the statistics and
 the hardware apply, and the verdict says so plainly.
 """
 
@@ -29,7 +29,9 @@ import tokenize
 from datetime import datetime, timezone
 from pathlib import Path
 
-from speedrun import __version__, evidence, schema
+from speedrun.version import __version__
+from speedrun.evidence import rundir
+from speedrun.evidence import schema
 from speedrun.errors import SpeedrunError
 
 TIMING_SLACK_S = 2e-3
@@ -68,7 +70,7 @@ def _blank(k, rep: dict, problems: list[str]) -> dict:
             "problems": problems, "warnings": []}
 
 
-def check_repetition(track, events: evidence.Events, rep: dict, seed: int | None, step: int | None) -> dict:
+def check_repetition(track, events: rundir.Events, rep: dict, seed: int | None, step: int | None) -> dict:
     """Check one refereed repetition's events; returns its summary with a list of problems (empty = valid)."""
     k = rep.get("k")
     problems: list[str] = []
@@ -164,7 +166,8 @@ def check_repetition(track, events: evidence.Events, rep: dict, seed: int | None
 
 def _pin_problems(manifest: dict, track) -> tuple[list[str], list[str]]:
     """Harness, track and data of the run against what is installed here now."""
-    from speedrun import data, pins
+    from speedrun.data import streams
+    from speedrun.evidence import pins
 
     problems, warnings = [], []
     recorded = manifest.get("pins")
@@ -177,7 +180,7 @@ def _pin_problems(manifest: dict, track) -> tuple[list[str], list[str]]:
     if tpin.get("sha256") != track.config_sha256:
         problems.append(f"track file {track.path} differs from the one the run used ({tpin.get('path')})")
     try:
-        train, val = data.track_files(track, generate=False)
+        train, val = streams.track_files(track, generate=False)
         present = {p.name: p for p in train + val}
     except SpeedrunError:
         present = {}
@@ -233,17 +236,17 @@ def identical_repetitions(results: list[dict]) -> list[str]:
 
 def verify_run_dir(run_dir: str | Path, write: bool = True, step: int | None = None) -> dict:
     """Verify a run directory; returns the verdict (and writes verdict.json unless `write` is false)."""
-    from speedrun import stats
+    from speedrun.judge import stats
     from speedrun.tracks import load_track
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise SpeedrunError(f"{run_dir}: not a run directory")
-    manifest = evidence.read_json(run_dir / evidence.MANIFEST)
+    manifest = rundir.read_json(run_dir / rundir.MANIFEST)
     try:
         track_name = manifest["track"]["name"]
     except (KeyError, TypeError):
-        raise SpeedrunError(f"{run_dir / evidence.MANIFEST}: field 'track.name' missing") from None
+        raise SpeedrunError(f"{run_dir / rundir.MANIFEST}: field 'track.name' missing") from None
     track = load_track(track_name)
     self_reported = bool(manifest.get("self_reported"))
     refereed = bool(manifest.get("refereed", False)) and not self_reported
@@ -253,23 +256,23 @@ def verify_run_dir(run_dir: str | Path, write: bool = True, step: int | None = N
     judged_step = step
 
     if self_reported:
-        from speedrun import legacy
+        from speedrun.legacy import modded
 
         if step is not None:
             manifest = dict(manifest, requested_step=step)
-        imported = legacy.check_imported(run_dir, manifest, track)
+        imported = modded.check_imported(run_dir, manifest, track)
         results, problems, warnings, target = imported.repetitions, list(imported.problems), \
             list(imported.warnings), imported.target
         judged_step = imported.judged_step
     else:
         if not refereed:
             problems.append("unrefereed run (started without `speedrun run`): it can never qualify for a record")
-        malformed = schema.check(manifest, schema.MANIFEST_FIELDS, evidence.MANIFEST)
+        malformed = schema.check(manifest, schema.MANIFEST_FIELDS, rundir.MANIFEST)
         if malformed:
             problems.append(malformed)
         else:
             for rep in manifest["repetitions"]:
-                malformed = schema.check(rep, schema.REPETITION_FIELDS, f"{evidence.MANIFEST} repetition")
+                malformed = schema.check(rep, schema.REPETITION_FIELDS, f"{rundir.MANIFEST} repetition")
                 if malformed:
                     problems.append(malformed)
                     break
@@ -282,7 +285,7 @@ def verify_run_dir(run_dir: str | Path, write: bool = True, step: int | None = N
         if not script.get("name") or not path.is_file():
             problems.append("the script copy is missing from the run directory")
         else:
-            if evidence.sha256_file(path) != script.get("sha256"):
+            if rundir.sha256_file(path) != script.get("sha256"):
                 problems.append(f"{path.name} changed after the run (sha256 does not match the manifest)")
             script_text = path.read_text(errors="replace")
         reps = manifest.get("repetitions") or []
@@ -294,7 +297,7 @@ def verify_run_dir(run_dir: str | Path, write: bool = True, step: int | None = N
         results, loader_events = [], []
         for rep in reps:
             k = rep.get("k")
-            path = evidence.events_path(run_dir, k)
+            path = rundir.events_path(run_dir, k)
             if rep.get("status") == "stopped":
                 results.append(_blank(k, rep, [f"repetition {k} was not run: {rep.get('error')}"]))
                 continue
@@ -302,7 +305,7 @@ def verify_run_dir(run_dir: str | Path, write: bool = True, step: int | None = N
                 results.append(_blank(k, rep, [f"repetition {k} left no events (run-{k}.jsonl)"]))
                 continue
             try:
-                events = evidence.read_events(path)
+                events = rundir.read_events(path)
             except SpeedrunError as exc:
                 results.append(_blank(k, rep, [str(exc)]))
                 continue
@@ -344,7 +347,7 @@ def verify_run_dir(run_dir: str | Path, write: bool = True, step: int | None = N
         "verified_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     if write:
-        evidence.write_json_atomic(run_dir / evidence.VERDICT, verdict)
+        rundir.write_json_atomic(run_dir / rundir.VERDICT, verdict)
     return verdict
 
 

@@ -6,7 +6,7 @@ the ranks in `$SPEEDRUN_REFEREE_SOCKET`. Each rank's bootstrap connects once (`C
 it is read, on a thread of its own, so nothing a rank does to its own clocks changes a recorded time.
 
 Bad input never hangs or crashes the server: a line that is not JSON, is too long, or does not match
-`speedrun.schema.MESSAGES` is reported to the handler as a garbled message; a connection that closes is
+`speedrun.evidence.schema.MESSAGES` is reported to the handler as a garbled message; a connection that closes is
 reported once.
 """
 

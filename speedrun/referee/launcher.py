@@ -1,9 +1,9 @@
 """`speedrun run SCRIPT --track T`: the referee's process. Launch a submission K times and keep the evidence.
 
 For each run the launcher copies the script's bytes into a fresh run directory, pins the harness, the track
-file and the data files (`speedrun.pins`), records the hardware fingerprint and the software versions, and
-writes `manifest.json`. For each repetition it opens the referee channel (`speedrun.channel`), starts
-`torchrun ... -m speedrun.bootstrap <copy> ARGS`, judges what the ranks report (`speedrun.referee`), writes
+file and the data files (`speedrun.evidence.pins`), records the hardware fingerprint and the software versions, and
+writes `manifest.json`. For each repetition it opens the referee channel (`speedrun.referee.channel`), starts
+`torchrun ... -m speedrun.rank.bootstrap <copy> ARGS`, judges what the ranks report (`speedrun.referee.repetition`), writes
 `run-K.jsonl` and `run-K.log`, re-checks the pins, and records the exit code, process wallclock and status.
 Finally it calls `speedrun verify` on the directory.
 
@@ -32,7 +32,10 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from speedrun import API_VERSION, __version__, evidence, hardware, paths
+from speedrun.version import API_VERSION, __version__
+from speedrun.evidence import rundir
+from speedrun.evidence import hardware
+from speedrun import paths
 from speedrun.errors import SpeedrunError
 
 TAIL_LINES = 30
@@ -78,9 +81,9 @@ def no_data_level(track, val_files: list[Path]) -> float:
         return float(track.unigram_entropy)
     import numpy as np
 
-    from speedrun import data
+    from speedrun.data import streams
 
-    p = data.val_unigram(val_files, track.val_tokens, track.vocab_size)
+    p = streams.val_unigram(val_files, track.val_tokens, track.vocab_size)
     p = p[p > 0]
     return float(-(p * np.log(p)).sum())
 
@@ -95,7 +98,7 @@ def build_manifest(track, script_copy: Path, command: list[str], nproc: int, nno
         "refereed": refereed,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "track": {"name": track.name, "config_sha256": track.config_sha256},
-        "script": {"name": script_copy.name, "sha256": evidence.sha256_file(script_copy)},
+        "script": {"name": script_copy.name, "sha256": rundir.sha256_file(script_copy)},
         "pins": pins,
         "env": hardware.software(),
         "hardware": hardware.label(fp, nproc, nnodes),
@@ -116,7 +119,7 @@ def torchrun_command(script: Path, nproc: int, script_args: list[str], rdzv: dic
         cmd.append("--standalone")
     for flag, value in passthrough.items():
         cmd.append(f"--{flag}={value}")
-    cmd += [f"--nproc_per_node={nproc}", "-m", "speedrun.bootstrap", str(script), *script_args]
+    cmd += [f"--nproc_per_node={nproc}", "-m", "speedrun.rank.bootstrap", str(script), *script_args]
     return cmd
 
 
@@ -167,13 +170,15 @@ class Repetition:
 
     def __init__(self, track, k: int, seed: int, nproc: int, run_dir: Path, welcome: dict, sink=None,
                  echo=None, data_files: dict[Path, str] | None = None, harness: str | None = None):
-        from speedrun import channel, referee, watch
+        from speedrun.referee import channel
+        from speedrun.referee import repetition
+        from speedrun.referee import watch
 
         self.server = channel.Server(self._handle)  # first: a socket that cannot be opened leaves nothing behind
         self.t0 = time.monotonic()
-        self.log = referee.EventLog(evidence.events_path(run_dir, k))
+        self.log = repetition.EventLog(rundir.events_path(run_dir, k))
         self.echo, self.sink = echo, sink
-        self.referee = referee.Referee(track, k, seed, nproc, self.log, self.t0, welcome, on_event=self._on_event,
+        self.referee = repetition.Referee(track, k, seed, nproc, self.log, self.t0, welcome, on_event=self._on_event,
                                        harness=harness)
         self.watch = watch.DataWatch(data_files).start() if data_files else None
         if self.watch is not None:
@@ -372,7 +377,8 @@ class Launch:
     def __init__(self, script: Path, track, nproc: int, runs: int, out: str | Path | None, seed: int,
                  script_args: list[str], rdzv: dict, data_dir: str | None = None, timeout: float | None = None,
                  wandb: dict | None = None, stop_after_logs: int | None = None):
-        from speedrun import data, pins
+        from speedrun.data import streams
+        from speedrun.evidence import pins
 
         if not script.is_file():
             raise SpeedrunError(f"{script}: no such script")
@@ -384,7 +390,7 @@ class Launch:
         self.stop_after_logs = stop_after_logs
         self.nproc, self.nnodes = nproc, int(rdzv.get("nnodes") or 1) if str(rdzv.get("nnodes") or 1).isdigit() else 1
         self.data_dir = Path(data_dir).resolve() if data_dir else None
-        self.train_files, self.val_files = data.track_files(track, self.data_dir)
+        self.train_files, self.val_files = streams.track_files(track, self.data_dir)
         self.run_dir = new_run_dir(track, script, str(out) if out else None)
         copy = self.run_dir / script.name
         shutil.copyfile(script, copy)
@@ -396,12 +402,12 @@ class Launch:
                         "train_files": [str(p) for p in self.train_files], "val_files": [str(p) for p in self.val_files],
                         "no_data_level": no_data_level(track, self.val_files), "run_dir": str(self.run_dir.resolve())}
         self.stopped_reason: str | None = None
-        evidence.write_json_atomic(self.run_dir / evidence.MANIFEST, self.manifest)
-        from speedrun import verify  # noqa: F401  (imported before any submission runs: a .pyc it could
+        rundir.write_json_atomic(self.run_dir / rundir.MANIFEST, self.manifest)
+        from speedrun.judge import verify# noqa: F401  (imported before any submission runs: a .pyc it could
         #   plant later would not be loaded)
 
     def _rank_env(self, socket_path: str) -> dict:
-        from speedrun import channel
+        from speedrun.referee import channel
 
         env = {k: v for k, v in os.environ.items() if not k.startswith("SPEEDRUN_") or k == "SPEEDRUN_DEVICE"}
         env.update({channel.ENV: socket_path, "PYTHONUNBUFFERED": "1"})
@@ -413,7 +419,7 @@ class Launch:
 
     def repetition(self, k: int, console=None) -> dict:
         """Run repetition k (1-based); record its exit code, wallclock and status in the manifest."""
-        from speedrun import pins
+        from speedrun.evidence import pins
 
         console = console or _console()
         label = f"{self.run_dir.name} {k}/{self.runs}"
@@ -425,7 +431,7 @@ class Launch:
             return self._record(rep)
         sink = None
         if self.wandb:
-            from speedrun import wandb_log
+            from speedrun.referee import wandb_log
 
             sink = wandb_log.WandbSink.open(self.wandb["project"], self.manifest, k, self.run_dir,
                                             name=self.wandb.get("name") or f"{self.run_dir.name}-{k}",
@@ -447,7 +453,7 @@ class Launch:
         try:
             with status:
                 code, wall, reasons = run_processes(self.cmd, self._rank_env(rep_ref.server.path),
-                                                    evidence.log_path(self.run_dir, k), rep_ref, self.timeout,
+                                                    rundir.log_path(self.run_dir, k), rep_ref, self.timeout,
                                                     status_line=lambda s: status.update(escape(f"{label}  {s}")),
                                                     stop_after_logs=self.stop_after_logs)
         except BaseException:  # Ctrl-C or a launcher fault: seal what the referee saw, close wandb, then stop
@@ -474,7 +480,7 @@ class Launch:
                 sink.finish(rep["status"])
             return self._record(rep)
         if code != 0 or reasons or summary["status"] != "ok":
-            tail, error = failure_summary(evidence.log_path(self.run_dir, k))
+            tail, error = failure_summary(rundir.log_path(self.run_dir, k))
             rep["tail"] = tail
             first = summary["errors"][0] if summary.get("errors") else error
             rep["error"] = (reasons[0] if reasons else first) or (summary["problems"][0] if summary["problems"]
@@ -501,7 +507,7 @@ class Launch:
 
     def _record(self, rep: dict) -> dict:
         self.manifest["repetitions"].append(rep)
-        evidence.write_json_atomic(self.run_dir / evidence.MANIFEST, self.manifest)
+        rundir.write_json_atomic(self.run_dir / rundir.MANIFEST, self.manifest)
         return rep
 
 
@@ -527,7 +533,8 @@ class Standalone:
 
     @classmethod
     def start(cls, track_name: str, seed: int, script: Path, data_dir: str | None, world_size: int) -> "Standalone":
-        from speedrun import data, pins
+        from speedrun.data import streams
+        from speedrun.evidence import pins
         from speedrun.tracks import load_track
 
         self = cls()
@@ -537,7 +544,7 @@ class Standalone:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         copy = self.run_dir / script.name
         shutil.copyfile(script, copy)
-        train, val = data.track_files(track, Path(data_dir) if data_dir else None)
+        train, val = streams.track_files(track, Path(data_dir) if data_dir else None)
         local = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
         self.manifest = build_manifest(track, copy, [sys.executable, *sys.argv], local, 1, 1, [seed],
                                        pins.pin_run(track, train + val), refereed=False)
@@ -557,7 +564,7 @@ class Standalone:
                "exit_code": None, "wall_s": None, "seed": self.manifest["seeds"][0],
                "note": "launched by plain torchrun: unrefereed; no process wallclock or exit code"}
         self.manifest["repetitions"] = [rep]
-        evidence.write_json_atomic(self.run_dir / evidence.MANIFEST, self.manifest)
+        rundir.write_json_atomic(self.run_dir / rundir.MANIFEST, self.manifest)
 
 
 # --- command ---------------------------------------------------------------------------------------------------
@@ -592,7 +599,7 @@ def wandb_options(args) -> dict | None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from speedrun import verify
+    from speedrun.judge import verify
     from speedrun.tracks import load_track
 
     if args.nnodes not in (None, "1", "1:1"):
@@ -605,7 +612,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     runs = args.runs or track.rule.min_runs
     run_dir = launch(args.script, track, args.nproc, runs, args.out, args.seed, script_args, rdzv,
                      data_dir=args.data_dir, timeout=args.timeout, wandb=wandb_options(args))
-    failed = [r["k"] for r in evidence.read_json(run_dir / evidence.MANIFEST)["repetitions"] if r["status"] != "ok"]
+    failed = [r["k"] for r in rundir.read_json(run_dir / rundir.MANIFEST)["repetitions"] if r["status"] != "ok"]
     if args.no_verify:
         return 1 if failed else 0
     verdict = verify.verify_run_dir(run_dir)

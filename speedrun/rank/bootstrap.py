@@ -1,10 +1,10 @@
-"""`python -m speedrun.bootstrap SCRIPT [ARGS...]`: the trusted first lines of every rank.
+"""`python -m speedrun.rank.bootstrap SCRIPT [ARGS...]`: the trusted first lines of every rank.
 
-`speedrun run` starts each rank as `torchrun ... -m speedrun.bootstrap <script copy> <args>`. Before the
+`speedrun run` starts each rank as `torchrun ... -m speedrun.rank.bootstrap <script copy> <args>`. Before the
 submission's first line runs, the bootstrap
 1. connects to the launcher's referee channel (`$SPEEDRUN_REFEREE_SOCKET`) and gets the repetition's seed,
    the track (the launcher's own copy of the file's text) and the data files;
-2. memory-maps every train and val shard (`speedrun.data.preload`), so the referee never has to open them
+2. memory-maps every train and val shard (`speedrun.data.streams.preload`), so the referee never has to open them
    again in this process;
 3. installs a Python audit hook that reports any later open (or mmap) of those files to the launcher,
    where it is a problem: only the referee reads the data;
@@ -25,7 +25,8 @@ import threading
 import traceback
 from pathlib import Path
 
-from speedrun import API_VERSION, channel
+from speedrun.version import API_VERSION
+from speedrun.referee import channel
 from speedrun.errors import SpeedrunError
 
 _SESSION: "Session | None" = None
@@ -62,8 +63,8 @@ class Integrity:
     TIMING = (("time", ("perf_counter", "perf_counter_ns", "time", "time_ns", "monotonic", "monotonic_ns")),
               ("torch.distributed", ("barrier", "all_reduce", "init_process_group", "is_initialized")),
               ("torch.cuda", ("synchronize",)))
-    HARNESS = ("speedrun.spec", "speedrun.bootstrap", "speedrun.evaluation", "speedrun.data", "speedrun.shards",
-               "speedrun.channel")
+    HARNESS = ("speedrun.spec", "speedrun.rank.run", "speedrun.rank.bootstrap", "speedrun.referee.evaluation", "speedrun.data.streams", "speedrun.data.shards",
+               "speedrun.referee.channel")
 
     def __init__(self):
         import importlib
@@ -135,21 +136,21 @@ class Session:
 
     # --- data -------------------------------------------------------------------------------------------------
     def open_data(self) -> None:
-        from speedrun import data
+        from speedrun.data import streams
 
-        data.preload(self.train_files + self.val_files)
+        streams.preload(self.train_files + self.val_files)
 
     def train_stream(self):
-        from speedrun import data
+        from speedrun.data import streams
 
-        return data.TrainStream(self.train_files, self.track.bos_token, max_seq_len=self.track.checks.max_seq_len)
+        return streams.TrainStream(self.train_files, self.track.bos_token, max_seq_len=self.track.checks.max_seq_len)
 
     def unigram(self):
         """Probabilities of each token among the track's val tokens (computed once)."""
         if getattr(self, "_unigram", None) is None:
-            from speedrun import data
+            from speedrun.data import streams
 
-            self._unigram = data.val_unigram(self.val_files, self.track.val_tokens, self.track.vocab_size)
+            self._unigram = streams.val_unigram(self.val_files, self.track.val_tokens, self.track.vocab_size)
         return self._unigram
 
     def evaluator(self, batch_tokens: int, seq_len: int, layout: str, rank: int, world_size: int, device):
@@ -203,7 +204,7 @@ class Session:
             pass
 
     def device_name(self) -> str:
-        from speedrun import hardware
+        from speedrun.evidence import hardware
 
         if self.device.type == "cuda":
             return self._torch.cuda.get_device_name(self.device)
@@ -228,28 +229,29 @@ class Session:
 
 
 class Evaluator:
-    """The referee's measurement at one validation shape on one rank (see `speedrun.evaluation`)."""
+    """The referee's measurement at one validation shape on one rank (see `speedrun.referee.evaluation`)."""
 
     def __init__(self, session: Session, batch_tokens: int, seq_len: int, layout: str, rank: int, world_size: int,
                  device):
-        from speedrun import data
+        from speedrun.data import streams
 
         track = session.track
-        self.stream = data.ValStream(session.val_files, track.val_tokens, batch_tokens, seq_len, rank, world_size,
+        self.stream = streams.ValStream(session.val_files, track.val_tokens, batch_tokens, seq_len, rank, world_size,
                                      layout, device, bos_token=track.bos_token, max_seq_len=track.checks.max_seq_len)
         self.layout, self.device, self.track, self.seq_len = layout, device, track, seq_len
         self.session = session
 
     def _batch(self, pieces):
-        from speedrun import data, evaluation
+        from speedrun.data import streams
+        from speedrun.referee import evaluation
 
-        return evaluation.Batch(*data.make_batch(pieces, self.layout, self.device, bos_token=self.track.bos_token))
+        return evaluation.Batch(*streams.make_batch(pieces, self.layout, self.device, bos_token=self.track.bos_token))
 
     def _own(self, b: int, i: int) -> int:
         return self.stream.pieces_of(b)[i]
 
     def measure(self, logits_fn):
-        from speedrun import evaluation
+        from speedrun.referee import evaluation
 
         s = self.stream
         return evaluation.measure(logits_fn, len(s), s.k, self.seq_len, self.layout == "flat", self._own,
@@ -257,7 +259,7 @@ class Evaluator:
                                   unigram=self.session.unigram())
 
     def start_check(self, logits_fn) -> tuple[float, int]:
-        from speedrun import evaluation
+        from speedrun.referee import evaluation
 
         batch = self._batch([self.stream.val_piece(self._own(0, i)) for i in range(self.stream.k)])
         return evaluation.start_loss(logits_fn, batch, self.track.vocab_size)
@@ -345,15 +347,15 @@ def _hello(client: channel.Client) -> dict:
     return client.request("hello", rank=int(os.environ.get("RANK", 0)),
                           world_size=int(os.environ.get("WORLD_SIZE", 1)),
                           local_rank=int(os.environ.get("LOCAL_RANK", 0)), pid=os.getpid(), api=API_VERSION,
-                          harness=os.path.dirname(os.path.abspath(__file__)))
+                          harness=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # speedrun/
 
 
 def unrefereed_session(track_name: str, seed: int, script: Path, data_dir: str | None) -> Session:
-    """Plain torchrun / python: rank 0 runs a referee in its own process (see `speedrun.launcher.Standalone`)
+    """Plain torchrun / python: rank 0 runs a referee in its own process (see `speedrun.referee.launcher.Standalone`)
     and every rank connects to it; the run directory is complete but marked unrefereed."""
     import torch.distributed as dist
 
-    from speedrun import launcher
+    from speedrun.referee import launcher
 
     rank = int(os.environ.get("RANK", 0))
     world_size = int(os.environ.get("WORLD_SIZE", 1))
@@ -380,11 +382,11 @@ def unrefereed_session(track_name: str, seed: int, script: Path, data_dir: str |
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv:
-        print("usage: python -m speedrun.bootstrap SCRIPT [ARGS...] (started by `speedrun run`)", file=sys.stderr)
+        print("usage: python -m speedrun.rank.bootstrap SCRIPT [ARGS...] (started by `speedrun run`)", file=sys.stderr)
         return 2
     path = os.environ.get(channel.ENV)
     if not path:
-        print("speedrun.bootstrap: no referee ($SPEEDRUN_REFEREE_SOCKET); start runs with `speedrun run`",
+        print("speedrun.rank.bootstrap: no referee ($SPEEDRUN_REFEREE_SOCKET); start runs with `speedrun run`",
               file=sys.stderr)
         return 2
     client = channel.Client(path)
@@ -447,8 +449,8 @@ def exit_without_teardown(code: int) -> None:
 
 
 if __name__ == "__main__":
-    # run as `python -m`, this file is `__main__`; the session must live in the `speedrun.bootstrap` module
+    # run as `python -m`, this file is `__main__`; the session must live in the `speedrun.rank.bootstrap` module
     # that `speedrun.spec` imports, so hand over to that one
-    from speedrun.bootstrap import exit_without_teardown, main as _main
+    from speedrun.rank.bootstrap import exit_without_teardown, main as _main
 
     exit_without_teardown(_main())

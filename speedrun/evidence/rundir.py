@@ -23,7 +23,7 @@ Events (`"event"` names the kind; every event also has `"wall"`, seconds since t
     seal      lines, sha256 (of every byte before this line; written last)
 
 The seal catches accidental edits after the run, not a determined forger (replay is the real check).
-Evidence imported from self-reported logs (see `speedrun.legacy`) has `"self_reported": true` in its
+Evidence imported from self-reported logs (see `speedrun.legacy.modded`) has `"self_reported": true` in its
 manifest and no seal.
 """
 

@@ -31,7 +31,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from speedrun import data
+from speedrun.data import streams
 from speedrun.errors import SpeedrunError
 
 EOT = 50256
@@ -202,7 +202,7 @@ class _ShardCutter:
     def _flush(self) -> None:
         kind = "val" if self.index == 0 else "train"
         path = self.folder / f"{self.prefix}_{kind}_{self.index:06d}.bin"
-        data.write_shard(path, self.buf[:self.fill])
+        streams.write_shard(path, self.buf[:self.fill])
         self.written.append(path)
         self.index, self.fill = self.index + 1, 0
 
@@ -213,7 +213,7 @@ class _ShardCutter:
 
 def prepare(inputs: Iterable[str | os.PathLike], out_dir: str | os.PathLike, *, shard_tokens: int = 100_000_000,
             val_tokens: int = 10_485_760, text_field: str = "text", prefix: str = "corpus",
-            vocab_dir: str | os.PathLike | None = None, force: bool = False) -> list[data.ShardInfo]:
+            vocab_dir: str | os.PathLike | None = None, force: bool = False) -> list[streams.ShardInfo]:
     """Tokenise the inputs into `out_dir`; all shards appear together at the end, or none on failure."""
     if shard_tokens <= 0 or val_tokens <= 0:
         raise SpeedrunError("--shard-tokens and --val-tokens must be positive")
@@ -234,7 +234,7 @@ def prepare(inputs: Iterable[str | os.PathLike], out_dir: str | os.PathLike, *, 
             cutter.add(tokens)
         cutter.close()
         if len(cutter.written) < 2:
-            total = sum(data.shard_tokens(p) for p in cutter.written)
+            total = sum(streams.shard_tokens(p) for p in cutter.written)
             raise SpeedrunError(f"the inputs hold {total} tokens: not enough for {val_tokens + 1} val tokens "
                                 "plus at least one train token (lower --val-tokens)")
         for path in existing:
@@ -243,4 +243,4 @@ def prepare(inputs: Iterable[str | os.PathLike], out_dir: str | os.PathLike, *, 
             os.replace(path, out / path.name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return [data.shard_info(out / p.name) for p in cutter.written]
+    return [streams.shard_info(out / p.name) for p in cutter.written]

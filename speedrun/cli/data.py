@@ -1,6 +1,6 @@
 """`speedrun data fetch | prepare | verify`: get a track's data, make shards from text, check shards.
 
-The work is done in `speedrun.fetch`, `speedrun.prepare` and `speedrun.data`; this module only parses flags
+The work is done in `speedrun.data.fetch`, `speedrun.data.prepare` and `speedrun.data.streams`; this module only parses flags
 and prints. Every failure is one line and a non-zero exit.
 """
 
@@ -55,7 +55,8 @@ def _console():
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
-    from speedrun import fetch, tracks
+    from speedrun.data import fetch
+    from speedrun import tracks
 
     track = tracks.load_track(args.track)
     infos = fetch.fetch(track, args.train_shards, data_dir=args.data_dir, endpoint=args.endpoint,
@@ -63,7 +64,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     total = sum(i.tokens for i in infos)
     print(f"{track.name}: {len(infos)} file(s) ready, {total:,} tokens")
     if track.data.source == "generator":
-        from speedrun import corpus
+        from speedrun.data import corpus
 
         meta = corpus.entropy(track, args.data_dir)
         if meta:
@@ -72,7 +73,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from speedrun import prepare
+    from speedrun.data import prepare
 
     infos = prepare.prepare(args.inputs, args.out, shard_tokens=args.shard_tokens, val_tokens=args.val_tokens,
                             text_field=args.text_field, prefix=args.prefix, vocab_dir=args.vocab_dir,
@@ -95,17 +96,18 @@ def _expand(paths: list[Path]) -> list[Path]:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from speedrun import data, tracks
+    from speedrun.data import streams
+    from speedrun import tracks
 
     track = tracks.load_track(args.track) if args.track else None
     pins = dict(track.data.sha256) if track else {}
     if args.paths:
         files = _expand(args.paths)
     elif track:
-        train, val = data.track_files(track, data_dir=args.data_dir, generate=False)
+        train, val = streams.track_files(track, data_dir=args.data_dir, generate=False)
         files = val + train
         if track.data.source == "generator" and not pins:
-            from speedrun import corpus
+            from speedrun.data import corpus
 
             pins = (corpus.entropy(track, args.data_dir) or {}).get("sha256", {})
     else:
@@ -113,7 +115,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     infos, failures = [], 0
     for path in files:
         try:
-            info = data.shard_info(path)
+            info = streams.shard_info(path)
             pin = pins.get(path.name)
             if pin and info.sha256 != pin:
                 raise SpeedrunError(f"{path}: sha256 {info.sha256} does not match the pin {pin}")

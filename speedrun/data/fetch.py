@@ -15,7 +15,7 @@ import os
 import re
 from pathlib import Path
 
-from speedrun import data
+from speedrun.data import streams
 from speedrun.errors import SpeedrunError
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
@@ -58,8 +58,8 @@ def hub_sha256(repo: str, name: str, repo_type: str, endpoint: str) -> tuple[str
     return (etag if SHA256.fullmatch(etag) else None), meta.size
 
 
-def _check(path: Path, pin: str | None, hub: str | None) -> data.ShardInfo:
-    info = data.shard_info(path)
+def _check(path: Path, pin: str | None, hub: str | None) -> streams.ShardInfo:
+    info = streams.shard_info(path)
     for want, source in ((pin, "the track's pin"), (hub, "the hub's sha256")):
         if want and info.sha256 != want:
             raise SpeedrunError(f"{path}: sha256 {info.sha256} does not match {source} {want}")
@@ -67,7 +67,7 @@ def _check(path: Path, pin: str | None, hub: str | None) -> data.ShardInfo:
 
 
 def fetch_file(repo: str, name: str, folder: Path, *, repo_type: str = "dataset", endpoint: str = DEFAULT_ENDPOINT,
-               pin: str | None = None, console=None) -> data.ShardInfo:
+               pin: str | None = None, console=None) -> streams.ShardInfo:
     """Make `folder/name` a valid copy of the hub file: keep a valid local copy, else download and verify."""
     from huggingface_hub import hf_hub_download
 
@@ -98,18 +98,18 @@ def fetch_file(repo: str, name: str, folder: Path, *, repo_type: str = "dataset"
 
 
 def fetch(track, train_shards: int, data_dir: str | os.PathLike | None = None, endpoint: str | None = None,
-          console=None) -> list[data.ShardInfo]:
+          console=None) -> list[streams.ShardInfo]:
     """Fetch the track's val file(s) and its first `train_shards` train shards; return their infos."""
-    root = Path(data_dir) if data_dir is not None else data.data_dir()
+    root = Path(data_dir) if data_dir is not None else streams.data_dir()
     if track.data.source == "generator":
         _say(console, f"{track.name}: built-in corpus in {root / track.name} (generated on first use, then checked)")
-        train, val = data.track_files(track, data_dir=root, generate=True, check_sha256=True)
-        return [data.shard_info(p) for p in val + train]
+        train, val = streams.track_files(track, data_dir=root, generate=True, check_sha256=True)
+        return [streams.shard_info(p) for p in val + train]
     available = track.data.train_files
     if not 0 <= train_shards <= len(available):
         raise SpeedrunError(f"--train-shards must be between 0 and {len(available)} for track {track.name}, "
                             f"got {train_shards}")
-    folder = data.hub_dir(track, root)
+    folder = streams.hub_dir(track, root)
     folder.mkdir(parents=True, exist_ok=True)
     endpoint = (endpoint or os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
     names = track.data.all_val_files + available[:train_shards]

@@ -5,7 +5,7 @@ A shard (the format of modded-nanogpt's FineWeb shards) is a header of 256 littl
 memory-maps the tokens (no copy); every inconsistency is a `SpeedrunError` naming the file. Writing goes to a
 temporary file that is renamed into place, so a shard on disk is always whole.
 
-This module sits at the bottom: the streams (`speedrun.data`), the tiny corpus (`speedrun.corpus`), `fetch`
+This module sits at the bottom: the streams (`speedrun.data.streams`), the tiny corpus (`speedrun.data.corpus`), `fetch`
 and `prepare` all build on it, and it imports none of them.
 """
 
@@ -20,7 +20,7 @@ from typing import Sequence
 import numpy as np
 
 from speedrun.errors import SpeedrunError
-from speedrun.evidence import sha256_file
+from speedrun.evidence.rundir import sha256_file
 
 MAGIC = 20240520
 VERSION = 1

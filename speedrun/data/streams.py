@@ -1,7 +1,7 @@
 """The canonical data: where a track's shards are, and the streams every submission is fed from.
 
 The referee, not the submission, decides which tokens a run trains and validates on, so both streams live
-here and are the only way a run sees data. The file format itself is `speedrun.shards` (re-exported here).
+here and are the only way a run sees data. The file format itself is `speedrun.data.shards` (re-exported here).
 
 Canonical token order (train). `TrainStream` is one cursor over the train shards, walked in order; it knows
 nothing of ranks. `next_step(batch_tokens, seq_len, align_to_bos=..., max_doc_len=...)` takes one optimizer
@@ -55,15 +55,14 @@ from typing import TYPE_CHECKING, Iterator, Sequence
 import numpy as np
 
 from speedrun.errors import SpeedrunError
-from speedrun.evidence import sha256_file  # noqa: F401  (re-exported: data.sha256_file)
-# the shard format lives in `speedrun.shards`; re-exported here, where the streams read it
-from speedrun.shards import (HEADER_BYTES, HEADER_INTS, MAGIC, VERSION, ShardInfo, _read_token_count,  # noqa: F401
+from speedrun.evidence.rundir import sha256_file  # noqa: F401  (re-exported: data.sha256_file)
+# the shard format lives in `speedrun.data.shards`; re-exported here, where the streams read it
+from speedrun.data.shards import (HEADER_BYTES, HEADER_INTS, MAGIC, VERSION, ShardInfo, _read_token_count,  # noqa: F401
                              preload, read_shard, shard_bytes, shard_info, shard_tokens, write_shard)
 
-if TYPE_CHECKING:  # torch is imported where tensors are built: `import speedrun.data` stays light
+if TYPE_CHECKING:  # torch is imported where tensors are built: `import speedrun.data.streams` stays light
     import torch  # noqa: F401
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def data_dir() -> Path:
@@ -95,7 +94,7 @@ def track_files(track, data_dir: str | os.PathLike | None = None, generate: bool
     """
     root = Path(data_dir) if data_dir is not None else _default_data_dir()
     if track.data.source == "generator":
-        from speedrun import corpus
+        from speedrun.data import corpus
 
         return corpus.ensure(track, root / track.name, allow_generate=generate, check_sha256=check_sha256)
 

@@ -19,9 +19,8 @@ import os
 from pathlib import Path
 
 from speedrun import paths
-from speedrun.evidence import sha256_file, write_json_atomic
+from speedrun.evidence.rundir import sha256_file, write_json_atomic
 
-PACKAGE_DIR = Path(__file__).resolve().parent
 HARNESS_SUFFIXES = (".py", ".toml")
 
 
@@ -81,13 +80,13 @@ class Hasher:
 
 def harness_files() -> list[Path]:
     """The installed harness: every source file of the `speedrun` package, in a fixed order."""
-    return sorted(p for p in PACKAGE_DIR.rglob("*") if p.is_file() and p.suffix in HARNESS_SUFFIXES
+    return sorted(p for p in paths.PACKAGE_DIR.rglob("*") if p.is_file() and p.suffix in HARNESS_SUFFIXES
                   and "__pycache__" not in p.parts)
 
 
 def harness_pins(hasher: Hasher | None = None) -> dict[str, str]:
     hasher = hasher or Hasher()
-    return {p.relative_to(PACKAGE_DIR.parent).as_posix(): hasher.sha256(p) for p in harness_files()}
+    return {p.relative_to(paths.SOURCE_ROOT).as_posix(): hasher.sha256(p) for p in harness_files()}
 
 
 def pin_files(paths: list[Path], hasher: Hasher) -> dict[str, dict]:
@@ -114,7 +113,7 @@ def changed(pins: dict, hasher: Hasher | None = None) -> list[str]:
     hasher = hasher or Hasher()
     problems = []
     for rel, digest in pins.get("harness", {}).items():
-        path = PACKAGE_DIR.parent / rel
+        path = paths.SOURCE_ROOT / rel
         if not path.exists():
             problems.append(f"harness file {rel} disappeared during the run")
         elif hasher.sha256(path) != digest:

@@ -1,6 +1,6 @@
 """The launcher's watch on the data files: are they opened or written while the submissions run?
 
-Every rank's bootstrap memory-maps all train and val shards (`speedrun.data.preload`), tells the launcher,
+Every rank's bootstrap memory-maps all train and val shards (`speedrun.data.streams.preload`), tells the launcher,
 and waits. When all local ranks have done so, the launcher `arm()`s this watch and lets them run their
 scripts; from then on the referee reads only through those maps and never opens a data file again. So any
 open of a data file after arming, and any write, is a submission reading or changing data behind the

@@ -13,7 +13,7 @@ the counters, the aggregation and the decisions, and writes `run-K.jsonl`:
 - Loss: the mean val loss is the sum over ranks of their reported sums of per-token cross-entropy, divided by
   the track's val token count; every rank must report exactly its share of the val tokens.
 - Probes: each rank reports how far its model's outputs moved on spliced copies of real val rows (see
-  `speedrun.evaluation`); the tolerance and the pass/fail decision are made here.
+  `speedrun.referee.evaluation`); the tolerance and the pass/fail decision are made here.
 - Seeds: the launcher chose each repetition's seed and hands it to the ranks; every rank must report it back.
 - The start check: the model's loss on a fixed val subset at `start()` must not be below the no-data level
   (the unigram entropy of the val tokens): a model trained before the clock fails.
@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from speedrun import schema
-from speedrun.evidence import write_bytes_atomic
+from speedrun.evidence import schema
+from speedrun.evidence.rundir import write_bytes_atomic
 
 TRAIN_EVENT_EVERY = 10      # one `train` event every this many steps of rank 0
 PROBE_TOL_FP32 = 1e-3       # nats: allowed movement of earlier outputs on a CPU / fp32 model

@@ -33,12 +33,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from speedrun import API_VERSION, __version__
+from speedrun.version import API_VERSION, __version__
 from speedrun.errors import SpeedrunError
-from speedrun.evidence import MANIFEST, EventWriter, events_path, sha256_file, write_json_atomic
+from speedrun.evidence.rundir import MANIFEST, EventWriter, events_path, sha256_file, write_json_atomic
 
 if TYPE_CHECKING:
-    from speedrun.stats import EarliestStep, TargetResult
+    from speedrun.judge.stats import EarliestStep, TargetResult
     from speedrun.tracks import Track
 
 SOURCE = "modded-nanogpt log"
@@ -817,7 +817,8 @@ def check_imported(run_dir: str | Path, manifest: dict, track: "Track") -> Impor
     """Judge imported (self-reported) evidence as modded-nanogpt does: each repetition's loss at the declared
     step (or its final validation), the track's statistical rule over them, and the hardware against the
     track's. There is no referee clock, seal or probe to check: only what the logs printed."""
-    from speedrun import evidence, stats
+    from speedrun.evidence import rundir
+    from speedrun.judge import stats
 
     run_dir = Path(run_dir)
     if not manifest.get("self_reported"):
@@ -832,7 +833,7 @@ def check_imported(run_dir: str | Path, manifest: dict, track: "Track") -> Impor
         problems.append(f"the evidence was imported for track {recorded}, not {track.name}")
 
     reps_meta = manifest.get("repetitions") or [{"k": k, "status": None}
-                                                for k in evidence.iter_repetitions(run_dir)]
+                                                for k in rundir.iter_repetitions(run_dir)]
     if not reps_meta:
         problems.append("no repetitions recorded")
     results, vals_by_rep = [], {}
@@ -843,12 +844,12 @@ def check_imported(run_dir: str | Path, manifest: dict, track: "Track") -> Impor
                "problems": [], "warnings": [], "source": meta.get("source"), "trial": meta.get("trial"),
                "hardware": meta.get("hardware", manifest.get("hardware"))}
         results.append(rep)
-        path = evidence.events_path(run_dir, k)
+        path = rundir.events_path(run_dir, k)
         if not path.exists():
             rep["problems"].append(f"repetition {k}{where} left no events (run-{k}.jsonl)")
             continue
         try:
-            events = evidence.read_events(path)
+            events = rundir.read_events(path)
         except SpeedrunError as exc:
             rep["problems"].append(f"repetition {k}{where}: {exc}")
             continue
@@ -950,7 +951,7 @@ def _print_import(console, imp: Imported) -> None:
     unknown = sum(len(t.unknown) for log in imp.logs for t in log.trials)
     if unknown:
         console.print(f"  skipped {unknown} unrecognised line(s) (warnings in the run-K.jsonl files)")
-    from speedrun.evidence import read_json
+    from speedrun.evidence.rundir import read_json
 
     check = check_imported(imp.run_dir, read_json(imp.run_dir / MANIFEST), load_track(imp.track))
     at = f"at step {check.judged_step}" if check.judged_step is not None else "at each run's final validation"

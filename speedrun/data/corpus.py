@@ -384,7 +384,7 @@ def _unigram_entropy(tokens: np.ndarray, vocab_size: int) -> float:
 
 def generate(track, out_dir: str | os.PathLike) -> dict:
     """Generate the track's corpus into `out_dir` (shards written atomically, sidecar last); return the sidecar."""
-    from speedrun import shards
+    from speedrun.data import shards
 
     _check_source(track)
     ds, out_dir = track.data, Path(out_dir)
@@ -410,7 +410,7 @@ def generate(track, out_dir: str | os.PathLike) -> dict:
         "mean_doc_tokens": float(len(train) / max(1, int((train == track.bos_token).sum()))),
         "sha256": digests,
     }
-    from speedrun.evidence import write_json_atomic
+    from speedrun.evidence.rundir import write_json_atomic
 
     write_json_atomic(out_dir / META_NAME, meta)
     return meta
@@ -432,7 +432,7 @@ def _meta_matches(meta: dict | None, track) -> bool:
 
 
 def _expected_sizes(track) -> dict[str, int]:
-    from speedrun import shards
+    from speedrun.data import shards
 
     ds = track.data
     sizes = {}
@@ -459,7 +459,7 @@ def _present(track, folder: Path) -> bool:
 
 def _check_pins(track, folder: Path, meta: dict, fresh: bool = False) -> None:
     """Compare each file with the track's pin (or, unpinned, with the digest recorded at generation)."""
-    from speedrun import shards
+    from speedrun.data import shards
 
     for name in _expected_sizes(track):
         want = track.data.sha256.get(name) or meta["sha256"].get(name)
@@ -476,7 +476,7 @@ def ensure(track, folder: str | os.PathLike, allow_generate: bool = True, check_
     """The corpus' (train, val) paths in `folder`, generating it first if absent (one process at a time)."""
     from filelock import FileLock
 
-    from speedrun import shards
+    from speedrun.data import shards
 
     _check_source(track)
     folder = Path(folder)

@@ -9,7 +9,7 @@ nobody has run on the track's hardware yet); it then says so in `note` and is ne
 This module is the store: reading and validating entries, writing one under a lock (aside, then renamed
 into place: a crash leaves the ledger valid), and the generated tables (`records/<track>/README.md` and a
 section of the top-level README, never hand-edited) and leaderboard. Deciding whether a run *becomes* a record
-(`speedrun record add`: verify, compare with the prior record, then `write_record`) is `speedrun.compare`'s.
+(`speedrun record add`: verify, compare with the prior record, then `write_record`) is `speedrun.ledger.compare`'s.
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-from speedrun import API_VERSION, __version__, evidence
+from speedrun.version import API_VERSION, __version__
+from speedrun.evidence import rundir
 from speedrun.errors import SpeedrunError
 from speedrun.tracks import Track, load_track, track_names
 
@@ -146,8 +147,8 @@ def current_record(track: str, root: Path | None = None) -> Record | None:
 
 def recorded_verdict(record: Record) -> dict | None:
     """The verdict stored with a ledger entry (None for unverified entries)."""
-    path = record.path / evidence.VERDICT if record.path else None
-    return evidence.read_json(path) if path is not None and path.is_file() else None
+    path = record.path / rundir.VERDICT if record.path else None
+    return rundir.read_json(path) if path is not None and path.is_file() else None
 
 
 def find_record(track: str, number: int, root: Path | None = None) -> Record:
@@ -199,7 +200,7 @@ def write_entry(root: Path, record: Record, files: dict[str, Path], manifest: di
         for name, src in files.items():
             shutil.copyfile(src, tmp / name)
         if manifest is not None:
-            evidence.write_json_atomic(tmp / evidence.MANIFEST, manifest)
+            rundir.write_json_atomic(tmp / rundir.MANIFEST, manifest)
         with open(tmp / "record.toml", "wb") as f:
             tomli_w.dump(record.to_toml(), f)
             f.flush()
@@ -213,7 +214,7 @@ def write_entry(root: Path, record: Record, files: dict[str, Path], manifest: di
 
 
 def evidence_files(run_dir: Path, manifest: dict) -> dict[str, Path]:
-    files = {"train.py": run_dir / manifest["script"]["name"], evidence.VERDICT: run_dir / evidence.VERDICT}
+    files = {"train.py": run_dir / manifest["script"]["name"], rundir.VERDICT: run_dir / rundir.VERDICT}
     for p in sorted(run_dir.glob("run-*.jsonl")) + sorted(run_dir.glob("run-*.log")):
         files[p.name] = p
     return files
@@ -230,7 +231,7 @@ def add_unverified(script: Path, track: Track, description: str, contributors: l
         number = max((r.number for r in load_records(track.name, root)), default=0) + 1
         record = Record(number=number, slug=slugify(slug or description), date=date.today().isoformat(),
                         track=track.name, description=description, contributors=contributors, verified=False,
-                        metric=track.metric, script_sha256=evidence.sha256_file(script),
+                        metric=track.metric, script_sha256=rundir.sha256_file(script),
                         harness_version=__version__, api_version=API_VERSION, hardware=track.hardware,
                         note=note or "no verified run exists yet")
         write_entry(root, record, {"train.py": script}, None)
@@ -427,7 +428,7 @@ def _cmd_leaderboard(args) -> int:
 
     console = Console() if sys.stdout.isatty() else Console(width=LEADERBOARD_WIDTH)
     if args.history:
-        from speedrun import history
+        from speedrun.ledger import history
 
         console.print(history.history_table(history.load_history(), args.track))
         return 0

@@ -13,7 +13,7 @@ class), naming the hardware fingerprint fields that differ.
 `speedrun record add RUN_DIR` re-verifies the run, checks that it beats the current record -- wallclock
 tracks: faster in a `compare` on the same hardware (run now, or given with `--compare`); the optimization
 track: fewer steps, with modded-nanogpt's pairwise statistic recorded -- and writes the entry through
-`speedrun.ledger` (which only stores). The ledger never imports this module.
+`speedrun.ledger.store` (which only stores). The ledger never imports this module.
 """
 
 from __future__ import annotations
@@ -22,7 +22,11 @@ import argparse
 from datetime import date, datetime
 from pathlib import Path
 
-from speedrun import API_VERSION, __version__, evidence, hardware, launcher, ledger
+from speedrun.version import API_VERSION, __version__
+from speedrun.evidence import rundir
+from speedrun.evidence import hardware
+from speedrun.referee import launcher
+from speedrun.ledger import store
 from speedrun.errors import SpeedrunError
 from speedrun.tracks import Track, load_track
 
@@ -44,7 +48,7 @@ def resolve_script(ref: str, track: Track) -> Path:
         return path / "train.py"
     name, _, number = ref.rpartition("/")
     if number.isdigit():
-        return ledger.find_record(name or track.name, int(number)).script
+        return store.find_record(name or track.name, int(number)).script
     raise SpeedrunError(f"{ref}: not a script, a record directory or a record number")
 
 
@@ -55,7 +59,8 @@ def _metric(verdict: dict) -> list[float]:
 def compare(a: Path, b: Path, track: Track, runs: int = 3, nproc: int = 2, out: Path | None = None,
             seed: int = 0, script_args: list[str] | None = None, timeout: float | None = None) -> Path:
     """Run A and B interleaved `runs` times each; write and return the comparison directory."""
-    from speedrun import stats, verify
+    from speedrun.judge import stats
+    from speedrun.judge import verify
 
     if out is None:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
@@ -103,14 +108,14 @@ def compare(a: Path, b: Path, track: Track, runs: int = 3, nproc: int = 2, out: 
         ratio = a_side["mean"] / b_side["mean"] if a_side["mean"] and b_side["mean"] else float("nan")
         result.update(test="pairwise", ratio=ratio, p_value=None, statistic=pair.statistic, threshold=pair.margin,
                       a_faster=bool(ratio < 1), pairwise_significant=bool(pair.passed), reason=pair.reason)
-    evidence.write_json_atomic(out / RESULT, result)
+    rundir.write_json_atomic(out / RESULT, result)
     print_compare(result)
     return out
 
 
 def check_against(compare_dir: Path, new_sha: str, prior, fingerprint: dict | None) -> dict:
     """Does this comparison show the new script (A) beating the prior record (B) on the run's hardware?"""
-    result = evidence.read_json(Path(compare_dir) / RESULT)
+    result = rundir.read_json(Path(compare_dir) / RESULT)
     a, b = result["sides"]["A"], result["sides"]["B"]
     if a["script_sha256"] != new_sha:
         raise SpeedrunError(f"{compare_dir}: side A is not this run's script")
@@ -148,11 +153,11 @@ def prefix_replay(track: Track, number: int, steps: int, nproc: int | None = Non
     """Re-run the first `steps` logged steps of record `number`'s first repetition (its recorded seed) and
     compare the logged train losses with the recorded ones: cheap, and exact on the same machine class."""
     console = _console()
-    rec = ledger.find_record(track.name, number)
+    rec = store.find_record(track.name, number)
     if not (rec.path / "run-1.jsonl").is_file():
         raise SpeedrunError(f"record #{number} has no recorded run to replay against")
-    recorded = evidence.read_json(rec.path / evidence.MANIFEST)
-    logged = [e["scalars"] for e in evidence.read_events(rec.path / "run-1.jsonl").of("log")][:steps]
+    recorded = rundir.read_json(rec.path / rundir.MANIFEST)
+    logged = [e["scalars"] for e in rundir.read_events(rec.path / "run-1.jsonl").of("log")][:steps]
     if len(logged) < steps:
         raise SpeedrunError(f"record #{number} logged {len(logged)} steps (run.log); a prefix replay of {steps} "
                             f"needs that many")
@@ -160,7 +165,7 @@ def prefix_replay(track: Track, number: int, steps: int, nproc: int | None = Non
                           str(out) if out else None, (recorded.get("seeds") or [0])[0], [], {}, timeout=timeout,
                           stop_after_logs=steps)
     job.repetition(1)
-    replayed = [e["scalars"] for e in evidence.read_events(evidence.events_path(job.run_dir, 1)).of("log")][:steps]
+    replayed = [e["scalars"] for e in rundir.read_events(rundir.events_path(job.run_dir, 1)).of("log")][:steps]
     diff = hardware.differences(recorded.get("hardware_fingerprint"), job.manifest.get("hardware_fingerprint"))
     report = {"record": number, "run_dir": str(job.run_dir), "steps": steps, "recorded": logged,
               "replayed": replayed, "identical": replayed == logged, "same_hardware": not diff,
@@ -177,18 +182,18 @@ def replay(track: Track, number: int, runs: int = 3, nproc: int | None = None, o
 
     On the same machine class (equal hardware fingerprints) and harness, a replay reproduces the recorded
     val losses exactly; elsewhere it says which fingerprint fields differ and times are not comparable."""
-    from speedrun import verify
+    from speedrun.judge import verify
 
     console = _console()
-    rec = ledger.find_record(track.name, number)
-    recorded = evidence.read_json(rec.path / evidence.MANIFEST) if (rec.path / evidence.MANIFEST).exists() else {}
+    rec = store.find_record(track.name, number)
+    recorded = rundir.read_json(rec.path / rundir.MANIFEST) if (rec.path / rundir.MANIFEST).exists() else {}
     nproc = nproc or recorded.get("nproc_per_node", 1)
     seed = (recorded.get("seeds") or [0])[0]
     run_dir = launcher.launch(rec.script, track, nproc, runs, str(out) if out else None, seed, [], {},
                               timeout=timeout)
     verdict = verify.verify_run_dir(run_dir)
     verify.print_verdict(verdict)
-    manifest = evidence.read_json(run_dir / evidence.MANIFEST)
+    manifest = rundir.read_json(run_dir / rundir.MANIFEST)
     flags = []
     if rec.harness_version != __version__:
         flags.append(f"recorded under harness {rec.harness_version}, replayed under {__version__}")
@@ -196,7 +201,7 @@ def replay(track: Track, number: int, runs: int = 3, nproc: int | None = None, o
     if diff:
         flags.append(f"recorded on {rec.hardware or 'unknown hardware'}, replayed on {manifest['hardware']} "
                      f"({'; '.join(diff)}): times are not comparable")
-    recorded_losses = [r.get("final_loss") for r in (ledger.recorded_verdict(rec) or {}).get("repetitions", [])]
+    recorded_losses = [r.get("final_loss") for r in (store.recorded_verdict(rec) or {}).get("repetitions", [])]
     replayed_losses = [r.get("final_loss") for r in verdict["repetitions"]]
     same = [a == b for a, b in zip(recorded_losses, replayed_losses) if a is not None and b is not None]
     ratio = verdict["metric"]["mean"] / rec.metric_mean if rec.verified and rec.metric_mean else None
@@ -219,14 +224,15 @@ def replay(track: Track, number: int, runs: int = 3, nproc: int | None = None, o
 
 def add_record(run_dir: Path, description: str, contributors: list[str], *, track_name: str | None = None,
                slug: str | None = None, compare_dir: Path | None = None, compare_runs: int = 3,
-               systems_speedup: bool = False, step: int | None = None, root: Path | None = None) -> ledger.Record:
+               systems_speedup: bool = False, step: int | None = None, root: Path | None = None) -> store.Record:
     """Verify `run_dir`, check it beats the current record (wallclock: timed side by side on the same
     hardware; steps: fewer steps, with the pairwise statistic recorded), and add it to the ledger."""
-    root = root or ledger.records_dir()
+    root = root or store.records_dir()
     run_dir = Path(run_dir)
-    from speedrun import stats, verify
+    from speedrun.judge import stats
+    from speedrun.judge import verify
 
-    manifest = evidence.read_json(run_dir / evidence.MANIFEST)
+    manifest = rundir.read_json(run_dir / rundir.MANIFEST)
     command = manifest.get("command") or []
     script_name = (manifest.get("script") or {}).get("name", "")
     tail = command[next((i for i, c in enumerate(command) if script_name and c.endswith(script_name)),
@@ -247,11 +253,11 @@ def add_record(run_dir: Path, description: str, contributors: list[str], *, trac
     if not verdict["target"]["passed"] and not systems_speedup:
         raise SpeedrunError(f"{run_dir} does not meet the target: {verdict['target']['reason']}")
     sha = manifest["script"]["sha256"]
-    for rec in ledger.load_records(track.name, root):
+    for rec in store.load_records(track.name, root):
         if rec.script_sha256 == sha:
             raise SpeedrunError(f"this script is already recorded as #{rec.number} ({rec.path.name})")
 
-    prior = ledger.current_record(track.name, root)
+    prior = store.current_record(track.name, root)
     metric = verdict["metric"]
     target = verdict["target"]
     comparison: dict = {}
@@ -284,12 +290,12 @@ def add_record(run_dir: Path, description: str, contributors: list[str], *, trac
                 comparison["note"] = (f"record #{prior.number} was recorded on other hardware ({'; '.join(diff)}); "
                                       f"it was re-timed here for this comparison")
 
-    with ledger.locked(track.name, root):
-        existing = ledger.load_records(track.name, root)
+    with store.locked(track.name, root):
+        existing = store.load_records(track.name, root)
         number = max((r.number for r in existing), default=0) + 1
         tp = verdict.get("throughput") or {}
-        record = ledger.Record(
-            number=number, slug=ledger.slugify(slug or description), date=date.today().isoformat(), track=track.name,
+        record = store.Record(
+            number=number, slug=store.slugify(slug or description), date=date.today().isoformat(), track=track.name,
             description=description, contributors=contributors, verified=True, metric=track.metric,
             script_sha256=sha, harness_version=manifest.get("harness_version", __version__),
             api_version=manifest.get("api_version", API_VERSION), hardware=manifest.get("hardware", ""),
@@ -299,13 +305,13 @@ def add_record(run_dir: Path, description: str, contributors: list[str], *, trac
             throughput={k: tp.get(k) for k in ("tokens_per_s", "flops_per_token", "mfu")},
             hardware_fingerprint=manifest.get("hardware_fingerprint") or {},
             note="systems speedup: accepted on time alone" if systems_speedup and not target["passed"] else "")
-        files = ledger.evidence_files(run_dir, manifest)
+        files = store.evidence_files(run_dir, manifest)
         if compare_file is not None:
             files["compare.json"] = compare_file
         entry_manifest = dict(manifest, script=dict(manifest["script"], name="train.py",
                                                     original_name=manifest["script"]["name"]))
-        ledger.write_entry(root, record, files, entry_manifest)
-    ledger.write_tables(root)
+        store.write_entry(root, record, files, entry_manifest)
+    store.write_tables(root)
     return record
 
 
@@ -354,10 +360,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _recorded_nproc(script: Path) -> int | None:
-    manifest = script.parent / evidence.MANIFEST
+    manifest = script.parent / rundir.MANIFEST
     if manifest.is_file():
         try:
-            return int(evidence.read_json(manifest).get("nproc_per_node") or 0) or None
+            return int(rundir.read_json(manifest).get("nproc_per_node") or 0) or None
         except (SpeedrunError, TypeError, ValueError):
             return None
     return None
@@ -369,7 +375,7 @@ def _cmd_compare(args) -> int:
     nproc = args.nproc or _recorded_nproc(b) or 1
     out = compare(a, b, track, args.runs, nproc, args.out, script_args=list(getattr(args, "passthrough", [])),
                   timeout=args.timeout)
-    result = evidence.read_json(out / RESULT)
+    result = rundir.read_json(out / RESULT)
     return 0 if result["a_faster"] else 1
 
 
@@ -395,7 +401,7 @@ def _cmd_add(args) -> int:
 
 
 def _cmd_add_unverified(args) -> int:
-    rec = ledger.add_unverified(args.script, load_track(args.track), args.description, _contributors(args.contributors),
+    rec = store.add_unverified(args.script, load_track(args.track), args.description, _contributors(args.contributors),
                          args.note, args.slug)
     print(f"entered #{rec.number} on track {rec.track} (not verified): {rec.path}")
     return 0

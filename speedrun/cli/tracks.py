@@ -102,7 +102,7 @@ def _rows(track) -> list[tuple[str, str]]:
 
 
 def _entropy_rows(track, data_dir) -> list[tuple[str, str]]:
-    from speedrun import corpus
+    from speedrun.data import corpus
 
     meta = corpus.entropy(track, data_dir)
     if meta is None:

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from speedrun.errors import SpeedrunError
-from speedrun.evidence import MANIFEST, events_path, iter_repetitions, read_events, read_json
-from speedrun.ledger import Record, load_records
-from speedrun.ledger import current_record as ledger_current
+from speedrun.evidence.rundir import MANIFEST, events_path, iter_repetitions, read_events, read_json
+from speedrun.ledger.store import Record, load_records
+from speedrun.ledger.store import current_record as ledger_current
 
 X_CHOICES = ("seconds", "steps", "both")
 
@@ -203,7 +203,7 @@ def plot_progression(track: str, out: str | os.PathLike, history_path: str | os.
     import matplotlib.dates as mdates
     from matplotlib.ticker import FuncFormatter
 
-    from speedrun.history import load_history
+    from speedrun.ledger.history import load_history
     from speedrun.tracks import load_track
 
     metric = load_track(track).metric
