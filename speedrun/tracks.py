@@ -22,6 +22,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
+from speedrun import paths
 from speedrun.errors import SpeedrunError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -32,8 +33,6 @@ TESTS = ("ttest", "margin")
 def tracks_dir() -> Path:
     """Where track files live: `$SPEEDRUN_TRACKS_DIR`, else the checkout's `configs/tracks`, else the tracks
     shipped in the package (the rule is `speedrun.paths`)."""
-    from speedrun import paths
-
     return paths.tracks_dir()
 
 
@@ -313,7 +312,7 @@ def parse_track(raw: bytes | str, path: str | os.PathLike) -> Track:
 def track_names() -> list[str]:
     folder = tracks_dir()
     if not folder.is_dir():
-        origin = " (from $SPEEDRUN_TRACKS_DIR)" if os.environ.get("SPEEDRUN_TRACKS_DIR", "").strip() else ""
+        origin = " (from $SPEEDRUN_TRACKS_DIR)" if paths.from_env("SPEEDRUN_TRACKS_DIR") is not None else ""
         raise SpeedrunError(f"{folder}: no such tracks folder{origin}")
     return sorted(p.stem for p in folder.glob("*.toml"))
 

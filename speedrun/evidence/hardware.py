@@ -18,6 +18,8 @@ import platform
 import shutil
 import subprocess
 
+from speedrun import env
+
 # CPU flags (as /proc/cpuinfo names them) that change the kernels torch's CPU backends choose
 ISA_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
              "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8", "sve", "asimd")
@@ -80,7 +82,7 @@ def fingerprint(use_cuda: bool | None = None) -> dict:
     fp = {"kind": "cpu", "cpu_model": cpu_model(), "cpu_count": cpu_count(), "arch": platform.machine(),
           "isa": sorted(f for f in ISA_FLAGS if f in flags)}
     if use_cuda is None:
-        use_cuda = os.environ.get("SPEEDRUN_DEVICE", "") != "cpu" and _cuda_available()
+        use_cuda = not env.cpu_forced() and _cuda_available()
     if use_cuda:
         gpus = _smi_gpus()
         if gpus:
@@ -110,9 +112,8 @@ def _smi_gpus() -> list[tuple[str, float, str]]:
                 rows[parts[0]] = (parts[1], float(parts[2]), parts[3])
             except ValueError:
                 return []
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        wanted = [v.strip() for v in visible.split(",") if v.strip()]
+    wanted = env.cuda_visible_devices()
+    if wanted is not None:
         if not all(v.isdigit() for v in wanted):  # UUIDs or MIG names: let torch answer
             return []
         return [rows[v] for v in wanted if v in rows]

@@ -35,7 +35,7 @@ from pathlib import Path
 from speedrun.version import API_VERSION, __version__
 from speedrun.evidence import rundir
 from speedrun.evidence import hardware
-from speedrun import paths
+from speedrun import env, paths
 from speedrun.errors import SpeedrunError
 
 TAIL_LINES = 30
@@ -545,7 +545,7 @@ class Standalone:
         copy = self.run_dir / script.name
         shutil.copyfile(script, copy)
         train, val = streams.track_files(track, Path(data_dir) if data_dir else None)
-        local = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+        local = env.local_world_size(world_size)
         self.manifest = build_manifest(track, copy, [sys.executable, *sys.argv], local, 1, 1, [seed],
                                        pins.pin_run(track, train + val), refereed=False)
         welcome = {"track_toml": Path(track.path).read_text(), "track_path": str(track.path),
