@@ -143,6 +143,23 @@ class Track:
     unigram_entropy: float | None = None
     entropy_floor: float | None = None
 
+    # what the metric means, stated once: the rest of the package asks these instead of testing the name
+    @property
+    def timed(self) -> bool:
+        """Is the metric a time? Then it depends on the hardware (records are compared on the same machine);
+        a step count does not (the global batch is fixed)."""
+        return self.metric == "wallclock"
+
+    @property
+    def metric_unit(self) -> str:
+        """"s" for wallclock tracks, "steps" for step-count tracks."""
+        return "s" if self.timed else "steps"
+
+    @property
+    def metric_field(self) -> str:
+        """The field of a judged repetition (and of its `val`/`finish` events) that holds the metric."""
+        return "timed_s" if self.timed else "batches"
+
 
 # --- loading and validation -------------------------------------------------------------------------------
 

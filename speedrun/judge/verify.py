@@ -321,7 +321,7 @@ def verify_run_dir(run_dir: str | Path, write: bool = True, step: int | None = N
         finished = [r for r in results if r["final_loss"] is not None and not r["problems"]]
         target = stats.target_test([r["final_loss"] for r in finished], track.target_val_loss, track.rule)
 
-    metric_key = "timed_s" if track.metric == "wallclock" else "batches"
+    metric_key = track.metric_field
     good = [r for r in results if r.get("final_loss") is not None and not r.get("problems")]
     values = [r[metric_key] for r in good if r.get(metric_key) is not None]
     mean, sd = stats.mean_sd(values)
@@ -335,7 +335,7 @@ def verify_run_dir(run_dir: str | Path, write: bool = True, step: int | None = N
         "warnings": warnings,
         "target": target.to_dict(),
         "judged_step": judged_step,
-        "metric": {"name": track.metric, "unit": "s" if track.metric == "wallclock" else "steps",
+        "metric": {"name": track.metric, "unit": track.metric_unit,
                    "values": values, "mean": mean, "sd": sd},
         "throughput": throughput(manifest, good, events_by_k) if not self_reported else {},
         "repetitions": results,

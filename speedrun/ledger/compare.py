@@ -99,7 +99,7 @@ def compare(a: Path, b: Path, track: Track, runs: int = 3, nproc: int = 2, out: 
                   for name, job in sides.items()},
     }
     a_side, b_side = result["sides"]["A"], result["sides"]["B"]
-    if track.metric == "wallclock":
+    if track.timed:
         faster = stats.faster_test(a_side["values"], b_side["values"])
         result.update(test="welch", ratio=faster.ratio, p_value=faster.p_value, threshold=faster.threshold,
                       a_faster=faster.passed, reason=faster.reason)
@@ -209,7 +209,7 @@ def replay(track: Track, number: int, runs: int = 3, nproc: int | None = None, o
               "recorded": rec.metric_mean, "replayed": verdict["metric"]["mean"], "ratio": ratio, "flags": flags,
               "losses_recorded": recorded_losses, "losses_replayed": replayed_losses,
               "losses_identical": bool(same) and all(same), "same_hardware": not diff}
-    unit = "s" if track.metric == "wallclock" else "steps"
+    unit = track.metric_unit
     if ratio is not None:
         console.print(f"record #{number}: recorded {rec.metric_mean:.3f} {unit}, replayed "
                       f"{verdict['metric']['mean']:.3f} {unit} (ratio {ratio:.3f}); val losses "

@@ -257,7 +257,7 @@ def _throughput_text(r: Record) -> str:
 
 
 def track_table(track: Track, records: list[Record]) -> str:
-    unit = "s" if track.metric == "wallclock" else "steps"
+    unit = track.metric_unit
     lines = [
         f"| # | date | {track.metric} ({unit}) | val loss | runs | p | description | contributors | hardware | "
         f"throughput | status |",
@@ -291,7 +291,7 @@ def readme_section(root: Path) -> str:
         cur = current_record(name, root)
         rel = f"records/{name}/README.md"
         if cur:
-            unit = "s" if track.metric == "wallclock" else "steps"
+            unit = track.metric_unit
             lines.append(f"| [{name}]({rel}) | #{cur.number} {cur.description} | {cur.metric_mean:.2f} {unit} | "
                          f"{_fmt(cur.val_loss_mean, 4)} | {cur.hardware} | {len(records)} |")
         else:
@@ -363,7 +363,7 @@ LEADERBOARD_WIDTH = 100  # columns of `speedrun leaderboard` when the output is 
 def _metric_text(track: Track, r: Record) -> str:
     if r.metric_mean is None:
         return "-"
-    digits = 2 if track.metric == "wallclock" else 0
+    digits = 2 if track.timed else 0
     spread = "" if r.metric_sd is None else f" ± {r.metric_sd:.{digits}f}"
     return f"{r.metric_mean:.{digits}f}{spread}"
 
@@ -382,7 +382,7 @@ def leaderboard_table(track: Track, records: list[Record], width: int = LEADERBO
                   show_header=bool(records))
     rows = [[str(r.number), r.date, _metric_text(track, r), _fmt(r.val_loss_mean, 4), str(r.n_runs or "-"),
              "verified" if r.verified else "unverified", r.hardware or "-", r.description] for r in records]
-    headers = ["#", "date", "wallclock (s)" if track.metric == "wallclock" else "steps", "val loss", "n", "status",
+    headers = ["#", "date", "wallclock (s)" if track.timed else "steps", "val loss", "n", "status",
                "hardware", "description"]
     widths = [max([len(h)] + [len(row[i]) for row in rows]) for i, h in enumerate(headers)]
     # every column is sized to its content; hardware, then the description, give way to fit `width`

@@ -802,7 +802,7 @@ def _hardware_findings(reps: list[dict], manifest: dict, track) -> tuple[list[st
             warnings.append(f"{who} ran on {label}: cannot tell whether that is the track's {track.hardware}")
         elif not match:
             text = f"{who} ran on {label}; track {track.name} expects {track.hardware}"
-            if track.metric == "wallclock":
+            if track.timed:
                 problems.append(text)
             else:
                 warnings.append(text + " (steps do not depend on the hardware: the global batch is fixed)")
