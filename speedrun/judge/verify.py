@@ -79,9 +79,9 @@ def check_repetition(track, events: rundir.Events, rep: dict, seed: int | None, 
         error = f": {rep['error']}" if rep.get("error") else ""
         problems.append(f"repetition {k} {rep.get('status')} (exit code {rep.get('exit_code')}){error}")
     if not events.sealed:
-        problems.append(f"run-{k}.jsonl has no seal (the launcher died before the repetition ended?)")
+        problems.append(f"{rundir.events_name(k)} has no seal (the launcher died before the repetition ended?)")
     elif not events.seal_ok:
-        problems.append(f"run-{k}.jsonl was modified after the run (its seal does not match)")
+        problems.append(f"{rundir.events_name(k)} was modified after the run (its seal does not match)")
     problems += [f"repetition {k}: {e.get('message')}" for e in events.of("problem")]
     out["warnings"] = [e.get("message") for e in events.of("warning")]
 
@@ -280,7 +280,7 @@ def verify_run_dir(run_dir: str | Path, write: bool = True, step: int | None = N
         problems += pin_problems
         warnings += pin_warnings
         script = manifest.get("script") or {}
-        path = run_dir / str(script.get("name", ""))
+        path = rundir.script_path(run_dir, manifest)
         script_text = ""
         if not script.get("name") or not path.is_file():
             problems.append("the script copy is missing from the run directory")
@@ -302,7 +302,7 @@ def verify_run_dir(run_dir: str | Path, write: bool = True, step: int | None = N
                 results.append(_blank(k, rep, [f"repetition {k} was not run: {rep.get('error')}"]))
                 continue
             if not path.exists():
-                results.append(_blank(k, rep, [f"repetition {k} left no events (run-{k}.jsonl)"]))
+                results.append(_blank(k, rep, [f"repetition {k} left no events ({rundir.events_name(k)})"]))
                 continue
             try:
                 events = rundir.read_events(path)

@@ -79,7 +79,7 @@ class Record:
 
     @property
     def script(self) -> Path:
-        return self.path / "train.py"
+        return self.path / rundir.RECORD_SCRIPT
 
     def to_toml(self) -> dict:
         doc = {k: v for k, v in asdict(self).items() if k != "path" and v is not None}
@@ -214,8 +214,8 @@ def write_entry(root: Path, record: Record, files: dict[str, Path], manifest: di
 
 
 def evidence_files(run_dir: Path, manifest: dict) -> dict[str, Path]:
-    files = {"train.py": run_dir / manifest["script"]["name"], rundir.VERDICT: run_dir / rundir.VERDICT}
-    for p in sorted(run_dir.glob("run-*.jsonl")) + sorted(run_dir.glob("run-*.log")):
+    files = {rundir.RECORD_SCRIPT: rundir.script_path(run_dir, manifest), rundir.VERDICT: run_dir / rundir.VERDICT}
+    for p in rundir.repetition_files(run_dir):
         files[p.name] = p
     return files
 
@@ -234,7 +234,7 @@ def add_unverified(script: Path, track: Track, description: str, contributors: l
                         metric=track.metric, script_sha256=rundir.sha256_file(script),
                         harness_version=__version__, api_version=API_VERSION, hardware=track.hardware,
                         note=note or "no verified run exists yet")
-        write_entry(root, record, {"train.py": script}, None)
+        write_entry(root, record, {rundir.RECORD_SCRIPT: script}, None)
     write_tables(root)
     return record
 

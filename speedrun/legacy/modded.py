@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING
 
 from speedrun.version import API_VERSION, __version__
 from speedrun.errors import SpeedrunError
+from speedrun.evidence import rundir
 from speedrun.evidence.rundir import MANIFEST, EventWriter, events_path, sha256_file, write_json_atomic
 
 if TYPE_CHECKING:
@@ -502,7 +503,7 @@ def _write_events(path: Path, trial: Trial, judged: TrialResult, track: str, log
     limit = step if step is not None and judged.result is not None else None
     keep = (lambda s: s.step <= limit) if limit is not None else (lambda s: True)
     header = log.headers[trial.header]
-    writer = EventWriter(path)
+    writer = EventWriter(path, wall=True)
     try:
         init = {"track": track, "source": SOURCE, "self_reported": True, "log": judged.source,
                 "trial": trial.number}
@@ -558,7 +559,7 @@ def default_out_dir(path: Path, out: str | Path | None) -> Path:
 
 def _copy_name(name: str) -> str:
     """The source log keeps its name in the run dir unless that name means something there."""
-    if name in (MANIFEST, "verdict.json") or re.fullmatch(r"run-\d+\.(jsonl|log)", name):
+    if rundir.is_reserved(name):
         return f"source-{name}"
     return name
 
@@ -846,7 +847,7 @@ def check_imported(run_dir: str | Path, manifest: dict, track: "Track") -> Impor
         results.append(rep)
         path = rundir.events_path(run_dir, k)
         if not path.exists():
-            rep["problems"].append(f"repetition {k}{where} left no events (run-{k}.jsonl)")
+            rep["problems"].append(f"repetition {k}{where} left no events ({rundir.events_name(k)})")
             continue
         try:
             events = rundir.read_events(path)
