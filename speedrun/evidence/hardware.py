@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import shutil
 import subprocess
 
@@ -177,3 +178,27 @@ def software() -> dict:
     return {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
             "triton": version("triton") or version("pytorch-triton"), "platform": platform.platform(),
             "hostname": platform.node()}
+
+
+_LABEL = re.compile(r"^\s*(\d+)\s*x\s*(.+?)\s*$", re.I)  # a track's hardware label: "8xH100"
+
+
+def matches(fingerprint: dict | None, wanted: str) -> bool | None:
+    """Does a run's hardware fingerprint match a track's label like "8xH100"? None when it cannot be told.
+
+    The count must be equal and the model must appear as a word of the GPU's name ("H100" in
+    "NVIDIA H100 80GB HBM3", but not in "NVIDIA GH200 120GB").
+    """
+    m = _LABEL.match(wanted or "")
+    if not m or not fingerprint:
+        return None
+    count, model = int(m.group(1)), m.group(2)
+    name, have = fingerprint.get("gpu_name"), fingerprint.get("gpu_count")
+    if have is not None and have != count:
+        return False
+    if name:
+        if not re.search(rf"(?<![A-Za-z0-9]){re.escape(model)}(?![A-Za-z0-9])", name, re.I):
+            return False
+    if have is None or not name:
+        return None
+    return True

@@ -240,8 +240,9 @@ def add_record(run_dir: Path, description: str, contributors: list[str], *, trac
     if tail:
         raise SpeedrunError(f"{run_dir} was launched with script arguments {tail}: a record must run without "
                             f"arguments (bake them into the script) so that replay and compare reproduce it")
-    verdict = verify.verify_run_dir(run_dir, step=step)
-    track = load_track(verdict["track"])
+    judgement = verify.judge(run_dir, step=step, manifest=manifest)
+    verdict = judgement.write()
+    track = judgement.track
     if track_name and track_name != track.name:
         raise SpeedrunError(f"{run_dir} is a run of track {track.name}, not {track_name}")
     if verdict["self_reported"]:
