@@ -191,9 +191,10 @@ def replay(track: Track, number: int, runs: int = 3, nproc: int | None = None, o
     seed = (recorded.get("seeds") or [0])[0]
     run_dir = launcher.launch(rec.script, track, nproc, runs, str(out) if out else None, seed, [], {},
                               timeout=timeout)
-    verdict = verify.verify_run_dir(run_dir)
+    judgement = verify.judge(run_dir)
+    verdict = judgement.write()
     verify.print_verdict(verdict)
-    manifest = rundir.read_json(run_dir / rundir.MANIFEST)
+    manifest = judgement.manifest
     flags = []
     if rec.harness_version != __version__:
         flags.append(f"recorded under harness {rec.harness_version}, replayed under {__version__}")
