@@ -32,7 +32,9 @@ where things live (an environment variable always wins):
 (the checkout is the source tree speedrun was imported from; a plain `pip install .` has none)"""
 
 
-def _env(name: str) -> Path | None:
+def from_env(name: str) -> Path | None:
+    """The path a `SPEEDRUN_*_DIR` (or XDG) variable names, None when unset or empty: the one reader of them
+    (`speedrun.env` reads every other variable; these stay here, beside the rule they feed)."""
     value = os.environ.get(name, "").strip()
     return Path(value).expanduser() if value else None
 
@@ -45,7 +47,7 @@ def checkout() -> Path | None:
 
 
 def tracks_dir() -> Path:
-    env = _env("SPEEDRUN_TRACKS_DIR")
+    env = from_env("SPEEDRUN_TRACKS_DIR")
     if env is not None:
         return env
     root = checkout()
@@ -53,12 +55,12 @@ def tracks_dir() -> Path:
 
 
 def user_cache_dir() -> Path:
-    base = _env("XDG_CACHE_HOME")
+    base = from_env("XDG_CACHE_HOME")
     return (base if base is not None else Path.home() / ".cache") / "speedrun"
 
 
 def data_dir() -> Path:
-    env = _env("SPEEDRUN_DATA_DIR")
+    env = from_env("SPEEDRUN_DATA_DIR")
     if env is not None:
         return env
     root = checkout()
@@ -66,7 +68,7 @@ def data_dir() -> Path:
 
 
 def records_dir() -> Path:
-    env = _env("SPEEDRUN_RECORDS_DIR")
+    env = from_env("SPEEDRUN_RECORDS_DIR")
     if env is not None:
         return env
     root = checkout()
@@ -74,7 +76,7 @@ def records_dir() -> Path:
 
 
 def runs_dir() -> Path:
-    env = _env("SPEEDRUN_RUNS_DIR")
+    env = from_env("SPEEDRUN_RUNS_DIR")
     return env if env is not None else Path("runs")
 
 

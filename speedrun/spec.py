@@ -73,10 +73,10 @@ directory is complete, but it is marked unrefereed and can never qualify for a r
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
+from speedrun import env
 from speedrun.errors import SpeedrunError
 from speedrun.rank import bootstrap
 from speedrun.rank.run import LAYOUTS, LogitsFn, Run, TrainLoader  # noqa: F401  (the public surface)
@@ -107,9 +107,9 @@ def init(track: str | None = None, seed: int | None = None, *, data_dir: str | N
         return Run(session)
     if track is not None and not isinstance(track, str):
         track = str(getattr(track, "path", None) or getattr(track, "name", ""))  # a Track object
-    name = track or _track_from_argv() or os.environ.get("SPEEDRUN_TRACK")
+    name = track or _track_from_argv() or env.track()
     if not name:
         raise SpeedrunError("no track: pass speedrun.init(track=...), --track NAME, or set SPEEDRUN_TRACK")
     if seed is None:
-        seed = int(os.environ.get("SPEEDRUN_SEED", 0))
+        seed = env.seed()
     return Run(bootstrap.unrefereed_session(name, seed, Path(sys.argv[0]), data_dir))

@@ -22,6 +22,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
+from speedrun import paths
 from speedrun.errors import SpeedrunError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -32,8 +33,6 @@ TESTS = ("ttest", "margin")
 def tracks_dir() -> Path:
     """Where track files live: `$SPEEDRUN_TRACKS_DIR`, else the checkout's `configs/tracks`, else the tracks
     shipped in the package (the rule is `speedrun.paths`)."""
-    from speedrun import paths
-
     return paths.tracks_dir()
 
 
@@ -143,6 +142,23 @@ class Track:
     # not stored (the launcher then computes the unigram level from the val tokens themselves)
     unigram_entropy: float | None = None
     entropy_floor: float | None = None
+
+    # what the metric means, stated once: the rest of the package asks these instead of testing the name
+    @property
+    def timed(self) -> bool:
+        """Is the metric a time? Then it depends on the hardware (records are compared on the same machine);
+        a step count does not (the global batch is fixed)."""
+        return self.metric == "wallclock"
+
+    @property
+    def metric_unit(self) -> str:
+        """"s" for wallclock tracks, "steps" for step-count tracks."""
+        return "s" if self.timed else "steps"
+
+    @property
+    def metric_field(self) -> str:
+        """The field of a judged repetition (and of its `val`/`finish` events) that holds the metric."""
+        return "timed_s" if self.timed else "batches"
 
 
 # --- loading and validation -------------------------------------------------------------------------------
@@ -313,7 +329,7 @@ def parse_track(raw: bytes | str, path: str | os.PathLike) -> Track:
 def track_names() -> list[str]:
     folder = tracks_dir()
     if not folder.is_dir():
-        origin = " (from $SPEEDRUN_TRACKS_DIR)" if os.environ.get("SPEEDRUN_TRACKS_DIR", "").strip() else ""
+        origin = " (from $SPEEDRUN_TRACKS_DIR)" if paths.from_env("SPEEDRUN_TRACKS_DIR") is not None else ""
         raise SpeedrunError(f"{folder}: no such tracks folder{origin}")
     return sorted(p.stem for p in folder.glob("*.toml"))
 

@@ -9,9 +9,11 @@ import pytest
 
 from speedrun import cli
 from speedrun.errors import SpeedrunError
+from speedrun.evidence.hardware import matches as hardware_matches
 from speedrun.evidence.rundir import read_events, sha256_file
-from speedrun.legacy.modded import (MAX_TRAIN_EVENTS, check_imported, hardware_matches, import_log, import_logs,
-                             import_record_dir, infer_track, parse_log, parse_step_line)
+from speedrun.judge.verify import check_imported
+from speedrun.legacy.modded import (MAX_TRAIN_EVENTS, import_log, import_logs, import_record_dir, infer_track,
+                                    parse_log, parse_step_line)
 from speedrun.tracks import load_track
 from test_stats import TRACK3, TRACK3_FIGURES
 

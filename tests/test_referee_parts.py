@@ -58,7 +58,7 @@ class Judge:
 
     def __init__(self, tmp_path: Path, world: int = 2, seed: int = 5):
         self.track = tracks.parse_track(TRACK, "unit.toml")
-        self.log = repetition.EventLog(tmp_path / "run-1.jsonl")
+        self.log = rundir.EventWriter(tmp_path / "run-1.jsonl")
         self.ref = repetition.Referee(self.track, 1, seed, world, self.log, 0.0, WELCOME)
         self.path = tmp_path / "run-1.jsonl"
         for r in range(world):

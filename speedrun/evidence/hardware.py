@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import shutil
 import subprocess
+
+from speedrun import env
 
 # CPU flags (as /proc/cpuinfo names them) that change the kernels torch's CPU backends choose
 ISA_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
@@ -80,7 +83,7 @@ def fingerprint(use_cuda: bool | None = None) -> dict:
     fp = {"kind": "cpu", "cpu_model": cpu_model(), "cpu_count": cpu_count(), "arch": platform.machine(),
           "isa": sorted(f for f in ISA_FLAGS if f in flags)}
     if use_cuda is None:
-        use_cuda = os.environ.get("SPEEDRUN_DEVICE", "") != "cpu" and _cuda_available()
+        use_cuda = not env.cpu_forced() and _cuda_available()
     if use_cuda:
         gpus = _smi_gpus()
         if gpus:
@@ -110,9 +113,8 @@ def _smi_gpus() -> list[tuple[str, float, str]]:
                 rows[parts[0]] = (parts[1], float(parts[2]), parts[3])
             except ValueError:
                 return []
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        wanted = [v.strip() for v in visible.split(",") if v.strip()]
+    wanted = env.cuda_visible_devices()
+    if wanted is not None:
         if not all(v.isdigit() for v in wanted):  # UUIDs or MIG names: let torch answer
             return []
         return [rows[v] for v in wanted if v in rows]
@@ -176,3 +178,27 @@ def software() -> dict:
     return {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
             "triton": version("triton") or version("pytorch-triton"), "platform": platform.platform(),
             "hostname": platform.node()}
+
+
+_LABEL = re.compile(r"^\s*(\d+)\s*x\s*(.+?)\s*$", re.I)  # a track's hardware label: "8xH100"
+
+
+def matches(fingerprint: dict | None, wanted: str) -> bool | None:
+    """Does a run's hardware fingerprint match a track's label like "8xH100"? None when it cannot be told.
+
+    The count must be equal and the model must appear as a word of the GPU's name ("H100" in
+    "NVIDIA H100 80GB HBM3", but not in "NVIDIA GH200 120GB").
+    """
+    m = _LABEL.match(wanted or "")
+    if not m or not fingerprint:
+        return None
+    count, model = int(m.group(1)), m.group(2)
+    name, have = fingerprint.get("gpu_name"), fingerprint.get("gpu_count")
+    if have is not None and have != count:
+        return False
+    if name:
+        if not re.search(rf"(?<![A-Za-z0-9]){re.escape(model)}(?![A-Za-z0-9])", name, re.I):
+            return False
+    if have is None or not name:
+        return None
+    return True

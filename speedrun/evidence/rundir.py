@@ -1,30 +1,17 @@
-"""What a run leaves behind, and how it is written and read back.
+"""The run directory: every file name in it, and the one writer and the one reader of its evidence.
 
 A run directory holds everything `speedrun verify` needs, so anyone can re-verify without re-running:
 
     <run_dir>/
-      <script>.py          exact bytes of the submission (name and sha256 in the manifest)
-      manifest.json        harness/api version, track + config hash, data hashes, software and device versions,
-                           command, seeds, and per repetition: exit code, process wallclock, status, output tail
-      run-K.jsonl          rank 0's events for repetition K (K = 1..n), one JSON object per line
+      <script>.py          exact bytes of the submission (its name and sha256 are in the manifest)
+      manifest.json        what was run, on what, with which pins, and how each repetition ended
+      run-K.jsonl          the events of repetition K (K = 1..n), one JSON object per line, sealed last
       run-K.log            the repetition's captured stdout/stderr
       verdict.json         written by `speedrun verify`
 
-Events (`"event"` names the kind; every event also has `"wall"`, seconds since the epoch):
-
-    init      api_version, harness_version, track, world_size, device, seed
-    warmup    seconds, digest_before, digest_after, restored (true when the referee put the state back)
-    start     -
-    train     step, timed_s, tokens (global tokens served so far), loss (optional)
-    val       step, timed_s, loss, tokens, seconds (untimed wallclock spent validating)
-    probe     name, passed, detail
-    warning   message
-    finish    step, timed_s, tokens
-    seal      lines, sha256 (of every byte before this line; written last)
-
-The seal catches accidental edits after the run, not a determined forger (replay is the real check).
-Evidence imported from self-reported logs (see `speedrun.legacy.modded`) has `"self_reported": true` in its
-manifest and no seal.
+A ledger entry is a run directory whose script copy is `train.py`. A comparison directory (`speedrun compare`) holds one run directory per side (`A/`, `B/`) and `compare.json`.
+What the files contain (manifest fields, event kinds and their fields, the seal, the verdict) is stated once, in
+`speedrun.evidence.schema`. Names are made only here, so a reader, a writer and a copier cannot drift apart.
 """
 
 from __future__ import annotations
@@ -32,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -41,14 +29,52 @@ from speedrun.errors import SpeedrunError
 
 MANIFEST = "manifest.json"
 VERDICT = "verdict.json"
+COMPARE = "compare.json"
+COMPARE_SIDES = ("A", "B")
+RECORD_SCRIPT = "train.py"  # a ledger entry keeps its run's script copy under this name
+_EVIDENCE_NAME = re.compile(r"run-(\d+)\.(jsonl|log)")
+
+
+def events_name(k: int) -> str:
+    return f"run-{k}.jsonl"
+
+
+def log_name(k: int) -> str:
+    return f"run-{k}.log"
 
 
 def events_path(run_dir: str | os.PathLike, k: int) -> Path:
-    return Path(run_dir) / f"run-{k}.jsonl"
+    return Path(run_dir) / events_name(k)
 
 
 def log_path(run_dir: str | os.PathLike, k: int) -> Path:
-    return Path(run_dir) / f"run-{k}.log"
+    return Path(run_dir) / log_name(k)
+
+
+def script_copy_path(run_dir: str | os.PathLike, script: str | os.PathLike) -> Path:
+    """Where the launcher keeps the exact bytes of `script`: under its own name."""
+    return Path(run_dir) / Path(script).name
+
+
+def script_path(run_dir: str | os.PathLike, manifest: dict) -> Path:
+    """The script copy a manifest names."""
+    return Path(run_dir) / str((manifest.get("script") or {}).get("name", ""))
+
+
+def compare_side(compare_dir: str | os.PathLike, side: str) -> Path:
+    """The run directory of one side ("A" or "B") of a comparison."""
+    return Path(compare_dir) / side
+
+
+def is_reserved(name: str) -> bool:
+    """Does a file of this name mean something in a run directory (so a copied-in file must not take it)?"""
+    return name in (MANIFEST, VERDICT, COMPARE) or _EVIDENCE_NAME.fullmatch(name) is not None
+
+
+def repetition_files(run_dir: str | os.PathLike) -> list[Path]:
+    """Every repetition's events, then every repetition's log, each sorted by name (what a record keeps)."""
+    run_dir = Path(run_dir)
+    return sorted(run_dir.glob("run-*.jsonl")) + sorted(run_dir.glob("run-*.log"))
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
@@ -91,35 +117,58 @@ def read_json(path: str | os.PathLike) -> Any:
 
 
 class EventWriter:
-    """Appends events to `run-K.jsonl`, flushing each line so a crash keeps everything before it."""
+    """One repetition's `run-K.jsonl`, as the referee and the log importer both write it.
 
-    def __init__(self, path: str | os.PathLike):
+    Events are streamed as they happen (flushed line by line: a crash keeps everything before it) and kept in
+    memory. At the end the file is rewritten whole from memory, atomically: `seal()` appends the seal (lines and
+    sha256 of every byte before it), `close()` leaves it unsealed (self-reported evidence, which nobody
+    measured). Either way bytes someone else put into the file meanwhile are gone; `tampered()` says whether
+    there were any. `wall=True` stamps each event with the writer's `time.time()`.
+    """
+
+    def __init__(self, path: str | os.PathLike, wall: bool = False):
         self.path = Path(path)
+        self.wall = wall
+        self.lines: list[bytes] = []
         self._f = open(self.path, "wb")
-        self._hash = hashlib.sha256()
-        self.lines = 0
 
-    def write(self, event: str, **fields: Any) -> dict:
-        record = {"event": event, "wall": round(time.time(), 6), **fields}
+    def write(self, kind: str, **fields: Any) -> dict:
+        record = {"event": kind, "wall": round(time.time(), 6), **fields} if self.wall else {"event": kind, **fields}
         line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
-        self._f.write(line)
-        self._f.flush()
-        self._hash.update(line)
-        self.lines += 1
+        self.lines.append(line)
+        if self._f is not None:
+            try:
+                self._f.write(line)
+                self._f.flush()
+            except (OSError, ValueError):
+                pass  # the copy in memory is what the final rewrite keeps
         return record
 
+    def tampered(self) -> bool:
+        """Does the file on disk hold anything but what this writer wrote? (ask before `seal` / `close`)"""
+        try:
+            return self.path.read_bytes() != b"".join(self.lines)
+        except OSError:
+            return True
+
+    def _finish(self, tail: bytes) -> None:
+        if self._f is not None:
+            try:
+                self._f.close()
+            except OSError:
+                pass
+            self._f = None
+        write_bytes_atomic(self.path, b"".join(self.lines) + tail)
+
     def seal(self) -> None:
-        if self._f.closed:
-            return
-        line = json.dumps({"event": "seal", "lines": self.lines, "sha256": self._hash.hexdigest()}) + "\n"
-        self._f.write(line.encode())
-        self._f.flush()
-        os.fsync(self._f.fileno())
-        self._f.close()
+        body = b"".join(self.lines)
+        seal = {"event": "seal", "lines": len(self.lines), "sha256": hashlib.sha256(body).hexdigest()}
+        self._finish((json.dumps(seal) + "\n").encode())
 
     def close(self) -> None:
-        if not self._f.closed:
-            self._f.close()
+        """End without a seal."""
+        if self._f is not None:
+            self._finish(b"")
 
 
 class Events(list):
@@ -171,8 +220,7 @@ def iter_repetitions(run_dir: str | os.PathLike) -> Iterable[int]:
     """Repetition numbers present in a run directory, in order."""
     ks = []
     for p in Path(run_dir).glob("run-*.jsonl"):
-        try:
-            ks.append(int(p.stem.split("-", 1)[1]))
-        except ValueError:
-            continue
+        m = _EVIDENCE_NAME.fullmatch(p.name)
+        if m:
+            ks.append(int(m.group(1)))
     return sorted(ks)

@@ -2,10 +2,12 @@
 
 Three boundaries:
 1. The referee channel (rank process -> launcher, one JSON object per line over a Unix socket): `MESSAGES`.
-   The launcher answers only `hello` (with a `welcome`) and `preloaded` (with `{"go": true}`, once every
+   The launcher answers only `hello` (with a welcome: the repetition's seed and number, the track file, the
+   data files, the no-data level and the run directory) and `preloaded` (with `{"go": true}`, once every
    local rank has mapped the data).
 2. The events of one repetition, written by the launcher to `run-K.jsonl` (one JSON object per line, sealed):
-   `EVENTS`. Imported (self-reported) logs use the same kinds without the referee's fields.
+   `EVENTS`. Imported (self-reported) logs use the same kinds without the referee's fields, stamp each event
+   with `wall` (seconds since the epoch, at import) and carry no seal: nothing in them was measured.
 3. The run directory's `manifest.json` (`MANIFEST_FIELDS`) and `verdict.json` (`VERDICT_FIELDS`).
 
 Each table maps a kind to its fields and their JSON types; `check()` validates one object against it and
@@ -52,10 +54,6 @@ MESSAGES: dict[str, dict[str, Any]] = {
 }
 OPTIONAL = {"val_end": {"error"}, "start_check": set(), "exit": {"error"}, "params": {"at_start"}}
 
-# the launcher's only answer, to `hello`
-WELCOME = {"seed": int, "repetition": int, "track_toml": str, "track_path": str, "train_files": list,
-           "val_files": list, "no_data_level": NUM, "run_dir": str}
-
 # the probe measurements a rank reports with each validation (judged by the launcher, not by the rank)
 # rows: extra rows compared; nll_diff: the largest change (nats) of a per-token loss before a cut; dist_diff:
 # the largest total-variation distance between predicted distributions before a cut; canary_*: count, sum and
@@ -82,7 +80,8 @@ EVENTS: dict[str, dict[str, Any]] = {
     "warning": {"message": str},
     "problem": {"message": str},
     "finish": {"t": NUM, "batches": int, "timed_s": NUM, "tokens": int, "ranks": list},
-    "seal": {"lines": int, "sha256": str},
+    "seal": {"lines": int, "sha256": str},  # last: the count and sha256 of every byte before it; it catches
+                                            # accidental edits after the run, not a forger (replay does)
 }
 
 # --- 3. files of a run directory ----------------------------------------------------------------------------------
@@ -91,10 +90,9 @@ MANIFEST_FIELDS = {
     "track": dict, "script": dict, "pins": dict, "env": dict, "hardware": str, "hardware_fingerprint": dict,
     "command": list, "nproc_per_node": int, "nnodes": int, "runs": int, "seeds": list, "repetitions": list,
 }
+# status: "ok" (exit 0 and the referee saw finish()), "failed" (non-zero exit), "unfinished" (exit 0 without
+# finish()), "stopped" (not run: an earlier repetition failed deterministically), "unknown"
 REPETITION_FIELDS = {"k": int, "status": str, "exit_code": OPT_INT, "wall_s": OPT_NUM, "seed": int}
-# repetition status: "ok" (exit 0 and the referee saw finish()), "failed" (non-zero exit), "unfinished" (exit 0
-# without finish()), "stopped" (not run: an earlier repetition failed deterministically), "unknown"
-STATUSES = ("ok", "failed", "unfinished", "stopped", "unknown")
 
 VERDICT_FIELDS = {
     "run_dir": str, "track": str, "self_reported": bool, "refereed": bool, "qualifies": bool, "problems": list,

@@ -15,8 +15,11 @@ repetition's events as the launcher wrote them, and checks that
 - the final losses (or the losses at a declared judging step, `--step`) meet the target by the track's rule.
 It writes `verdict.json`, prints a summary, and `qualifies` is true only when all of that holds.
 
-Self-reported evidence (imported logs) is judged by `speedrun.legacy.modded.check_imported`: only the statistics and
-the hardware apply, and the verdict says so plainly.
+Self-reported evidence (modded-nanogpt logs imported by `speedrun.legacy.modded`) goes through the same judge:
+`EvidenceKind` says what it cannot show (no referee clock, no probes, no seal, no pins), so only each
+repetition's printed loss, the track's statistical rule and the hardware apply, and the verdict says so plainly.
+Both kinds yield one `Judgement` of `RepetitionResult`s and one verdict, so `record add` and `import-log` use
+the judgement they already have instead of reading the run again.
 """
 
 from __future__ import annotations
@@ -26,13 +29,19 @@ import io
 import math
 import re
 import tokenize
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from speedrun.version import __version__
-from speedrun.evidence import rundir
+from speedrun.evidence import hardware, rundir
 from speedrun.evidence import schema
 from speedrun.errors import SpeedrunError
+
+if TYPE_CHECKING:
+    from speedrun.judge.stats import EarliestStep, TargetResult
+    from speedrun.tracks import Track
 
 TIMING_SLACK_S = 2e-3
 LOSS_REL_TOL = 1e-9
@@ -64,26 +73,87 @@ def rule_problems(track, script_text: str, loader_events: list[dict]) -> list[st
     return problems
 
 
-def _blank(k, rep: dict, problems: list[str]) -> dict:
-    return {"k": k, "status": rep.get("status"), "exit_code": rep.get("exit_code"), "wall_s": rep.get("wall_s"),
-            "seed": rep.get("seed"), "final_loss": None, "timed_s": None, "batches": None, "tokens": None,
-            "problems": problems, "warnings": []}
+@dataclass(frozen=True)
+class EvidenceKind:
+    """What a kind of evidence can show. One judge serves both kinds; these flags say which checks apply.
+
+    A refereed run (`speedrun run`) carries what the referee measured: pins, a script copy, the launcher's seeds,
+    sealed events with its clock, the ranks' reports and the probes. Self-reported evidence (modded-nanogpt logs
+    brought in by `speedrun import-log`) carries only what a script printed: its losses, its times and its
+    hardware, which is then held against the track's (nothing else timed it).
+    """
+
+    self_reported: bool
+    referee: bool          # pins, script copy, seeds, seal, clock, rank reports and probes are there to check
+    hardware_rule: bool    # hold each repetition's stated hardware against the track's
+    repetition_fields: tuple[str, ...]  # what a judged repetition reports in the verdict, in this order
 
 
-def check_repetition(track, events: rundir.Events, rep: dict, seed: int | None, step: int | None) -> dict:
+REFEREED = EvidenceKind(
+    self_reported=False, referee=True, hardware_rule=False,
+    repetition_fields=("k", "status", "exit_code", "wall_s", "seed", "final_loss", "timed_s", "batches", "tokens",
+                       "problems", "warnings"))
+SELF_REPORTED = EvidenceKind(
+    self_reported=True, referee=False, hardware_rule=True,
+    repetition_fields=("k", "status", "final_loss", "timed_s", "batches", "problems", "warnings", "source", "trial",
+                       "hardware"))
+
+
+@dataclass
+class RepetitionResult:
+    """One repetition as judged, of either kind: its judged loss and metric, and what is wrong with it."""
+
+    kind: EvidenceKind
+    k: int | None
+    status: str | None
+    exit_code: int | None = None
+    wall_s: float | None = None
+    seed: int | None = None
+    final_loss: float | None = None
+    timed_s: float | None = None
+    batches: int | None = None
+    tokens: int | None = None
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    source: str | None = None      # self-reported: the log file, the trial inside it, the hardware it names
+    trial: int | None = None
+    hardware: str | None = None
+
+    @property
+    def good(self) -> bool:
+        """Judged, and nothing wrong: it counts toward the target and the metric."""
+        return self.final_loss is not None and not self.problems
+
+    def to_dict(self) -> dict:
+        return {name: getattr(self, name) for name in self.kind.repetition_fields}
+
+    # read like the verdict's repetition entries
+    def __getitem__(self, name: str):
+        return self.to_dict()[name]
+
+    def get(self, name: str, default=None):
+        return self.to_dict().get(name, default)
+
+
+def _blank(k, rep: dict, problems: list[str]) -> RepetitionResult:
+    return RepetitionResult(REFEREED, k, rep.get("status"), rep.get("exit_code"), rep.get("wall_s"), rep.get("seed"),
+                            problems=problems)
+
+
+def check_repetition(track, events: rundir.Events, rep: dict, seed: int | None, step: int | None) -> RepetitionResult:
     """Check one refereed repetition's events; returns its summary with a list of problems (empty = valid)."""
     k = rep.get("k")
-    problems: list[str] = []
-    out = _blank(k, rep, problems)
+    out = _blank(k, rep, [])
+    problems = out.problems
     if rep.get("status") != "ok":
         error = f": {rep['error']}" if rep.get("error") else ""
         problems.append(f"repetition {k} {rep.get('status')} (exit code {rep.get('exit_code')}){error}")
     if not events.sealed:
-        problems.append(f"run-{k}.jsonl has no seal (the launcher died before the repetition ended?)")
+        problems.append(f"{rundir.events_name(k)} has no seal (the launcher died before the repetition ended?)")
     elif not events.seal_ok:
-        problems.append(f"run-{k}.jsonl was modified after the run (its seal does not match)")
+        problems.append(f"{rundir.events_name(k)} was modified after the run (its seal does not match)")
     problems += [f"repetition {k}: {e.get('message')}" for e in events.of("problem")]
-    out["warnings"] = [e.get("message") for e in events.of("warning")]
+    out.warnings = [e.get("message") for e in events.of("warning")]
 
     referee_saw = bool(problems)  # a failed or stopped repetition: do not list every missing phase again
     inits = events.of("init")
@@ -138,12 +208,12 @@ def check_repetition(track, events: rundir.Events, rep: dict, seed: int | None, 
         judged = at[-1]
     else:
         judged = vals[-1]
-    out["final_loss"] = judged.get("loss")
-    out["batches"] = judged.get("batches")
-    out["timed_s"] = judged.get("timed_s") if step is not None else (finish or {}).get("timed_s")
+    out.final_loss = judged.get("loss")
+    out.batches = judged.get("batches")
+    out.timed_s = judged.get("timed_s") if step is not None else (finish or {}).get("timed_s")
 
     if start is not None and finish is not None:
-        out["tokens"] = finish.get("tokens")
+        out.tokens = finish.get("tokens")
         if vals[-1].get("batches") != finish.get("batches"):
             problems.append(f"repetition {k} trained after its last validation")
         paused = 0.0
@@ -234,37 +304,218 @@ def identical_repetitions(results: list[dict]) -> list[str]:
     return problems
 
 
-def verify_run_dir(run_dir: str | Path, write: bool = True, step: int | None = None) -> dict:
-    """Verify a run directory; returns the verdict (and writes verdict.json unless `write` is false)."""
+_STATUS_TEXT = {"truncated": "is truncated", "missing-step": "has no result at the declared step",
+                "missing-field": "has no value in the judged loss field"}
+
+
+def check_imported_repetition(run_dir: Path, meta: dict, manifest: dict, judged_step: int | None) \
+        -> tuple[RepetitionResult, list[dict] | None]:
+    """Judge one self-reported repetition as modded-nanogpt does: its loss at the declared step, else at its
+    final validation. There is no clock, seal or probe to check, only what the log printed. Returns the result
+    and its validations up to the judged step (None when it has no judged loss)."""
+    k = meta.get("k")
+    where = f" ({meta['source']}, trial {meta.get('trial')})" if meta.get("source") else ""
+    rep = RepetitionResult(SELF_REPORTED, k, meta.get("status"), source=meta.get("source"), trial=meta.get("trial"),
+                           hardware=meta.get("hardware", manifest.get("hardware")))
+    path = rundir.events_path(run_dir, k)
+    if not path.exists():
+        rep.problems.append(f"repetition {k}{where} left no events ({rundir.events_name(k)})")
+        return rep, None
+    try:
+        events = rundir.read_events(path)
+    except SpeedrunError as exc:
+        rep.problems.append(f"repetition {k}{where}: {exc}")
+        return rep, None
+    rep.warnings = [e.get("message") for e in events.of("warning")]
+    if meta.get("status") not in ("ok", None):
+        notes = "; ".join(meta.get("notes") or [])
+        what = _STATUS_TEXT.get(meta.get("status"), f"is {meta.get('status')}")
+        rep.problems.append(f"repetition {k}{where} {what}" + (f": {notes}" if notes else ""))
+        return rep, None
+    vals = events.of("val")
+    if not vals:
+        rep.problems.append(f"repetition {k}{where} has no validation")
+        return rep, None
+    if judged_step is not None:
+        line = [v for v in vals if v.get("step") == judged_step]
+        if not line:
+            rep.problems.append(f"repetition {k}{where} has no validation at the declared step {judged_step}")
+            return rep, None
+        line = line[-1]
+    elif events.last("finish") is None:
+        rep.problems.append(f"repetition {k}{where} is truncated (no final validation)")
+        return rep, None
+    else:
+        line = vals[-1]
+    loss = line.get("loss")
+    if not isinstance(loss, (int, float)) or not math.isfinite(loss):
+        rep.problems.append(f"repetition {k}{where}: its loss at step {line.get('step')} is not a number")
+        return rep, None
+    rep.final_loss, rep.timed_s, rep.batches = float(loss), line.get("timed_s"), line.get("step")
+    return rep, [v for v in vals if judged_step is None or (v.get("step") or 0) <= judged_step]
+
+
+def _ranges(ks: list[int]) -> str:
+    ks = sorted(ks)
+    parts, start = [], None
+    for i, k in enumerate(ks):
+        if start is None:
+            start = k
+        if i + 1 == len(ks) or ks[i + 1] != k + 1:
+            parts.append(str(start) if start == k else f"{start}-{k}")
+            start = None
+    return ", ".join(parts)
+
+
+def hardware_findings(reps: list[RepetitionResult], manifest: dict, track) -> tuple[list[str], list[str]]:
+    """Hold each repetition's hardware against the track's: a mismatch is a problem on wallclock tracks (time
+    depends on it) and a warning on step-count tracks (the batch is fixed, so steps do not)."""
+    problems, warnings = [], []
+    fallback = (manifest.get("hardware"), manifest.get("hardware_fingerprint"))
+    by_label: dict[str | None, list] = {}
+    for rep in reps:
+        by_label.setdefault(rep.hardware, []).append(rep)
+    for label, group in by_label.items():
+        ks = _ranges([r.k for r in group])
+        who = f"repetition{'s' if len(group) > 1 else ''} {ks}"
+        if label is None:
+            warnings.append(f"{who}: the log does not say which hardware it ran on; the track expects "
+                            f"{track.hardware}")
+            continue
+        fingerprint = None
+        if label == fallback[0] and fallback[1]:
+            fingerprint = fallback[1]
+        elif (m := re.match(r"^(\d+)x(.+)$", label)):
+            fingerprint = {"gpu_name": m.group(2), "gpu_count": int(m.group(1))}
+        match = hardware.matches(fingerprint, track.hardware)
+        if match is None:
+            warnings.append(f"{who} ran on {label}: cannot tell whether that is the track's {track.hardware}")
+        elif not match:
+            text = f"{who} ran on {label}; track {track.name} expects {track.hardware}"
+            if track.timed:
+                problems.append(text)
+            else:
+                warnings.append(text + " (steps do not depend on the hardware: the global batch is fixed)")
+    return problems, warnings
+
+
+@dataclass
+class Judgement:
+    """What a run directory's evidence amounts to under its track's rules: the one verdict, of either kind.
+
+    `verdict()` is the content of `verdict.json` (see `speedrun.evidence.schema.VERDICT_FIELDS`); the manifest
+    and the track it was judged against stay here, so callers need not read them again."""
+
+    run_dir: Path
+    manifest: dict
+    track: "Track"
+    kind: EvidenceKind
+    refereed: bool
+    repetitions: list[RepetitionResult]
+    problems: list[str]
+    warnings: list[str]
+    target: "TargetResult"          # the track's rule over the judged losses of the good repetitions
+    judged_step: int | None         # the declared judging step (None: each repetition's final validation)
+    earliest: "EarliestStep | None" = None  # self-reported, margin rule: the earliest common step where it holds
+    events: dict = field(default_factory=dict)  # refereed: repetition number -> its events
+    verified_at: str = ""
+
+    @property
+    def self_reported(self) -> bool:
+        return self.kind.self_reported
+
+    @property
+    def hardware(self) -> str | None:
+        return self.manifest.get("hardware")
+
+    @property
+    def qualifies(self) -> bool:
+        return not self.problems and bool(self.target.passed)
+
+    @property
+    def good(self) -> list[RepetitionResult]:
+        return [r for r in self.repetitions if r.good]
+
+    def to_dict(self) -> dict:
+        """The judgement in brief (what `import-log` reports)."""
+        return {"repetitions": [r.to_dict() for r in self.repetitions], "problems": self.problems,
+                "warnings": self.warnings, "target": self.target.to_dict(), "judged_step": self.judged_step,
+                "earliest": self.earliest.to_dict() if self.earliest is not None else None,
+                "hardware": self.hardware, "qualifies": self.qualifies}
+
+    def verdict(self) -> dict:
+        from speedrun.judge import stats
+
+
+        field_name = self.track.metric_field
+        good = [r.to_dict() for r in self.good]
+        values = [r[field_name] for r in good if r.get(field_name) is not None]
+        mean, sd = stats.mean_sd(values)
+        manifest = self.manifest
+        return {
+            "run_dir": str(self.run_dir),
+            "track": self.track.name,
+            "self_reported": self.self_reported,
+            "refereed": self.refereed,
+            "qualifies": self.qualifies,
+            "problems": self.problems,
+            "warnings": self.warnings,
+            "target": self.target.to_dict(),
+            "judged_step": self.judged_step,
+            "metric": {"name": self.track.metric, "unit": self.track.metric_unit, "values": values, "mean": mean,
+                       "sd": sd},
+            "throughput": throughput(manifest, good, self.events) if self.kind.referee else {},
+            "repetitions": [r.to_dict() for r in self.repetitions],
+            "script_sha256": (manifest.get("script") or {}).get("sha256"),
+            "hardware": manifest.get("hardware"),
+            "hardware_fingerprint": manifest.get("hardware_fingerprint"),
+            "harness_version": manifest.get("harness_version"),
+            "verified_by": __version__,
+            "verified_at": self.verified_at,
+        }
+
+    def write(self) -> dict:
+        """Write `verdict.json` into the run directory; returns what was written."""
+        verdict = self.verdict()
+        rundir.write_json_atomic(self.run_dir / rundir.VERDICT, verdict)
+        return verdict
+
+
+def read_manifest(run_dir: str | Path) -> dict:
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise SpeedrunError(f"{run_dir}: not a run directory")
+    return rundir.read_json(run_dir / rundir.MANIFEST)
+
+
+def judge(run_dir: str | Path, step: int | None = None, manifest: dict | None = None, track=None) -> Judgement:
+    """Judge a run directory of either kind (nothing is written). `manifest` and `track` default to the run's
+    own; `step` is the declared judging step (self-reported evidence: else the one recorded at import)."""
     from speedrun.judge import stats
     from speedrun.tracks import load_track
 
     run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise SpeedrunError(f"{run_dir}: not a run directory")
-    manifest = rundir.read_json(run_dir / rundir.MANIFEST)
-    try:
-        track_name = manifest["track"]["name"]
-    except (KeyError, TypeError):
-        raise SpeedrunError(f"{run_dir / rundir.MANIFEST}: field 'track.name' missing") from None
-    track = load_track(track_name)
-    self_reported = bool(manifest.get("self_reported"))
-    refereed = bool(manifest.get("refereed", False)) and not self_reported
+    if manifest is None:
+        manifest = read_manifest(run_dir)
+    if track is None:
+        try:
+            track_name = manifest["track"]["name"]
+        except (KeyError, TypeError):
+            raise SpeedrunError(f"{run_dir / rundir.MANIFEST}: field 'track.name' missing") from None
+        track = load_track(track_name)
+    kind = SELF_REPORTED if manifest.get("self_reported") else REFEREED
+    refereed = bool(manifest.get("refereed", False)) and kind.referee
     problems: list[str] = []
     warnings: list[str] = []
-    events_by_k: dict = {}
     judged_step = step
+    if kind.self_reported and step is None:
+        judged_step = manifest.get("requested_step")
+        if judged_step is not None and (not isinstance(judged_step, int) or isinstance(judged_step, bool)):
+            raise SpeedrunError(f"{run_dir / rundir.MANIFEST}: field 'requested_step': expected a step number or null")
 
-    if self_reported:
-        from speedrun.legacy import modded
-
-        if step is not None:
-            manifest = dict(manifest, requested_step=step)
-        imported = modded.check_imported(run_dir, manifest, track)
-        results, problems, warnings, target = imported.repetitions, list(imported.problems), \
-            list(imported.warnings), imported.target
-        judged_step = imported.judged_step
-    else:
+    # --- the evidence as a whole ---
+    script_text = ""
+    if kind.referee:
         if not refereed:
             problems.append("unrefereed run (started without `speedrun run`): it can never qualify for a record")
         malformed = schema.check(manifest, schema.MANIFEST_FIELDS, rundir.MANIFEST)
@@ -280,8 +531,7 @@ def verify_run_dir(run_dir: str | Path, write: bool = True, step: int | None = N
         problems += pin_problems
         warnings += pin_warnings
         script = manifest.get("script") or {}
-        path = run_dir / str(script.get("name", ""))
-        script_text = ""
+        path = rundir.script_path(run_dir, manifest)
         if not script.get("name") or not path.is_file():
             problems.append("the script copy is missing from the run directory")
         else:
@@ -289,65 +539,88 @@ def verify_run_dir(run_dir: str | Path, write: bool = True, step: int | None = N
                 problems.append(f"{path.name} changed after the run (sha256 does not match the manifest)")
             script_text = path.read_text(errors="replace")
         reps = manifest.get("repetitions") or []
-        if not reps:
-            problems.append("no repetitions recorded")
-        seeds = manifest.get("seeds") or []
-        if len(set(seeds)) != len(seeds):
-            problems.append(f"the repetitions' seeds are not distinct: {seeds}")
-        results, loader_events = [], []
-        for rep in reps:
-            k = rep.get("k")
-            path = rundir.events_path(run_dir, k)
-            if rep.get("status") == "stopped":
-                results.append(_blank(k, rep, [f"repetition {k} was not run: {rep.get('error')}"]))
-                continue
-            if not path.exists():
-                results.append(_blank(k, rep, [f"repetition {k} left no events (run-{k}.jsonl)"]))
-                continue
-            try:
-                events = rundir.read_events(path)
-            except SpeedrunError as exc:
-                results.append(_blank(k, rep, [str(exc)]))
-                continue
-            events_by_k[k] = events
-            loader_events += events.of("loader")
-            seed = rep.get("seed", seeds[k - 1] if isinstance(k, int) and 0 < k <= len(seeds) else None)
-            results.append(check_repetition(track, events, rep, seed, step))
-        problems += rule_problems(track, script_text, loader_events)
-        for r in results:
-            problems += r["problems"]
-            warnings += [f"repetition {r['k']}: {w}" for w in r["warnings"]]
-        problems += identical_repetitions(results)
-        finished = [r for r in results if r["final_loss"] is not None and not r["problems"]]
-        target = stats.target_test([r["final_loss"] for r in finished], track.target_val_loss, track.rule)
+    else:
+        recorded = (manifest.get("track") or {}).get("name")
+        if recorded not in (None, track.name):
+            problems.append(f"the evidence was imported for track {recorded}, not {track.name}")
+        reps = manifest.get("repetitions") or [{"k": k, "status": None} for k in rundir.iter_repetitions(run_dir)]
+    if not reps:
+        problems.append("no repetitions recorded")
+    seeds = manifest.get("seeds") or []
+    if kind.referee and len(set(seeds)) != len(seeds):
+        problems.append(f"the repetitions' seeds are not distinct: {seeds}")
 
-    metric_key = "timed_s" if track.metric == "wallclock" else "batches"
-    good = [r for r in results if r.get("final_loss") is not None and not r.get("problems")]
-    values = [r[metric_key] for r in good if r.get(metric_key) is not None]
-    mean, sd = stats.mean_sd(values)
-    verdict = {
-        "run_dir": str(run_dir),
-        "track": track.name,
-        "self_reported": self_reported,
-        "refereed": refereed,
-        "qualifies": not problems and bool(target.passed),
-        "problems": problems,
-        "warnings": warnings,
-        "target": target.to_dict(),
-        "judged_step": judged_step,
-        "metric": {"name": track.metric, "unit": "s" if track.metric == "wallclock" else "steps",
-                   "values": values, "mean": mean, "sd": sd},
-        "throughput": throughput(manifest, good, events_by_k) if not self_reported else {},
-        "repetitions": results,
-        "script_sha256": (manifest.get("script") or {}).get("sha256"),
-        "hardware": manifest.get("hardware"),
-        "hardware_fingerprint": manifest.get("hardware_fingerprint"),
-        "harness_version": manifest.get("harness_version"),
-        "verified_by": __version__,
-        "verified_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
+    # --- each repetition ---
+    results: list[RepetitionResult] = []
+    events_by_k: dict = {}
+    vals_by_k: dict = {}
+    loader_events: list[dict] = []
+    for rep in reps:
+        k = rep.get("k")
+        if not kind.referee:
+            result, vals = check_imported_repetition(run_dir, rep, manifest, judged_step)
+            results.append(result)
+            if vals is not None:
+                vals_by_k[k] = vals
+            continue
+        path = rundir.events_path(run_dir, k)
+        if rep.get("status") == "stopped":
+            results.append(_blank(k, rep, [f"repetition {k} was not run: {rep.get('error')}"]))
+            continue
+        if not path.exists():
+            results.append(_blank(k, rep, [f"repetition {k} left no events ({rundir.events_name(k)})"]))
+            continue
+        try:
+            events = rundir.read_events(path)
+        except SpeedrunError as exc:
+            results.append(_blank(k, rep, [str(exc)]))
+            continue
+        events_by_k[k] = events
+        loader_events += events.of("loader")
+        seed = rep.get("seed", seeds[k - 1] if isinstance(k, int) and 0 < k <= len(seeds) else None)
+        results.append(check_repetition(track, events, rep, seed, step))
+
+    # --- the findings, in order: the evidence's own, then each repetition's, then across repetitions ---
+    if kind.referee:
+        problems += rule_problems(track, script_text, loader_events)
+    if kind.hardware_rule:
+        hw_problems, hw_warnings = hardware_findings(results, manifest, track)
+        problems += hw_problems
+        warnings += hw_warnings
+    for r in results:
+        problems += r.problems
+        warnings += [f"repetition {r.k}: {w}" for w in r.warnings]
+    if kind.referee:
+        problems += identical_repetitions([r.to_dict() for r in results])
+    for skipped in (manifest.get("skipped_files") or []) if kind.self_reported else []:
+        warnings.append(f"{skipped.get('name')} was not imported: {skipped.get('reason')}")
+    good = [r for r in results if r.good]
+    ends = sorted({r.batches for r in good if r.batches is not None})
+    if kind.self_reported and judged_step is None and len(ends) > 1:
+        warnings.append(f"the repetitions were judged at different steps ({', '.join(map(str, ends))}): a record "
+                        f"is judged at one step for all its runs; declare it (import-log --step)")
+    target = stats.target_test([r.final_loss for r in good], track.target_val_loss, track.rule)
+    earliest = None
+    if kind.self_reported and track.rule.test == "margin" and good and len(good) == len(results):
+        earliest = stats.earliest_passing_step({r.k: vals_by_k[r.k] for r in good}, track.target_val_loss,
+                                               track.rule)
+    return Judgement(run_dir, manifest, track, kind, refereed, results, problems, warnings, target, judged_step,
+                     earliest, events_by_k, datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+
+def check_imported(run_dir: str | Path, manifest: dict, track) -> Judgement:
+    """Judge imported (self-reported) evidence against `track` (refusing a refereed run's manifest)."""
+    if not manifest.get("self_reported"):
+        raise SpeedrunError(f"{run_dir}: not imported evidence (the manifest is not marked self_reported)")
+    return judge(run_dir, manifest=manifest, track=track)
+
+
+def verify_run_dir(run_dir: str | Path, write: bool = True, step: int | None = None) -> dict:
+    """Verify a run directory; returns the verdict (and writes verdict.json unless `write` is false)."""
+    judgement = judge(run_dir, step=step)
+    verdict = judgement.verdict()
     if write:
-        rundir.write_json_atomic(run_dir / rundir.VERDICT, verdict)
+        rundir.write_json_atomic(judgement.run_dir / rundir.VERDICT, verdict)
     return verdict
 
 

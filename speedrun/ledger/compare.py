@@ -30,7 +30,7 @@ from speedrun.ledger import store
 from speedrun.errors import SpeedrunError
 from speedrun.tracks import Track, load_track
 
-RESULT = "compare.json"
+RESULT = rundir.COMPARE
 
 
 def _console():
@@ -44,8 +44,8 @@ def resolve_script(ref: str, track: Track) -> Path:
     path = Path(ref)
     if path.is_file():
         return path
-    if path.is_dir() and (path / "train.py").is_file():
-        return path / "train.py"
+    if path.is_dir() and (path / rundir.RECORD_SCRIPT).is_file():
+        return path / rundir.RECORD_SCRIPT
     name, _, number = ref.rpartition("/")
     if number.isdigit():
         return store.find_record(name or track.name, int(number)).script
@@ -69,8 +69,8 @@ def compare(a: Path, b: Path, track: Track, runs: int = 3, nproc: int = 2, out: 
     if out.exists() and any(out.iterdir()):
         raise SpeedrunError(f"{out}: output directory exists and is not empty")
     out.mkdir(parents=True, exist_ok=True)
-    sides = {"A": launcher.Launch(a, track, nproc, runs, out / "A", seed, script_args or [], {}, timeout=timeout),
-             "B": launcher.Launch(b, track, nproc, runs, out / "B", seed, script_args or [], {}, timeout=timeout)}
+    sides = {name: launcher.Launch(script, track, nproc, runs, rundir.compare_side(out, name), seed, script_args or [],
+                                   {}, timeout=timeout) for name, script in zip(rundir.COMPARE_SIDES, (a, b))}
     console = _console()
     console.print(f"speedrun compare A={a} B={b} on track {track.name}: {runs} runs each, interleaved -> {out}",
                   markup=False)
@@ -87,7 +87,7 @@ def compare(a: Path, b: Path, track: Track, runs: int = 3, nproc: int = 2, out: 
         "harness_version": __version__,
         "runs": runs,
         "nproc_per_node": nproc,
-        "sides": {name: {"script": str(job.run_dir / job.manifest["script"]["name"]),
+        "sides": {name: {"script": str(rundir.script_path(job.run_dir, job.manifest)),
                          "script_sha256": job.manifest["script"]["sha256"],
                          "run_dir": job.run_dir.name, "qualifies": verdicts[name]["qualifies"],
                          "problems": verdicts[name]["problems"], "values": _metric(verdicts[name]),
@@ -99,7 +99,7 @@ def compare(a: Path, b: Path, track: Track, runs: int = 3, nproc: int = 2, out: 
                   for name, job in sides.items()},
     }
     a_side, b_side = result["sides"]["A"], result["sides"]["B"]
-    if track.metric == "wallclock":
+    if track.timed:
         faster = stats.faster_test(a_side["values"], b_side["values"])
         result.update(test="welch", ratio=faster.ratio, p_value=faster.p_value, threshold=faster.threshold,
                       a_faster=faster.passed, reason=faster.reason)
@@ -154,10 +154,10 @@ def prefix_replay(track: Track, number: int, steps: int, nproc: int | None = Non
     compare the logged train losses with the recorded ones: cheap, and exact on the same machine class."""
     console = _console()
     rec = store.find_record(track.name, number)
-    if not (rec.path / "run-1.jsonl").is_file():
+    if not rundir.events_path(rec.path, 1).is_file():
         raise SpeedrunError(f"record #{number} has no recorded run to replay against")
     recorded = rundir.read_json(rec.path / rundir.MANIFEST)
-    logged = [e["scalars"] for e in rundir.read_events(rec.path / "run-1.jsonl").of("log")][:steps]
+    logged = [e["scalars"] for e in rundir.read_events(rundir.events_path(rec.path, 1)).of("log")][:steps]
     if len(logged) < steps:
         raise SpeedrunError(f"record #{number} logged {len(logged)} steps (run.log); a prefix replay of {steps} "
                             f"needs that many")
@@ -191,9 +191,10 @@ def replay(track: Track, number: int, runs: int = 3, nproc: int | None = None, o
     seed = (recorded.get("seeds") or [0])[0]
     run_dir = launcher.launch(rec.script, track, nproc, runs, str(out) if out else None, seed, [], {},
                               timeout=timeout)
-    verdict = verify.verify_run_dir(run_dir)
+    judgement = verify.judge(run_dir)
+    verdict = judgement.write()
     verify.print_verdict(verdict)
-    manifest = rundir.read_json(run_dir / rundir.MANIFEST)
+    manifest = judgement.manifest
     flags = []
     if rec.harness_version != __version__:
         flags.append(f"recorded under harness {rec.harness_version}, replayed under {__version__}")
@@ -209,7 +210,7 @@ def replay(track: Track, number: int, runs: int = 3, nproc: int | None = None, o
               "recorded": rec.metric_mean, "replayed": verdict["metric"]["mean"], "ratio": ratio, "flags": flags,
               "losses_recorded": recorded_losses, "losses_replayed": replayed_losses,
               "losses_identical": bool(same) and all(same), "same_hardware": not diff}
-    unit = "s" if track.metric == "wallclock" else "steps"
+    unit = track.metric_unit
     if ratio is not None:
         console.print(f"record #{number}: recorded {rec.metric_mean:.3f} {unit}, replayed "
                       f"{verdict['metric']['mean']:.3f} {unit} (ratio {ratio:.3f}); val losses "
@@ -240,8 +241,9 @@ def add_record(run_dir: Path, description: str, contributors: list[str], *, trac
     if tail:
         raise SpeedrunError(f"{run_dir} was launched with script arguments {tail}: a record must run without "
                             f"arguments (bake them into the script) so that replay and compare reproduce it")
-    verdict = verify.verify_run_dir(run_dir, step=step)
-    track = load_track(verdict["track"])
+    judgement = verify.judge(run_dir, step=step, manifest=manifest)
+    verdict = judgement.write()
+    track = judgement.track
     if track_name and track_name != track.name:
         raise SpeedrunError(f"{run_dir} is a run of track {track.name}, not {track_name}")
     if verdict["self_reported"]:
@@ -276,7 +278,7 @@ def add_record(run_dir: Path, description: str, contributors: list[str], *, trac
                                 f"{prior.metric_mean:g}")
     elif prior is not None:
         if compare_dir is None:
-            compare_dir = compare(run_dir / manifest["script"]["name"], prior.script, track,
+            compare_dir = compare(rundir.script_path(run_dir, manifest), prior.script, track,
                                           runs=compare_runs, nproc=manifest.get("nproc_per_node", 1))
         comparison = check_against(Path(compare_dir), sha, prior, manifest.get("hardware_fingerprint"))
         compare_file = Path(compare_dir) / RESULT
@@ -307,8 +309,8 @@ def add_record(run_dir: Path, description: str, contributors: list[str], *, trac
             note="systems speedup: accepted on time alone" if systems_speedup and not target["passed"] else "")
         files = store.evidence_files(run_dir, manifest)
         if compare_file is not None:
-            files["compare.json"] = compare_file
-        entry_manifest = dict(manifest, script=dict(manifest["script"], name="train.py",
+            files[rundir.COMPARE] = compare_file
+        entry_manifest = dict(manifest, script=dict(manifest["script"], name=rundir.RECORD_SCRIPT,
                                                     original_name=manifest["script"]["name"]))
         store.write_entry(root, record, files, entry_manifest)
     store.write_tables(root)

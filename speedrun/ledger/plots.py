@@ -206,7 +206,7 @@ def plot_progression(track: str, out: str | os.PathLike, history_path: str | os.
     from speedrun.ledger.history import load_history
     from speedrun.tracks import load_track
 
-    metric = load_track(track).metric
+    timed = load_track(track).timed
     history = [r for r in load_history(history_path) if r.track == track]
     dated = [r for r in history if r.day]
     ours = [r for r in ledger_records(track, records_dir) if r.verified]
@@ -231,7 +231,7 @@ def plot_progression(track: str, out: str | os.PathLike, history_path: str | os.
     locator = mdates.AutoDateLocator()
     ax.xaxis.set_major_locator(locator)
     ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
-    what = "record time (seconds, log scale)" if metric == "wallclock" else "record steps (log scale)"
+    what = "record time (seconds, log scale)" if timed else "record steps (log scale)"
     ax.set_ylabel(what)
     ax.set_xlabel("date")
     undated = len(history) - len(dated)

@@ -79,7 +79,7 @@ class Record:
 
     @property
     def script(self) -> Path:
-        return self.path / "train.py"
+        return self.path / rundir.RECORD_SCRIPT
 
     def to_toml(self) -> dict:
         doc = {k: v for k, v in asdict(self).items() if k != "path" and v is not None}
@@ -214,8 +214,8 @@ def write_entry(root: Path, record: Record, files: dict[str, Path], manifest: di
 
 
 def evidence_files(run_dir: Path, manifest: dict) -> dict[str, Path]:
-    files = {"train.py": run_dir / manifest["script"]["name"], rundir.VERDICT: run_dir / rundir.VERDICT}
-    for p in sorted(run_dir.glob("run-*.jsonl")) + sorted(run_dir.glob("run-*.log")):
+    files = {rundir.RECORD_SCRIPT: rundir.script_path(run_dir, manifest), rundir.VERDICT: run_dir / rundir.VERDICT}
+    for p in rundir.repetition_files(run_dir):
         files[p.name] = p
     return files
 
@@ -234,7 +234,7 @@ def add_unverified(script: Path, track: Track, description: str, contributors: l
                         metric=track.metric, script_sha256=rundir.sha256_file(script),
                         harness_version=__version__, api_version=API_VERSION, hardware=track.hardware,
                         note=note or "no verified run exists yet")
-        write_entry(root, record, {"train.py": script}, None)
+        write_entry(root, record, {rundir.RECORD_SCRIPT: script}, None)
     write_tables(root)
     return record
 
@@ -257,7 +257,7 @@ def _throughput_text(r: Record) -> str:
 
 
 def track_table(track: Track, records: list[Record]) -> str:
-    unit = "s" if track.metric == "wallclock" else "steps"
+    unit = track.metric_unit
     lines = [
         f"| # | date | {track.metric} ({unit}) | val loss | runs | p | description | contributors | hardware | "
         f"throughput | status |",
@@ -291,7 +291,7 @@ def readme_section(root: Path) -> str:
         cur = current_record(name, root)
         rel = f"records/{name}/README.md"
         if cur:
-            unit = "s" if track.metric == "wallclock" else "steps"
+            unit = track.metric_unit
             lines.append(f"| [{name}]({rel}) | #{cur.number} {cur.description} | {cur.metric_mean:.2f} {unit} | "
                          f"{_fmt(cur.val_loss_mean, 4)} | {cur.hardware} | {len(records)} |")
         else:
@@ -363,7 +363,7 @@ LEADERBOARD_WIDTH = 100  # columns of `speedrun leaderboard` when the output is 
 def _metric_text(track: Track, r: Record) -> str:
     if r.metric_mean is None:
         return "-"
-    digits = 2 if track.metric == "wallclock" else 0
+    digits = 2 if track.timed else 0
     spread = "" if r.metric_sd is None else f" ± {r.metric_sd:.{digits}f}"
     return f"{r.metric_mean:.{digits}f}{spread}"
 
@@ -382,7 +382,7 @@ def leaderboard_table(track: Track, records: list[Record], width: int = LEADERBO
                   show_header=bool(records))
     rows = [[str(r.number), r.date, _metric_text(track, r), _fmt(r.val_loss_mean, 4), str(r.n_runs or "-"),
              "verified" if r.verified else "unverified", r.hardware or "-", r.description] for r in records]
-    headers = ["#", "date", "wallclock (s)" if track.metric == "wallclock" else "steps", "val loss", "n", "status",
+    headers = ["#", "date", "wallclock (s)" if track.timed else "steps", "val loss", "n", "status",
                "hardware", "description"]
     widths = [max([len(h)] + [len(row[i]) for row in rows]) for i, h in enumerate(headers)]
     # every column is sized to its content; hardware, then the description, give way to fit `width`

@@ -1,4 +1,4 @@
-"""Import modded-nanogpt record logs as self-reported run evidence (`speedrun import-log`), and check it.
+"""Import modded-nanogpt record logs as self-reported run evidence (`speedrun import-log`).
 
 Years of speedrun history exist only as the text logs the training scripts wrote. Turning them into the same
 evidence a referee run leaves (manifest + `run-K.jsonl`) lets `verify`, `plot` and the ledger treat them
@@ -18,8 +18,8 @@ again, or the header (`Running PyTorch ...`, the nvidia-smi table) is printed ag
 verbatim within a trial (stdout echoed at the end of a batch) is an echo, not a new run. A trial's result is its
 *last* validation line (never the largest train_time: early eras restart the clock after compiling). Unknown
 lines and truncation are reported, never fatal. The hardware (GPU rows of the nvidia-smi table, or the
-`world_size` the optimization-track scripts print) goes into the manifest; `check_imported` holds it against
-the track's.
+`world_size` the optimization-track scripts print) goes into the manifest; the judge (`speedrun.judge.verify`, which
+judges imported evidence like any other) holds it against the track's.
 """
 
 from __future__ import annotations
@@ -31,15 +31,12 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from speedrun.version import API_VERSION, __version__
 from speedrun.errors import SpeedrunError
+from speedrun.evidence import rundir
+from speedrun.judge.verify import check_imported  # noqa: F401  (the judge of what this module writes)
 from speedrun.evidence.rundir import MANIFEST, EventWriter, events_path, sha256_file, write_json_atomic
-
-if TYPE_CHECKING:
-    from speedrun.judge.stats import EarliestStep, TargetResult
-    from speedrun.tracks import Track
 
 SOURCE = "modded-nanogpt log"
 SEPARATOR = "=" * 100
@@ -68,7 +65,6 @@ _KNOWN_CHATTER = re.compile(
     r"^(peak memory|resetting model|nvidia-smi|.*warm.?up|.*compil|.*dataloader|running )", re.I)
 _MODEL_DIM = re.compile(r"\b(?:model_dim|n_embd)\s*(?::\s*int\s*)?=\s*(\d+)")
 _FIELD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_HARDWARE = re.compile(r"^\s*(\d+)\s*x\s*(.+?)\s*$", re.I)
 
 
 @dataclass
@@ -382,27 +378,6 @@ def hardware_of(env: dict, world_size: int | None) -> tuple[str | None, dict | N
     return (name or f"{count}x(unknown GPU)"), fingerprint
 
 
-def hardware_matches(fingerprint: dict | None, wanted: str) -> bool | None:
-    """Does a run's hardware fingerprint match a track's label like "8xH100"? None when it cannot be told.
-
-    The count must be equal and the model must appear as a word of the GPU's name ("H100" in
-    "NVIDIA H100 80GB HBM3", but not in "NVIDIA GH200 120GB").
-    """
-    m = _HARDWARE.match(wanted or "")
-    if not m or not fingerprint:
-        return None
-    count, model = int(m.group(1)), m.group(2)
-    name, have = fingerprint.get("gpu_name"), fingerprint.get("gpu_count")
-    if have is not None and have != count:
-        return False
-    if name:
-        if not re.search(rf"(?<![A-Za-z0-9]){re.escape(model)}(?![A-Za-z0-9])", name, re.I):
-            return False
-    if have is None or not name:
-        return None
-    return True
-
-
 # --- track inference ----------------------------------------------------------------------------------------
 
 
@@ -502,7 +477,7 @@ def _write_events(path: Path, trial: Trial, judged: TrialResult, track: str, log
     limit = step if step is not None and judged.result is not None else None
     keep = (lambda s: s.step <= limit) if limit is not None else (lambda s: True)
     header = log.headers[trial.header]
-    writer = EventWriter(path)
+    writer = EventWriter(path, wall=True)
     try:
         init = {"track": track, "source": SOURCE, "self_reported": True, "log": judged.source,
                 "trial": trial.number}
@@ -558,7 +533,7 @@ def default_out_dir(path: Path, out: str | Path | None) -> Path:
 
 def _copy_name(name: str) -> str:
     """The source log keeps its name in the run dir unless that name means something there."""
-    if name in (MANIFEST, "verdict.json") or re.fullmatch(r"run-\d+\.(jsonl|log)", name):
+    if rundir.is_reserved(name):
         return f"source-{name}"
     return name
 
@@ -736,171 +711,6 @@ def _replace_dir(new: Path, target: Path) -> None:
     new.rename(target)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
-
-
-# --- checking imported evidence (called by verify for `"self_reported": true` manifests) ---------------------
-
-
-@dataclass
-class ImportedCheck:
-    """What the self-reported evidence of an imported record amounts to under the track's rules."""
-
-    repetitions: list[dict]  # k, status, final_loss, timed_s, batches, problems, warnings (+ source, trial, hardware)
-    problems: list[str]
-    warnings: list[str]
-    target: "TargetResult"  # the track's rule over the judged losses of the repetitions without problems
-    judged_step: int | None  # the declared judging step (None: each trial's final validation)
-    earliest: "EarliestStep | None" = None  # margin-rule tracks: the earliest common step where the rule holds
-    hardware: str | None = None
-
-    @property
-    def qualifies(self) -> bool:
-        return not self.problems and bool(self.target.passed)
-
-    def to_dict(self) -> dict:
-        return {"repetitions": self.repetitions, "problems": self.problems, "warnings": self.warnings,
-                "target": self.target.to_dict(), "judged_step": self.judged_step,
-                "earliest": self.earliest.to_dict() if self.earliest is not None else None,
-                "hardware": self.hardware, "qualifies": self.qualifies}
-
-
-def _ranges(ks: list[int]) -> str:
-    ks = sorted(ks)
-    parts, start = [], None
-    for i, k in enumerate(ks):
-        if start is None:
-            start = k
-        if i + 1 == len(ks) or ks[i + 1] != k + 1:
-            parts.append(str(start) if start == k else f"{start}-{k}")
-            start = None
-    return ", ".join(parts)
-
-
-def _hardware_findings(reps: list[dict], manifest: dict, track) -> tuple[list[str], list[str]]:
-    """Hold each repetition's hardware against the track's: a mismatch is a problem on wallclock tracks (time
-    depends on it) and a warning on step-count tracks (the batch is fixed, so steps do not)."""
-    problems, warnings = [], []
-    fallback = (manifest.get("hardware"), manifest.get("hardware_fingerprint"))
-    by_label: dict[str | None, list] = {}
-    for rep in reps:
-        label = rep.get("hardware", fallback[0])
-        by_label.setdefault(label, []).append(rep)
-    for label, group in by_label.items():
-        ks = _ranges([r["k"] for r in group])
-        who = f"repetition{'s' if len(group) > 1 else ''} {ks}"
-        if label is None:
-            warnings.append(f"{who}: the log does not say which hardware it ran on; the track expects "
-                            f"{track.hardware}")
-            continue
-        fingerprint = None
-        if label == fallback[0] and fallback[1]:
-            fingerprint = fallback[1]
-        elif (m := re.match(r"^(\d+)x(.+)$", label)):
-            fingerprint = {"gpu_name": m.group(2), "gpu_count": int(m.group(1))}
-        match = hardware_matches(fingerprint, track.hardware)
-        if match is None:
-            warnings.append(f"{who} ran on {label}: cannot tell whether that is the track's {track.hardware}")
-        elif not match:
-            text = f"{who} ran on {label}; track {track.name} expects {track.hardware}"
-            if track.metric == "wallclock":
-                problems.append(text)
-            else:
-                warnings.append(text + " (steps do not depend on the hardware: the global batch is fixed)")
-    return problems, warnings
-
-
-_STATUS_TEXT = {"truncated": "is truncated", "missing-step": "has no result at the declared step",
-                "missing-field": "has no value in the judged loss field"}
-
-
-def check_imported(run_dir: str | Path, manifest: dict, track: "Track") -> ImportedCheck:
-    """Judge imported (self-reported) evidence as modded-nanogpt does: each repetition's loss at the declared
-    step (or its final validation), the track's statistical rule over them, and the hardware against the
-    track's. There is no referee clock, seal or probe to check: only what the logs printed."""
-    from speedrun.evidence import rundir
-    from speedrun.judge import stats
-
-    run_dir = Path(run_dir)
-    if not manifest.get("self_reported"):
-        raise SpeedrunError(f"{run_dir}: not imported evidence (the manifest is not marked self_reported)")
-    judged_step = manifest.get("requested_step")
-    if judged_step is not None and (not isinstance(judged_step, int) or isinstance(judged_step, bool)):
-        raise SpeedrunError(f"{run_dir / MANIFEST}: field 'requested_step': expected a step number or null")
-    problems: list[str] = []
-    warnings: list[str] = []
-    recorded = (manifest.get("track") or {}).get("name")
-    if recorded not in (None, track.name):
-        problems.append(f"the evidence was imported for track {recorded}, not {track.name}")
-
-    reps_meta = manifest.get("repetitions") or [{"k": k, "status": None}
-                                                for k in rundir.iter_repetitions(run_dir)]
-    if not reps_meta:
-        problems.append("no repetitions recorded")
-    results, vals_by_rep = [], {}
-    for meta in reps_meta:
-        k = meta.get("k")
-        where = f" ({meta['source']}, trial {meta.get('trial')})" if meta.get("source") else ""
-        rep = {"k": k, "status": meta.get("status"), "final_loss": None, "timed_s": None, "batches": None,
-               "problems": [], "warnings": [], "source": meta.get("source"), "trial": meta.get("trial"),
-               "hardware": meta.get("hardware", manifest.get("hardware"))}
-        results.append(rep)
-        path = rundir.events_path(run_dir, k)
-        if not path.exists():
-            rep["problems"].append(f"repetition {k}{where} left no events (run-{k}.jsonl)")
-            continue
-        try:
-            events = rundir.read_events(path)
-        except SpeedrunError as exc:
-            rep["problems"].append(f"repetition {k}{where}: {exc}")
-            continue
-        rep["warnings"] = [e.get("message") for e in events.of("warning")]
-        if meta.get("status") not in ("ok", None):
-            notes = "; ".join(meta.get("notes") or [])
-            what = _STATUS_TEXT.get(meta.get("status"), f"is {meta.get('status')}")
-            rep["problems"].append(f"repetition {k}{where} {what}" + (f": {notes}" if notes else ""))
-            continue
-        vals = events.of("val")
-        if not vals:
-            rep["problems"].append(f"repetition {k}{where} has no validation")
-            continue
-        if judged_step is not None:
-            line = [v for v in vals if v.get("step") == judged_step]
-            if not line:
-                rep["problems"].append(f"repetition {k}{where} has no validation at the declared step {judged_step}")
-                continue
-            line = line[-1]
-        elif events.last("finish") is None:
-            rep["problems"].append(f"repetition {k}{where} is truncated (no final validation)")
-            continue
-        else:
-            line = vals[-1]
-        loss = line.get("loss")
-        if not isinstance(loss, (int, float)) or not math.isfinite(loss):
-            rep["problems"].append(f"repetition {k}{where}: its loss at step {line.get('step')} is not a number")
-            continue
-        rep["final_loss"], rep["timed_s"], rep["batches"] = float(loss), line.get("timed_s"), line.get("step")
-        vals_by_rep[k] = [v for v in vals if judged_step is None or (v.get("step") or 0) <= judged_step]
-
-    hw_problems, hw_warnings = _hardware_findings(results, manifest, track)
-    problems += hw_problems
-    warnings += hw_warnings
-    for r in results:
-        problems += r["problems"]
-        warnings += [f"repetition {r['k']}: {w}" for w in r["warnings"]]
-    for skipped in manifest.get("skipped_files") or []:
-        warnings.append(f"{skipped.get('name')} was not imported: {skipped.get('reason')}")
-
-    good = [r for r in results if r["final_loss"] is not None and not r["problems"]]
-    ends = sorted({r["batches"] for r in good if r["batches"] is not None})
-    if judged_step is None and len(ends) > 1:
-        warnings.append(f"the repetitions were judged at different steps ({', '.join(map(str, ends))}): a record "
-                        f"is judged at one step for all its runs; declare it (import-log --step)")
-    target = stats.target_test([r["final_loss"] for r in good], track.target_val_loss, track.rule)
-    earliest = None
-    if track.rule.test == "margin" and good and len(good) == len(results):
-        earliest = stats.earliest_passing_step({r["k"]: vals_by_rep[r["k"]] for r in good},
-                                               track.target_val_loss, track.rule)
-    return ImportedCheck(results, problems, warnings, target, judged_step, earliest, manifest.get("hardware"))
 
 
 # --- command line -------------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ import threading
 import traceback
 from pathlib import Path
 
+from speedrun import env
 from speedrun.version import API_VERSION
 from speedrun.referee import channel
 from speedrun.errors import SpeedrunError
@@ -174,16 +175,14 @@ class Session:
         """nccl on CUDA, gloo on CPU; `SPEEDRUN_DEVICE=cpu` forces the CPU on a GPU machine. Under torchrun the
         process group is set up even for one process, so the same collectives run at every world size."""
         torch = self._torch
-        rank = int(os.environ.get("RANK", 0))
-        world_size = int(os.environ.get("WORLD_SIZE", 1))
-        local_rank = int(os.environ.get("LOCAL_RANK", 0))
-        use_cuda = torch.cuda.is_available() and os.environ.get("SPEEDRUN_DEVICE", "") != "cpu"
+        rank, local_rank, world_size = env.dist()
+        use_cuda = torch.cuda.is_available() and not env.cpu_forced()
         if use_cuda:
             torch.cuda.set_device(local_rank)
             device = torch.device("cuda", local_rank)
         else:
             device = torch.device("cpu")
-        under_torchrun = "TORCHELASTIC_RUN_ID" in os.environ or world_size > 1
+        under_torchrun = env.under_torchrun() or world_size > 1
         if under_torchrun and not self._dist_ready_fn():
             self._dist_init(backend="nccl" if use_cuda else "gloo", **({"device_id": device} if use_cuda else {}))
         self._dist_ready = self._dist_ready_fn()
@@ -344,9 +343,9 @@ def _seed_everything(seed: int) -> None:
 
 
 def _hello(client: channel.Client) -> dict:
-    return client.request("hello", rank=int(os.environ.get("RANK", 0)),
-                          world_size=int(os.environ.get("WORLD_SIZE", 1)),
-                          local_rank=int(os.environ.get("LOCAL_RANK", 0)), pid=os.getpid(), api=API_VERSION,
+    rank, local_rank, world_size = env.dist()
+    return client.request("hello", rank=rank, world_size=world_size, local_rank=local_rank, pid=os.getpid(),
+                          api=API_VERSION,
                           harness=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # speedrun/
 
 
@@ -357,12 +356,11 @@ def unrefereed_session(track_name: str, seed: int, script: Path, data_dir: str |
 
     from speedrun.referee import launcher
 
-    rank = int(os.environ.get("RANK", 0))
-    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    rank, _, world_size = env.dist()
     if world_size > 1 and not dist.is_initialized():
         import torch
 
-        use_cuda = torch.cuda.is_available() and os.environ.get("SPEEDRUN_DEVICE", "") != "cpu"
+        use_cuda = torch.cuda.is_available() and not env.cpu_forced()
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
     path = [None]
     if rank == 0:
@@ -384,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     if not argv:
         print("usage: python -m speedrun.rank.bootstrap SCRIPT [ARGS...] (started by `speedrun run`)", file=sys.stderr)
         return 2
-    path = os.environ.get(channel.ENV)
+    path = env.referee_socket()
     if not path:
         print("speedrun.rank.bootstrap: no referee ($SPEEDRUN_REFEREE_SOCKET); start runs with `speedrun run`",
               file=sys.stderr)

@@ -22,9 +22,10 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from speedrun import env
 from speedrun.errors import SpeedrunError
 
-ENV = "SPEEDRUN_REFEREE_SOCKET"
+ENV = env.REFEREE_SOCKET  # the variable the launcher sets for its ranks
 MAX_LINE = 1 << 20
 
 

@@ -35,7 +35,7 @@ from pathlib import Path
 from speedrun.version import API_VERSION, __version__
 from speedrun.evidence import rundir
 from speedrun.evidence import hardware
-from speedrun import paths
+from speedrun import env, paths
 from speedrun.errors import SpeedrunError
 
 TAIL_LINES = 30
@@ -176,7 +176,7 @@ class Repetition:
 
         self.server = channel.Server(self._handle)  # first: a socket that cannot be opened leaves nothing behind
         self.t0 = time.monotonic()
-        self.log = repetition.EventLog(rundir.events_path(run_dir, k))
+        self.log = rundir.EventWriter(rundir.events_path(run_dir, k))
         self.echo, self.sink = echo, sink
         self.referee = repetition.Referee(track, k, seed, nproc, self.log, self.t0, welcome, on_event=self._on_event,
                                        harness=harness)
@@ -392,7 +392,7 @@ class Launch:
         self.data_dir = Path(data_dir).resolve() if data_dir else None
         self.train_files, self.val_files = streams.track_files(track, self.data_dir)
         self.run_dir = new_run_dir(track, script, str(out) if out else None)
-        copy = self.run_dir / script.name
+        copy = rundir.script_copy_path(self.run_dir, script)
         shutil.copyfile(script, copy)
         self.cmd = torchrun_command(copy, nproc, script_args, rdzv)
         self.seeds = [seed + k for k in range(runs)]
@@ -542,10 +542,10 @@ class Standalone:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         self.run_dir = runs_root() / track.name / f"{stamp}_{script.stem}_torchrun"
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        copy = self.run_dir / script.name
+        copy = rundir.script_copy_path(self.run_dir, script)
         shutil.copyfile(script, copy)
         train, val = streams.track_files(track, Path(data_dir) if data_dir else None)
-        local = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+        local = env.local_world_size(world_size)
         self.manifest = build_manifest(track, copy, [sys.executable, *sys.argv], local, 1, 1, [seed],
                                        pins.pin_run(track, train + val), refereed=False)
         welcome = {"track_toml": Path(track.path).read_text(), "track_path": str(track.path),

@@ -22,8 +22,6 @@ Every problem becomes a `problem` event naming the rank and the rule; `speedrun 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
 import time
@@ -32,7 +30,7 @@ from pathlib import Path
 from typing import Callable
 
 from speedrun.evidence import schema
-from speedrun.evidence.rundir import write_bytes_atomic
+from speedrun.evidence.rundir import EventWriter
 
 TRAIN_EVENT_EVERY = 10      # one `train` event every this many steps of rank 0
 PROBE_TOL_FP32 = 1e-3       # nats: allowed movement of earlier outputs on a CPU / fp32 model
@@ -43,47 +41,6 @@ CANARY_SIGMAS, CANARY_MIN_SLACK = 5.0, 0.05   # slack below the no-data level fo
 PHASE_WORDS = {"boot": "before the script started", "script": "before speedrun.init()",
                "init": "before start() outside warmup()", "ready": "before start() outside warmup()",
                "val": "during a validation", "finished": "after finish()", "exited": "after the script ended"}
-
-
-class EventLog:
-    """`run-K.jsonl` as the launcher writes it: streamed as events happen (a crash keeps what came before),
-    then rewritten whole from memory and sealed when the repetition is over, so bytes a rank may have written
-    into the file meanwhile are gone."""
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self.lines: list[bytes] = []
-        self._f = open(self.path, "wb")
-
-    def write(self, kind: str, **fields) -> dict:
-        record = {"event": kind, **fields}
-        line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
-        self.lines.append(line)
-        if self._f is not None:
-            try:
-                self._f.write(line)
-                self._f.flush()
-            except (OSError, ValueError):
-                pass
-        return record
-
-    def tampered(self) -> bool:
-        """Does the file on disk hold anything but what this log wrote? (checked before `seal` rewrites it)"""
-        try:
-            return self.path.read_bytes() != b"".join(self.lines)
-        except OSError:
-            return True
-
-    def seal(self) -> None:
-        if self._f is not None:
-            try:
-                self._f.close()
-            except OSError:
-                pass
-            self._f = None
-        body = b"".join(self.lines)
-        seal = {"event": "seal", "lines": len(self.lines), "sha256": hashlib.sha256(body).hexdigest()}
-        write_bytes_atomic(self.path, body + (json.dumps(seal) + "\n").encode())
 
 
 @dataclass
@@ -116,7 +73,7 @@ class RankState:
 class Referee:
     """One repetition. `handle()` is the channel handler; `close()` ends it and seals the evidence."""
 
-    def __init__(self, track, repetition: int, seed: int, nproc: int, log: EventLog, t0: float,
+    def __init__(self, track, repetition: int, seed: int, nproc: int, log: EventWriter, t0: float,
                  welcome: dict, on_event: Callable[[dict], None] | None = None, harness: str | None = None):
         self.track, self.k, self.seed, self.nproc = track, repetition, seed, nproc
         self.log, self.t0, self.welcome, self.on_event = log, t0, welcome, on_event
