@@ -2,8 +2,10 @@
 
 Anyone can re-verify a run without re-running it. This reads the manifest, the script copy and each
 repetition's events as the launcher wrote them, and checks that
-- the run was refereed (a plain `torchrun` run never qualifies), and the harness, the track file and the data
-  files it pinned are the ones installed here now (each difference names the file);
+- the run was refereed (a plain `torchrun` run never qualifies), and the track file and the data files it
+  pinned are the ones installed here now (each difference names the file); a harness other than the one that
+  judged the run is reported as information (`verdict["harness"]`), since a record is evidence of what
+  happened under its own harness and a newer harness re-establishes it by replay;
 - every repetition exited cleanly, its events are intact (the seal matches) and hold no problem the referee
   found while it ran (rule breaks, phase violations, failed probes, a failed start check, files opened);
 - every rank reported: its init carries the repetition's seed; each validation has all ranks, covers exactly
@@ -164,18 +166,21 @@ def check_repetition(track, events: rundir.Events, rep: dict, seed: int | None, 
     return out
 
 
-def _pin_problems(manifest: dict, track) -> tuple[list[str], list[str]]:
-    """Harness, track and data of the run against what is installed here now."""
+def _pin_problems(manifest: dict, track) -> tuple[list[str], list[str], dict]:
+    """Track and data of the run against what is installed here now (a difference is a problem: they define
+    the task), and the harness the run was judged under against this one (a difference is information: a
+    record is evidence of what happened under the harness that judged it; replay re-establishes it)."""
     from speedrun.data import streams
     from speedrun.evidence import pins
 
     problems, warnings = [], []
+    harness = {"run": manifest.get("harness_version"), "now": __version__, "differs": []}
     recorded = manifest.get("pins")
     if not recorded:
         return [f"the run has no pins (made by harness {manifest.get('harness_version')}, before pins existed): "
-                f"re-run it under this harness"], []
+                f"re-run it under this harness"], [], harness
     hasher = pins.Hasher()
-    problems += [f"{p}: the run was made with a different harness" for p in pins.diff_harness(recorded["harness"], hasher)]
+    harness["differs"] = pins.diff_harness(recorded["harness"], hasher)
     tpin = recorded.get("track") or {}
     if tpin.get("sha256") != track.config_sha256:
         problems.append(f"track file {track.path} differs from the one the run used ({tpin.get('path')})")
@@ -195,7 +200,7 @@ def _pin_problems(manifest: dict, track) -> tuple[list[str], list[str]]:
         warnings.append(f"{len(missing)} data file(s) of the run are not present here, so not re-checked "
                         f"(e.g. {missing[0]})")
     hasher.flush()
-    return problems, warnings
+    return problems, warnings, harness
 
 
 def throughput(manifest: dict, results: list[dict], events_by_k: dict) -> dict:
@@ -254,6 +259,7 @@ def verify_run_dir(run_dir: str | Path, write: bool = True, step: int | None = N
     warnings: list[str] = []
     events_by_k: dict = {}
     judged_step = step
+    harness = {"run": manifest.get("harness_version"), "now": __version__, "differs": []}
 
     if self_reported:
         from speedrun.legacy import modded
@@ -276,7 +282,7 @@ def verify_run_dir(run_dir: str | Path, write: bool = True, step: int | None = N
                 if malformed:
                     problems.append(malformed)
                     break
-        pin_problems, pin_warnings = _pin_problems(manifest, track)
+        pin_problems, pin_warnings, harness = _pin_problems(manifest, track)
         problems += pin_problems
         warnings += pin_warnings
         script = manifest.get("script") or {}
@@ -343,6 +349,7 @@ def verify_run_dir(run_dir: str | Path, write: bool = True, step: int | None = N
         "hardware": manifest.get("hardware"),
         "hardware_fingerprint": manifest.get("hardware_fingerprint"),
         "harness_version": manifest.get("harness_version"),
+        "harness": harness,
         "verified_by": __version__,
         "verified_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
