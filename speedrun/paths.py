@@ -20,8 +20,10 @@ from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 SOURCE_ROOT = PACKAGE_DIR.parent
-# where the wheel puts the track files (built from configs/tracks, see pyproject.toml)
+# where the wheel puts the track files and the external record history (built from configs/tracks and
+# records/history, see pyproject.toml)
 PACKAGED_TRACKS = PACKAGE_DIR / "_tracks"
+PACKAGED_HISTORY = PACKAGE_DIR / "_history"
 
 RULE = """\
 where things live (an environment variable always wins):
@@ -73,6 +75,13 @@ def records_dir() -> Path:
         return env
     root = checkout()
     return root / "records" if root is not None else Path("records")
+
+
+def history_dir() -> Path:
+    """The external record history (modded-nanogpt's tables): the records folder's `history/`, else the copy
+    shipped in the package (a plain install has no records folder of its own)."""
+    folder = records_dir() / "history"
+    return folder if folder.is_dir() or not PACKAGED_HISTORY.is_dir() else PACKAGED_HISTORY
 
 
 def runs_dir() -> Path:

@@ -2,9 +2,12 @@
 the README's set-up agree with pyproject.toml and .ci/run.
 
 The install test builds a wheel from a copy of the sources (pyproject.toml, README.md, speedrun/, configs/) so
-the shared checkout gets no build/ or egg-info, into a fresh venv made with --system-site-packages (torch and
-the other dependencies are reused, so --no-deps) and --without-pip; the system's pip installs into it with
---no-build-isolation, using the system's setuptools: no network, a few seconds.
+the shared checkout gets no build/ or egg-info, and installs it with `pip install --no-deps --target` into a
+folder that goes first on PYTHONPATH; the dependencies (rich, torch...) are the running environment's own.
+The build uses this environment's setuptools when it has one that can build wheels, else pip's usual isolated
+build (which fetches setuptools from the package index): a fresh `python3 -m venv` has no setuptools of its
+own, and a base interpreter's old setuptools without `wheel` cannot build one ("invalid command
+'bdist_wheel'"), so the test must not lean on either.
 """
 
 from __future__ import annotations
@@ -26,48 +29,67 @@ except ModuleNotFoundError:  # Python 3.10
 REPO = Path(__file__).resolve().parent.parent
 
 
+def _can_build_here() -> bool:
+    """Whether this environment's setuptools builds wheels without help (>= 70.1 has bdist_wheel built in)."""
+    try:
+        import setuptools
+    except ImportError:
+        return False
+    major, minor = (int(x) for x in setuptools.__version__.split(".")[:2])
+    if (major, minor) >= (70, 1):
+        return True
+    try:
+        import wheel  # noqa: F401
+    except ImportError:
+        return False
+    return major >= 68
+
+
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory) -> Path:
-    """The bin/ folder of a venv holding a non-editable install of this checkout."""
+    """A folder holding a non-editable install of this checkout (put it first on PYTHONPATH)."""
     root = tmp_path_factory.mktemp("pkg")
     src = root / "src"
     src.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(REPO / name, src / name)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for name in ("speedrun", "configs"):
+    for name in ("speedrun", "configs", "records/history"):
         shutil.copytree(REPO / name, src / name, ignore=ignore)
-    venv = root / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)],
-                   check=True, timeout=120)
-    proc = subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "-q",
-                           "--no-deps", "--no-build-isolation", "--disable-pip-version-check", str(src)],
-                          capture_output=True, text=True, timeout=300)
+    site = root / "site"
+    isolation = ["--no-build-isolation"] if _can_build_here() else []
+    proc = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", *isolation,
+                           "--disable-pip-version-check", "--target", str(site), str(src)],
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    return venv / "bin"
+    return site
 
 
-def run_installed(bin_dir: Path, cwd: Path, *argv: str, **env: str) -> subprocess.CompletedProcess:
+def installed_env(site: Path, cwd: Path, **env: str) -> dict:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("SPEEDRUN_") and k != "PYTHONPATH"}
-    clean.update(env, HOME=str(cwd / "home"), XDG_CACHE_HOME=str(cwd / "cache"))
-    return subprocess.run([str(bin_dir / "speedrun"), *argv], cwd=cwd, env=clean, capture_output=True,
-                          text=True, timeout=120)
+    clean.update(env, PYTHONPATH=str(site), HOME=str(cwd / "home"), XDG_CACHE_HOME=str(cwd / "cache"))
+    return clean
+
+
+def run_installed(site: Path, cwd: Path, *argv: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "speedrun.cli", *argv], cwd=cwd, env=installed_env(site, cwd, **env),
+                          capture_output=True, text=True, timeout=120)
 
 
 def test_installed_package_ships_its_tracks(installed, tmp_path):
-    probe = subprocess.run([str(installed / "python"), "-c", "import speedrun, speedrun.paths as p; "
+    probe = subprocess.run([sys.executable, "-c", "import speedrun, speedrun.paths as p; "
                             "print(speedrun.__file__); print(p.checkout())"],
                            cwd=tmp_path, capture_output=True, text=True, timeout=60,
-                           env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+                           env=installed_env(installed, tmp_path))
     where, checkout = probe.stdout.split()
-    assert str(installed.parent) in where and checkout == "None"  # the installed copy, not this checkout
+    assert where.startswith(str(installed)) and checkout == "None"  # the installed copy, not this checkout
 
     proc = run_installed(installed, tmp_path, "tracks")
     assert proc.returncode == 0, proc.stderr
     shipped = sorted(p.stem for p in (REPO / "configs" / "tracks").glob("*.toml"))
     for name in shipped:
         assert re.search(rf"^ {re.escape(name)} ", proc.stdout, re.M), name
-    assert "site-packages/speedrun/_tracks" in proc.stdout
+    assert f"{installed}/speedrun/_tracks" in proc.stdout
     proc = run_installed(installed, tmp_path, "tracks", "show", "gpt2-small")
     assert proc.returncode == 0 and "kjj0/fineweb10B-gpt2" in proc.stdout, proc.stderr
 
@@ -88,14 +110,17 @@ def test_installed_paths_rule_and_overrides(installed, tmp_path):
 
     proc = run_installed(installed, tmp_path, "leaderboard")  # no ledger here: said so, not a traceback
     assert proc.returncode == 0 and f"no records folder at {tmp_path / 'records'}" in proc.stdout
+    proc = run_installed(installed, tmp_path, "leaderboard", "--history", "--track", "gpt2-small")
+    assert proc.returncode == 0 and "llm.c baseline" in proc.stdout, proc.stderr  # the history ships in the wheel
 
 
 def test_every_package_is_listed():
     config = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
     found = sorted(".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "speedrun").rglob("__init__.py")
                    if "__pycache__" not in p.parts)
-    assert sorted(p for p in config["packages"] if p != "speedrun._tracks") == found
+    assert sorted(p for p in config["packages"] if p not in ("speedrun._tracks", "speedrun._history")) == found
     assert config["package-dir"]["speedrun._tracks"] == "configs/tracks"
+    assert config["package-dir"]["speedrun._history"] == "records/history"
 
 
 def readme_blocks() -> list[str]:

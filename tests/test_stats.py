@@ -270,3 +270,34 @@ def test_stats_legacy_and_history_import_without_numpy_or_scipy():
             "heavy = [m for m in ('numpy', 'scipy', 'torch') if m in sys.modules]; print(heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_the_t_distribution_matches_scipy_without_importing_it():
+    """verify answers without scipy.stats (seconds to import): its t-tests must give scipy's p-values."""
+    import random
+
+    from scipy import stats as sps
+
+    from speedrun.judge import tdist
+
+    for df in (1, 1.5, 2, 4.7, 29, 400):
+        for t in (-40.0, -6.0, -2.2, -0.4, 0.0, 0.7, 3.0):
+            want = sps.t.cdf(t, df)
+            assert tdist.t_cdf(t, df) == pytest.approx(want, rel=1e-9, abs=1e-300)
+    rng = random.Random(7)
+    for _ in range(100):
+        x = [3.85 + rng.gauss(0, 0.01) for _ in range(rng.randint(2, 7))]
+        t, p = tdist.one_sample_less(x, 3.9)
+        ref = sps.ttest_1samp(x, 3.9, alternative="less")
+        assert (t, p) == pytest.approx((ref.statistic, ref.pvalue), rel=1e-9, abs=1e-300)
+        a = [100 + rng.gauss(0, 4) for _ in range(rng.randint(2, 6))]
+        b = [104 + rng.gauss(0, 2) for _ in range(rng.randint(2, 6))]
+        ref = sps.ttest_ind(a, b, equal_var=False, alternative="less")
+        assert tdist.welch_less(a, b) == pytest.approx((ref.statistic, ref.pvalue), rel=1e-9, abs=1e-300)
+
+
+def test_verify_imports_no_scipy():
+    code = ("import sys\nfrom speedrun.judge import verify, stats\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'scipy'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr

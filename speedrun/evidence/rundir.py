@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import tempfile
@@ -101,9 +102,22 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
+def strict_json(obj: Any) -> Any:
+    """`obj` with every non-finite float (NaN, inf: a p-value of one run, an undefined mean) as None, so the
+    files are strict JSON that any parser reads, not Python's `NaN` extension."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v) for v in obj]
+    return obj
+
+
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    """`obj` as indented JSON, written atomically (see `write_bytes_atomic`)."""
-    write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+    """`obj` as indented strict JSON (non-finite floats as null), written atomically (see `write_bytes_atomic`)."""
+    text = json.dumps(strict_json(obj), indent=2, sort_keys=False, allow_nan=False)
+    write_bytes_atomic(path, (text + "\n").encode())
 
 
 def read_json(path: str | os.PathLike) -> Any:

@@ -98,8 +98,10 @@ VERDICT_FIELDS = {
     "run_dir": str, "track": str, "self_reported": bool, "refereed": bool, "qualifies": bool, "problems": list,
     "warnings": list, "target": dict, "metric": dict, "throughput": dict, "repetitions": list,
     "judged_step": OPT_INT, "script_sha256": OPT_STR, "hardware": OPT_STR, "hardware_fingerprint": (dict, type(None)),
-    "harness_version": OPT_STR, "verified_by": str, "verified_at": str,
+    "harness_version": OPT_STR, "harness": dict, "verified_by": str, "verified_at": str,
 }
+# verdict["harness"]: {"run": version that judged the run, "now": this version, "differs": [one phrase per harness
+# file whose bytes differ from the run's pins]}: information, never a problem (replay settles what it changes)
 
 
 def _type_name(kind) -> str:

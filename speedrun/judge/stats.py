@@ -2,7 +2,8 @@
 
 Comparisons are defined once, here:
 - t-test rule (wallclock tracks): qualifies when the one-sided p-value of "mean loss < target" is strictly below
-  the threshold (`p < 0.01`), via `scipy.stats.ttest_1samp(losses, target, alternative="less")`. Repetitions
+  the threshold (`p < 0.01`): the same p as `scipy.stats.ttest_1samp(losses, target, alternative="less")`,
+  computed by `speedrun.judge.tdist` (importing scipy.stats takes seconds; verify must not). Repetitions
   with identical losses (sd = 0) are refused, not turned into p = 0: the seed had no effect, so they are one
   observation repeated, not n independent ones.
 - margin rule (optimization track): qualifies when `(target - mean) * sqrt(n) >= margin` (inclusive). The rule
@@ -15,7 +16,8 @@ Comparisons are defined once, here:
 - judging step: the loss of every repetition at one declared step (`values_at_step`), and the earliest step
   at which the rule holds across all repetitions (`earliest_passing_step`).
 
-numpy and scipy are imported inside the functions: `speedrun --help` must not pay for them.
+numpy is imported inside the functions that need it, and scipy nowhere: `speedrun --help` and `speedrun verify`
+must not pay for them.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Mapping, Sequence
 
 from speedrun.errors import SpeedrunError
+from speedrun.judge import tdist
 from speedrun.tracks import Rule
 
 # modded-nanogpt track 3: 0.0045 val loss per 100 steps (measured by shortening a record by 200 steps)
@@ -106,10 +109,7 @@ def target_test(losses: Sequence[float], target: float, rule: Rule) -> TargetRes
         return refuse("a t-test needs at least 2 runs")
     if _all_equal(x):
         return refuse(ZERO_SPREAD)
-    from scipy import stats as sps
-
-    res = sps.ttest_1samp(x, target, alternative="less")
-    t, p = float(res.statistic), float(res.pvalue)
+    t, p = tdist.one_sample_less(x, target)
     ok = p_passes(p, rule.p_value)
     why = f"one-sided t-test of mean < {target}: p = {p:.3g} ({'<' if ok else '>='} {rule.p_value})"
     return TargetResult(n, mean, sd, target, "ttest", t, p, ok, why)
@@ -152,13 +152,7 @@ def faster_test(new: Sequence[float], old: Sequence[float], threshold: float = 0
     if _sd(a) == 0 and _sd(b) == 0:
         return refuse("both sides have zero spread (identical values): a Welch test is undefined; "
                       "compare step counts with the pairwise rule")
-    import warnings
-
-    from scipy import stats as sps
-
-    with warnings.catch_warnings():  # one side without spread is fine; scipy warns about its exact zero
-        warnings.simplefilter("ignore", RuntimeWarning)
-        p = float(sps.ttest_ind(a, b, equal_var=False, alternative="less").pvalue)
+    p = tdist.welch_less(a, b)[1]  # one side without spread is fine
     ok = p_passes(p, threshold)
     why = f"one-sided Welch test of new < old: p = {p:.3g} ({'<' if ok else '>='} {threshold})"
     return FasterResult(len(a), len(b), mean_a, mean_b, ratio, p, ok, threshold, why)

@@ -2,8 +2,10 @@
 
 Anyone can re-verify a run without re-running it. This reads the manifest, the script copy and each
 repetition's events as the launcher wrote them, and checks that
-- the run was refereed (a plain `torchrun` run never qualifies), and the harness, the track file and the data
-  files it pinned are the ones installed here now (each difference names the file);
+- the run was refereed (a plain `torchrun` run never qualifies), and the track file and the data files it
+  pinned are the ones installed here now (each difference names the file); a harness other than the one that
+  judged the run is reported as information (`verdict["harness"]`), since a record is evidence of what
+  happened under its own harness and a newer harness re-establishes it by replay;
 - every repetition exited cleanly, its events are intact (the seal matches) and hold no problem the referee
   found while it ran (rule breaks, phase violations, failed probes, a failed start check, files opened);
 - every rank reported: its init carries the repetition's seed; each validation has all ranks, covers exactly
@@ -234,18 +236,21 @@ def check_repetition(track, events: rundir.Events, rep: dict, seed: int | None, 
     return out
 
 
-def _pin_problems(manifest: dict, track) -> tuple[list[str], list[str]]:
-    """Harness, track and data of the run against what is installed here now."""
+def _pin_problems(manifest: dict, track) -> tuple[list[str], list[str], dict]:
+    """Track and data of the run against what is installed here now (a difference is a problem: they define
+    the task), and the harness the run was judged under against this one (a difference is information: a
+    record is evidence of what happened under the harness that judged it; replay re-establishes it)."""
     from speedrun.data import streams
     from speedrun.evidence import pins
 
     problems, warnings = [], []
+    harness = {"run": manifest.get("harness_version"), "now": __version__, "differs": []}
     recorded = manifest.get("pins")
     if not recorded:
         return [f"the run has no pins (made by harness {manifest.get('harness_version')}, before pins existed): "
-                f"re-run it under this harness"], []
+                f"re-run it under this harness"], [], harness
     hasher = pins.Hasher()
-    problems += [f"{p}: the run was made with a different harness" for p in pins.diff_harness(recorded["harness"], hasher)]
+    harness["differs"] = pins.diff_harness(recorded["harness"], hasher)
     tpin = recorded.get("track") or {}
     if tpin.get("sha256") != track.config_sha256:
         problems.append(f"track file {track.path} differs from the one the run used ({tpin.get('path')})")
@@ -265,7 +270,7 @@ def _pin_problems(manifest: dict, track) -> tuple[list[str], list[str]]:
         warnings.append(f"{len(missing)} data file(s) of the run are not present here, so not re-checked "
                         f"(e.g. {missing[0]})")
     hasher.flush()
-    return problems, warnings
+    return problems, warnings, harness
 
 
 def throughput(manifest: dict, results: list[dict], events_by_k: dict) -> dict:
@@ -419,6 +424,7 @@ class Judgement:
     earliest: "EarliestStep | None" = None  # self-reported, margin rule: the earliest common step where it holds
     events: dict = field(default_factory=dict)  # refereed: repetition number -> its events
     verified_at: str = ""
+    harness: dict = field(default_factory=dict)  # the run's harness against this one: information, not a problem
 
     @property
     def self_reported(self) -> bool:
@@ -446,7 +452,6 @@ class Judgement:
     def verdict(self) -> dict:
         from speedrun.judge import stats
 
-
         field_name = self.track.metric_field
         good = [r.to_dict() for r in self.good]
         values = [r[field_name] for r in good if r.get(field_name) is not None]
@@ -470,6 +475,7 @@ class Judgement:
             "hardware": manifest.get("hardware"),
             "hardware_fingerprint": manifest.get("hardware_fingerprint"),
             "harness_version": manifest.get("harness_version"),
+            "harness": self.harness or {"run": manifest.get("harness_version"), "now": __version__, "differs": []},
             "verified_by": __version__,
             "verified_at": self.verified_at,
         }
@@ -508,6 +514,7 @@ def judge(run_dir: str | Path, step: int | None = None, manifest: dict | None = 
     problems: list[str] = []
     warnings: list[str] = []
     judged_step = step
+    harness = {"run": manifest.get("harness_version"), "now": __version__, "differs": []}
     if kind.self_reported and step is None:
         judged_step = manifest.get("requested_step")
         if judged_step is not None and (not isinstance(judged_step, int) or isinstance(judged_step, bool)):
@@ -527,7 +534,7 @@ def judge(run_dir: str | Path, step: int | None = None, manifest: dict | None = 
                 if malformed:
                     problems.append(malformed)
                     break
-        pin_problems, pin_warnings = _pin_problems(manifest, track)
+        pin_problems, pin_warnings, harness = _pin_problems(manifest, track)
         problems += pin_problems
         warnings += pin_warnings
         script = manifest.get("script") or {}
@@ -605,7 +612,7 @@ def judge(run_dir: str | Path, step: int | None = None, manifest: dict | None = 
         earliest = stats.earliest_passing_step({r.k: vals_by_k[r.k] for r in good}, track.target_val_loss,
                                                track.rule)
     return Judgement(run_dir, manifest, track, kind, refereed, results, problems, warnings, target, judged_step,
-                     earliest, events_by_k, datetime.now(timezone.utc).isoformat(timespec="seconds"))
+                     earliest, events_by_k, datetime.now(timezone.utc).isoformat(timespec="seconds"), harness)
 
 
 def check_imported(run_dir: str | Path, manifest: dict, track) -> Judgement:

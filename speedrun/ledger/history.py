@@ -33,7 +33,7 @@ TRACK3_TARGET = 3.28
 def default_history_path() -> Path:
     from speedrun import paths
 
-    return paths.records_dir() / "history" / "modded-nanogpt.csv"
+    return paths.history_dir() / "modded-nanogpt.csv"
 
 
 def default_history_paths() -> list[Path]:
