@@ -1,0 +1,170 @@
+"""Issue 18, "A newcomer's second hour": bad data found before launch, a regenerated corpus said out loud,
+and the small fixes that came with it."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from speedrun import tracks
+from speedrun.data import check, corpus, shards, streams
+from speedrun.errors import SpeedrunError
+
+
+def mini_track(tmp_path: Path, name: str = "mini") -> tracks.Track:
+    path = tmp_path / f"{name}.toml"
+    path.write_text(f"""
+name = "{name}"
+metric = "wallclock"
+target_val_loss = 4.0
+val_tokens = 4096
+vocab_size = 512
+bos_token = 511
+hardware = "cpu"
+[rule]
+test = "ttest"
+[data]
+source = "generator"
+generator = "tiny-v1"
+seed = 7
+train_tokens = 40000
+val_split_tokens = 4096
+shard_tokens = 16384
+""")
+    return tracks.load_track_file(path)
+
+
+def flip_keeping_mtime(path: Path, offset: int) -> None:
+    """A same-size edit with the mtime put back: what a stat-keyed hash cache cannot see."""
+    st = path.stat()
+    raw = bytearray(path.read_bytes())
+    raw[offset] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+@pytest.fixture
+def mini(tmp_path):
+    track = mini_track(tmp_path)
+    root = tmp_path / "data"
+    train, val = streams.track_files(track, root)
+    return track, root, train, val
+
+
+# --- 1. bad data is found before launch ---------------------------------------------------------------------
+
+
+def test_sound_data_has_no_problems(mini):
+    track, root, _, _ = mini
+    assert check.check_track_data(track, root) == []
+    check.require_track_data(track, root)
+
+
+def test_flipped_val_bytes_are_found_by_content(mini):
+    track, root, _, val = mini
+    flip_keeping_mtime(val[0], shards.HEADER_BYTES + 101)
+    streams.track_files(track, root)  # the cheap start-up check (sizes) does not see it
+    problems = check.check_track_data(track, root)
+    assert len(problems) == 1 and val[0].name in problems[0] and "contents changed" in problems[0]
+    with pytest.raises(SpeedrunError) as exc:
+        check.require_track_data(track, root)
+    message = str(exc.value)
+    assert "\n" not in message and str(val[0]) in message and "not launching" in message
+
+
+def test_truncated_train_shard_is_found(mini):
+    track, root, train, _ = mini
+    train[1].write_bytes(train[1].read_bytes()[:-2])
+    (problem,) = check.check_track_data(track, root)
+    assert problem.startswith(f"{train[1]}: truncated")
+
+
+def test_missing_file_is_a_problem(mini):
+    track, root, train, _ = mini
+    train[2].unlink()
+    (problem,) = check.check_track_data(track, root)
+    assert str(train[2]) in problem and "missing" in problem
+
+
+def hub_track(tmp_path: Path, pins: str = "") -> tracks.Track:
+    path = tmp_path / "hubby.toml"
+    path.write_text(f"""
+name = "hubby"
+metric = "wallclock"
+target_val_loss = 4.0
+val_tokens = 100
+vocab_size = 50
+bos_token = 49
+hardware = "cpu"
+[rule]
+test = "ttest"
+[data]
+source = "hub"
+repo = "someone/hubby-data"
+val_files = ["v.bin"]
+train_pattern = "t_{{:02d}}.bin"
+train_range = [1, 3]
+sha256 = {{{pins}}}
+""")
+    return tracks.load_track_file(path)
+
+
+def test_hub_data_checks_vocab_and_pins_only(tmp_path):
+    folder = tmp_path / "data" / "hubby-data"
+    shards.write_shard(folder / "v.bin", np.arange(101) % 50)
+    shards.write_shard(folder / "t_01.bin", np.arange(200) % 50)
+    shards.write_shard(folder / "t_02.bin", np.arange(200) % 50)
+    pin = shards.sha256_file(folder / "t_01.bin")
+    track = hub_track(tmp_path, f'"t_01.bin" = "{pin}"')
+    assert check.check_track_data(track, tmp_path / "data") == []  # t_03 absent: a shorter prefix is fine
+    flip_keeping_mtime(folder / "t_02.bin", shards.HEADER_BYTES + 3)  # unpinned: not hashed (large data)
+    assert check.check_track_data(track, tmp_path / "data") == []
+    flip_keeping_mtime(folder / "t_01.bin", shards.HEADER_BYTES + 3)
+    flip_keeping_mtime(folder / "v.bin", shards.HEADER_BYTES + 3)  # token 0xff00 + ...: outside the vocabulary
+    problems = check.check_track_data(track, tmp_path / "data")
+    assert len(problems) == 2
+    assert "v.bin: holds token" in problems[0] and "vocabulary [0, 50)" in problems[0]
+    assert "t_01.bin: contents changed" in problems[1]
+
+
+def test_launcher_refuses_bad_data_before_making_a_run_dir(mini, tmp_path):
+    from speedrun.referee import launcher
+
+    track, root, _, val = mini
+    flip_keeping_mtime(val[0], shards.HEADER_BYTES + 7)
+    script = tmp_path / "s.py"
+    script.write_text("print('hi')\n")
+    out = tmp_path / "runs"
+    with pytest.raises(SpeedrunError, match="bad data, not launching: .*tiny_val_000000.bin"):
+        launcher.Launch(script, track, 1, 1, out, 0, [], {}, data_dir=str(root))
+    assert not out.exists()
+
+
+def test_regenerating_the_corpus_is_said(mini, caplog, capsys):
+    from speedrun import cli
+
+    track, root, train, _ = mini
+    train[1].write_bytes(train[1].read_bytes()[:-2])
+    with caplog.at_level(logging.INFO, logger="speedrun"):
+        streams.track_files(track, root)
+    assert any("regenerating the mini corpus" in r.getMessage() and train[1].name in r.getMessage()
+               for r in caplog.records)
+    assert check.check_track_data(track, root) == []
+
+    cli.show_notes()  # what `speedrun ...` installs: the note reaches the user's stderr
+    train[2].unlink()
+    streams.track_files(track, root)
+    err = capsys.readouterr().err
+    assert f"speedrun: note: regenerating the mini corpus in {root / 'mini'}: {train[2]} is missing" in err
+
+
+def test_first_use_generation_is_only_info(tmp_path, caplog):
+    track = mini_track(tmp_path)
+    with caplog.at_level(logging.INFO, logger="speedrun"):
+        streams.track_files(track, tmp_path / "d")
+    (record,) = [r for r in caplog.records if r.name == corpus.__name__]
+    assert record.levelno == logging.INFO and "first use" in record.getMessage()
