@@ -168,3 +168,24 @@ def test_first_use_generation_is_only_info(tmp_path, caplog):
         streams.track_files(track, tmp_path / "d")
     (record,) = [r for r in caplog.records if r.name == corpus.__name__]
     assert record.levelno == logging.INFO and "first use" in record.getMessage()
+
+
+# --- 2. small things ----------------------------------------------------------------------------------------
+
+
+def test_tracks_show_names_each_entropy_once(monkeypatch):
+    from speedrun.cli import tracks as show
+
+    track = tracks.load_track("tiny")
+    meta = {"entropy_nats": {"train": 3.1203, "val": track.entropy_floor}, "unigram_entropy_nats": 5.3907,
+            "mean_doc_tokens": 250.0}
+    monkeypatch.setattr(corpus, "entropy", lambda track, data_dir=None: meta)
+    rows = show._merge(show._rows(track), show._entropy_rows(track, None))
+    fields = [field for field, _ in rows]
+    assert len(fields) == len(set(fields))
+    text = "\n".join(value for _, value in rows)
+    assert text.count(f"{track.entropy_floor:.4f}") == 1 and text.count("5.3907") == 1
+    values = dict(rows)
+    assert values["unigram entropy"].startswith(f"{track.unigram_entropy:.4f} nats/token on the val tokens")
+    assert values["unigram entropy"].endswith("5.3907 nats/token on the train tokens")
+    assert "entropy bound (val)" not in fields
