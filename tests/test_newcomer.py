@@ -189,3 +189,48 @@ def test_tracks_show_names_each_entropy_once(monkeypatch):
     assert values["unigram entropy"].startswith(f"{track.unigram_entropy:.4f} nats/token on the val tokens")
     assert values["unigram entropy"].endswith("5.3907 nats/token on the train tokens")
     assert "entropy bound (val)" not in fields
+
+
+def test_failed_fetch_and_prepare_leave_no_empty_folder(tmp_path, monkeypatch):
+    from speedrun.data import fetch, folders, prepare
+
+    track = hub_track(tmp_path)
+
+    def refuse(*args, **kwargs):
+        (tmp_path / "data" / "hubby-data" / ".cache" / "huggingface").mkdir(parents=True)  # as hf_hub_download does
+        raise SpeedrunError("v.bin: download failed")
+
+    monkeypatch.setattr(fetch, "fetch_file", refuse)
+    with pytest.raises(SpeedrunError, match="download failed"):
+        fetch.fetch(track, 0, data_dir=tmp_path / "data")
+    assert not (tmp_path / "data").exists()
+
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    with pytest.raises(SpeedrunError, match="download failed"):
+        fetch.fetch(track, 0, data_dir=kept)  # a folder that was there stays
+    assert kept.is_dir() and not (kept / "hubby-data").exists()
+
+    with pytest.raises(RuntimeError):  # a folder holding a file is kept, and so are its parents
+        with folders.made_for(tmp_path / "a" / "b"):
+            (tmp_path / "a" / "b" / "shard.bin").write_bytes(b"x")
+            raise RuntimeError
+    assert (tmp_path / "a" / "b" / "shard.bin").exists()
+
+    monkeypatch.setattr(prepare, "gpt2_encoding", lambda vocab_dir=None: None)
+    monkeypatch.setattr(prepare, "token_stream", lambda docs, encoding: iter([np.arange(5, dtype=np.uint16)]))
+    text = tmp_path / "small.txt"
+    text.write_text("just a few words")
+    with pytest.raises(SpeedrunError, match="lower --val-tokens"):
+        prepare.prepare([text], tmp_path / "out" / "deep", val_tokens=1000)
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_data_hint_quotes_the_whole_command(tmp_path):
+    track = hub_track(tmp_path)
+    root = tmp_path / "data"
+    with pytest.raises(SpeedrunError) as exc:
+        streams.track_files(track, root)
+    assert str(exc.value).endswith(f"run `speedrun data fetch hubby --data-dir {root}`")
+    (problem,) = check.check_track_data(track, root)
+    assert problem.endswith(f"`speedrun data fetch hubby --data-dir {root}`")

@@ -26,11 +26,12 @@ import numpy as np
 from speedrun.errors import SpeedrunError
 
 
-def _files(track, root: Path) -> tuple[Path, list[str], dict[str, int], dict[str, str], str]:
-    """(folder, file names to check, expected sizes by name, sha256 wanted by name, how to get fresh data)."""
+def _files(track, root: Path, named: bool) -> tuple[Path, list[str], dict[str, int], dict[str, str], str]:
+    """(folder, file names to check, expected sizes by name, sha256 wanted by name, how to get fresh data);
+    `named`: the data folder was given (the fix names it)."""
     from speedrun.data import corpus, streams
 
-    fix = f"`speedrun data fetch {track.name}`"
+    fix = f"`speedrun data fetch {track.name}" + (f" --data-dir {root}`" if named else "`")
     if track.data.source == "generator":
         folder = root / track.name
         sizes = corpus._expected_sizes(track)
@@ -53,7 +54,7 @@ def check_track_data(track, data_dir: str | os.PathLike | None = None) -> list[s
     from speedrun.data import shards
 
     root = Path(data_dir) if data_dir is not None else paths.data_dir()
-    folder, names, sizes, wanted, fix = _files(track, root)
+    folder, names, sizes, wanted, fix = _files(track, root, data_dir is not None)
     val_names = set(track.data.all_val_files)
     problems: list[str] = []
     for name in names:
