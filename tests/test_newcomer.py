@@ -248,3 +248,97 @@ def test_import_log_caption_is_short_phrases(tmp_path):
     lines = [line.strip() for line in console.export_text().splitlines()]
     assert "track gpt2-small, told by its script's model_dim=768" in lines
     assert not any("content (" in line for line in lines)
+
+
+# --- plots --------------------------------------------------------------------------------------------------
+
+
+def ledger_record(root: Path, track: str, number: int, date: str, mean: float, run: Path | None = None) -> None:
+    import shutil
+
+    folder = root / track / f"{number:03d}_r{number}"
+    if run is not None:
+        shutil.copytree(run, folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "record.toml").write_text(f"""number = {number}
+slug = "r{number}"
+date = "{date}"
+track = "{track}"
+description = "test record {number}"
+contributors = ["@someone"]
+metric = "wallclock"
+metric_mean = {mean}
+metric_sd = 0.4
+val_loss_mean = 3.86
+n_runs = 3
+p_value = 0.001
+hardware = "cpu-2core"
+harness_version = "0.1.0"
+api_version = 1
+script_sha256 = "{'0' * 64}"
+verified = true
+""")
+
+
+def test_progression_of_two_records_on_one_day_is_linear_by_number(tmp_path):
+    pytest.importorskip("matplotlib")
+    from speedrun.ledger import plots
+
+    ledger_record(tmp_path, "tiny", 1, "2026-11-30", 171.2)
+    ledger_record(tmp_path, "tiny", 2, "2026-11-30", 152.9)
+    fig = plots.plot_progression("tiny", tmp_path / "p.png", records_dir=tmp_path)
+    (ax,) = fig.axes
+    assert ax.get_yscale() == "linear" and ax.get_ylabel() == "record time (seconds)"
+    assert list(ax.lines[0].get_xdata()) == [1, 2] and ax.get_xlim() == (0.5, 2.5)
+    assert "2026-11-30" in ax.get_xlabel()
+
+
+def test_progression_dates_are_held_to_the_records(tmp_path):
+    pytest.importorskip("matplotlib")
+    import matplotlib.dates as mdates
+
+    from speedrun.ledger import plots
+
+    ledger_record(tmp_path, "tiny", 1, "2026-11-01", 171.2)
+    ledger_record(tmp_path, "tiny", 2, "2026-11-30", 152.9)
+    fig = plots.plot_progression("tiny", tmp_path / "p.png", records_dir=tmp_path)
+    (ax,) = fig.axes
+    low, high = (mdates.num2date(v).date().isoformat() for v in ax.get_xlim())
+    assert "2026-10-29" <= low < "2026-11-01" and "2026-11-30" < high <= "2026-12-03"
+    assert ax.get_yscale() == "linear"
+
+
+def test_run_validated_once_shows_its_logged_train_loss(tmp_path):
+    pytest.importorskip("matplotlib")
+    import json
+
+    from speedrun.ledger import plots
+
+    run = tmp_path / "runs" / "once"
+    run.mkdir(parents=True)
+    (run / "manifest.json").write_text(json.dumps({"track": {"name": "tiny"}}))
+    events = [{"event": "log", "step": s, "scalars": {"train_loss": 6.2 - 0.002 * s}} for s in range(1, 1001)]
+    events += [{"event": "train", "batches": 500, "timed_s": 80.0, "tokens": 1},
+               {"event": "val", "step": 1000, "batches": 1000, "timed_s": 170.0, "loss": 3.86, "tokens": 262144,
+                "seconds": 3.0}]
+    (run / "run-1.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    fig = plots.plot_runs([run], tmp_path / "once.png", x="both", records_dir=tmp_path / "none")
+    seconds, steps = fig.axes
+    train = {line.get_gid(): line for line in seconds.lines}["train:once:1"]
+    assert len(train.get_xdata()) == 1000 and train.get_xdata()[499] == pytest.approx(80.0)
+    assert train.get_xdata()[-1] == pytest.approx(170.0)
+    assert list({line.get_gid(): line for line in steps.lines}["train:once:1"].get_xdata())[:2] == [1, 2]
+    assert seconds.get_ylim()[1] > 4.5  # the curve's approach is in view, not only the lone validation
+
+
+def test_plot_without_matplotlib_is_one_line(tmp_path, monkeypatch):
+    import sys
+
+    from speedrun.ledger import plots
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(SpeedrunError) as exc:
+        plots.plot_progression("tiny", tmp_path / "p.png", records_dir=tmp_path)
+    assert str(exc.value) == "plotting needs matplotlib: pip install 'speedrun[plot]'"
+    with pytest.raises(SpeedrunError, match="plotting needs matplotlib"):
+        plots.plot_runs([tmp_path], tmp_path / "r.png")
