@@ -342,3 +342,54 @@ def test_plot_without_matplotlib_is_one_line(tmp_path, monkeypatch):
     assert str(exc.value) == "plotting needs matplotlib: pip install 'speedrun[plot]'"
     with pytest.raises(SpeedrunError, match="plotting needs matplotlib"):
         plots.plot_runs([tmp_path], tmp_path / "r.png")
+
+
+# --- wandb --------------------------------------------------------------------------------------------------
+
+
+class FakeRun:
+    def __init__(self):
+        self.rows, self.summary = [], {}
+
+    def log(self, row):
+        self.rows.append(dict(row))
+
+
+def test_wandb_rows_in_step_order_with_late_logs():
+    from speedrun.referee.wandb_log import WandbSink
+
+    run = FakeRun()
+    sink = WandbSink(run)
+    events = []  # as the referee forwards them: train events live, the script's logs in batches of 64 calls
+    for step in range(1, 201):
+        if step % 10 == 0:
+            events.append({"event": "train", "batches": step, "timed_s": step / 10, "tokens": step * 64})
+        if step % 64 == 0:
+            events += [{"event": "log", "step": s, "scalars": {"train_loss": 6 - s / 100}}
+                       for s in range(step - 63, step + 1)]
+    events.append({"event": "val", "step": 200, "batches": 200, "timed_s": 20.0, "loss": 4.0, "tokens": 4096,
+                   "seconds": 1.0})
+    # the last logs come with finish(), after the final validation (as in records/tiny)
+    events += [{"event": "log", "step": s, "scalars": {"train_loss": 6 - s / 100}} for s in range(193, 201)]
+    for event in events:
+        sink.log(event)
+    sink.log({"event": "finish", "batches": 200, "timed_s": 20.0, "tokens": 200 * 64})
+    # in order, one row per step; at 200 the train and val rows both have `timed_s`, so two rows
+    steps = [r["step"] for r in run.rows]
+    assert steps == sorted(steps) == list(range(1, 201)) + [200]
+    by_step = {r["step"]: r for r in run.rows[:-1]}
+    assert by_step[70]["train/loss"] == pytest.approx(5.3) and by_step[70]["train/tokens"] == 70 * 64
+    assert by_step[200]["train/loss"] == pytest.approx(4.0) and run.rows[-1]["val/loss"] == 4.0
+
+
+def test_wandb_rows_of_a_script_that_never_logs_wait_a_bounded_time():
+    from speedrun.referee.wandb_log import HOLD_STEPS, WandbSink
+
+    run = FakeRun()
+    sink = WandbSink(run)
+    for step in range(10, 1001, 10):
+        sink.log({"event": "train", "batches": step, "timed_s": step / 10, "tokens": step * 64})
+    steps = [r["step"] for r in run.rows]
+    assert steps == list(range(10, 1000 - HOLD_STEPS + 1, 10))
+    sink.log({"event": "finish", "batches": 1000, "timed_s": 100.0, "tokens": 64000})
+    assert [r["step"] for r in run.rows] == list(range(10, 1001, 10))
