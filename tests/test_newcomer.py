@@ -393,3 +393,31 @@ def test_wandb_rows_of_a_script_that_never_logs_wait_a_bounded_time():
     assert steps == list(range(10, 1000 - HOLD_STEPS + 1, 10))
     sink.log({"event": "finish", "batches": 1000, "timed_s": 100.0, "tokens": 64000})
     assert [r["step"] for r in run.rows] == list(range(10, 1001, 10))
+
+
+# --- 4. compare's default process count ---------------------------------------------------------------------
+
+
+def test_compare_default_nproc(tmp_path):
+    import json
+
+    from speedrun.ledger.compare import default_nproc
+
+    track = tracks.load_track("tiny")
+    records = tmp_path / "records"
+    script = tmp_path / "mine.py"
+    script.write_text("pass\n")
+    # no record: the track's hardware (cpu-2core)
+    assert default_nproc(track, script, records) == (2, "track tiny's hardware cpu-2core")
+    # the track's current record's evidence
+    ledger_record(records, "tiny", 1, "2026-11-30", 170.0)
+    (records / "tiny" / "001_r1" / "manifest.json").write_text(json.dumps({"nproc_per_node": 3}))
+    assert default_nproc(track, script, records) == (3, "record #1 of track tiny")
+    # the incumbent's own evidence comes first
+    incumbent = tmp_path / "old"
+    incumbent.mkdir()
+    (incumbent / "train.py").write_text("pass\n")
+    (incumbent / "manifest.json").write_text(json.dumps({"nproc_per_node": 4}))
+    assert default_nproc(track, incumbent / "train.py", records)[0] == 4
+    gpt2 = tracks.load_track("gpt2-small")
+    assert default_nproc(gpt2, script, records)[0] == 8
