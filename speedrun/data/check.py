@@ -77,7 +77,8 @@ def check_track_data(track, data_dir: str | os.PathLike | None = None) -> list[s
         if name in val_names and count:
             top = int(np.max(shards.read_shard(path)))
             if top >= track.vocab_size:
-                problems.append(f"{path}: holds token {top}, outside the track's vocabulary [0, {track.vocab_size}); {fix}")
+                problems.append(f"{path}: holds token {top}, outside the track's vocabulary "
+                                f"[0, {track.vocab_size}); {fix}")
     return problems
 
 

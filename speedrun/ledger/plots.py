@@ -43,8 +43,8 @@ def _read_train_curve(curve: Curve, events) -> None:
     """Fill `curve.train_*` from the `log` events' train_loss; timed seconds from the (batches, timed_s)
     anchors of the train, val and finish events (linear in between; none beyond the last anchor)."""
     anchors = sorted({(0, 0.0)} | {(e["batches"], float(e["timed_s"])) for e in events
-                                   if e.get("event") in ("train", "val", "finish")
-                                   and isinstance(e.get("batches"), int) and isinstance(e.get("timed_s"), (int, float))})
+                                   if e.get("event") in ("train", "val", "finish") and isinstance(e.get("batches"), int)
+                                   and isinstance(e.get("timed_s"), (int, float))})
     for event in events.of("log"):
         loss, step = (event.get("scalars") or {}).get("train_loss"), event.get("step")
         if not isinstance(loss, (int, float)) or not isinstance(step, int) or not math.isfinite(loss):

@@ -913,9 +913,9 @@ def _summary_table(imp: Imported):
     many = len(imp.logs) > 1
     title = f"{imp.log.path.parent.name if many else imp.log.path.name} -> {imp.run_dir}"
     # one short phrase a line: a narrow table wraps its caption at its own width, and mid-phrase read badly
-    caption = "\n".join([f"track {imp.track}, told by {imp.track_from}",
-                          f"self-reported {'record of ' + str(len(imp.logs)) + ' logs' if many else imp.log.era + ' log'}"
-                          ", not refereed", f"hardware {imp.hardware or 'not stated'}"]
+    what = f"record of {len(imp.logs)} logs" if many else f"{imp.log.era} log"
+    caption = "\n".join([f"track {imp.track}, told by {imp.track_from}", f"self-reported {what}, not refereed",
+                          f"hardware {imp.hardware or 'not stated'}"]
                          + ([f"loss field {imp.loss_field}"] if imp.loss_field != DEFAULT_LOSS_FIELD else []))
     table = Table(title=escape(title), caption=escape(caption))
     table.add_column("run", justify="right")
