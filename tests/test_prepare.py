@@ -113,7 +113,7 @@ def test_bad_inputs_are_one_line_errors_and_write_nothing(enc, tmp_path):
         prepare.prepare([small], tmp_path / "out", val_tokens=1000)
     with pytest.raises(SpeedrunError, match="no such input"):
         prepare.prepare([tmp_path / "nope.txt"], tmp_path / "out")
-    assert not list((tmp_path / "out").iterdir())
+    assert not (tmp_path / "out").exists()  # not even the folder (issue 18)
 
 
 def test_cli_prepare_custom_field(enc, tmp_path):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 
 from speedrun.version import __version__
@@ -74,8 +75,25 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+class _Notes(logging.Handler):
+    """Prints a library log record as one `speedrun: note: ...` line on the stderr of the moment."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(f"speedrun: note: {record.getMessage()}", file=sys.stderr)
+
+
+def show_notes() -> None:
+    """Show what the library says through its loggers ("speedrun.*", INFO and up: a corpus regenerated, ...)
+    on stderr; the library itself never prints."""
+    log = logging.getLogger("speedrun")
+    if not any(isinstance(h, _Notes) for h in log.handlers):
+        log.addHandler(_Notes())
+    log.setLevel(logging.INFO)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    show_notes()
     # everything after the first `--` belongs to the submission script, untouched by argparse
     passthrough: list[str] = []
     if "--" in argv:

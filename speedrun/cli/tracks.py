@@ -71,10 +71,11 @@ def _rows(track) -> list[tuple[str, str]]:
             ("vocab size", f"{track.vocab_size:,}"), ("bos token", str(track.bos_token)),
             ("hardware", track.hardware)]
     if track.unigram_entropy is not None:
-        rows.append(("unigram entropy", f"{track.unigram_entropy:.4f} nats/token (val tokens): the start check's "
-                                        "no-data level"))
+        rows.append(("unigram entropy", f"{track.unigram_entropy:.4f} nats/token on the val tokens: the start "
+                                        "check's no-data level"))
     if track.entropy_floor is not None:
-        rows.append(("entropy floor", f"{track.entropy_floor:.4f} nats/token: no model's expected val loss is lower"))
+        rows.append(("entropy floor", f"{track.entropy_floor:.4f} nats/token on the val tokens: no model's "
+                                      "expected val loss is lower"))
     rows += [("rule.test", rule.test), ("rule.min_runs", str(rule.min_runs))]
     if rule.test == "ttest":
         rows.append(("rule.p_value", f"{rule.p_value:g}"))
@@ -108,11 +109,22 @@ def _entropy_rows(track, data_dir) -> list[tuple[str, str]]:
     if meta is None:
         return [("entropy bound", f"corpus not generated yet: run `speedrun data fetch {track.name}` "
                                   "(its sidecar then holds the entropy per token)")]
-    ent = meta["entropy_nats"]
-    return [("entropy bound (val)", f"{ent['val']:.4f} nats/token: no model can reach a lower expected val loss"),
-            ("entropy (train)", f"{ent['train']:.4f} nats/token"),
-            ("unigram entropy", f"{meta['unigram_entropy_nats']:.4f} nats/token"),
-            ("mean document length", f"{meta['mean_doc_tokens']:.1f} tokens")]
+    # one row per quantity: a figure the track already states is not repeated under another name
+    ent, rows = meta["entropy_nats"], []
+    if track.entropy_floor is None or f"{ent['val']:.4f}" != f"{track.entropy_floor:.4f}":
+        rows.append(("entropy floor", f"this corpus: {ent['val']:.4f} nats/token on the val tokens"))
+    rows += [("unigram entropy", f"{meta['unigram_entropy_nats']:.4f} nats/token on the train tokens"),
+             ("entropy rate (train)", f"{ent['train']:.4f} nats/token on the train tokens"),
+             ("mean document length", f"{meta['mean_doc_tokens']:.1f} tokens")]
+    return rows
+
+
+def _merge(rows: list[tuple[str, str]], more: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """`rows` then `more`, a field already present getting the new value appended to its row (not a second row)."""
+    merged = dict(rows)
+    for field, value in more:
+        merged[field] = f"{merged[field]}; {value}" if field in merged else value
+    return list(merged.items())
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -123,7 +135,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     track = tracks.load_track(args.name)
     rows = _rows(track)
     if track.data.source == "generator":
-        rows += _entropy_rows(track, args.data_dir)
+        rows = _merge(rows, _entropy_rows(track, args.data_dir))
     table = Table(title=f"track {track.name}", show_header=False)
     table.add_column("field", style="bold")
     table.add_column("value")

@@ -33,6 +33,7 @@ lane's end); the corpus is the lanes laid end to end. About 7-12 s for the tiny 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from pathlib import Path
@@ -40,6 +41,9 @@ from pathlib import Path
 import numpy as np
 
 from speedrun.errors import SpeedrunError
+
+# a (re)generation is said through this logger: the CLI shows its records on stderr (`speedrun.cli.main`)
+log = logging.getLogger(__name__)
 
 GENERATORS = ("tiny-v1",)
 LANE_LEN = 2048          # tokens per lane; the corpus is ceil(tokens / LANE_LEN) lanes laid end to end
@@ -443,18 +447,29 @@ def _expected_sizes(track) -> dict[str, int]:
 
 
 def _present(track, folder: Path) -> bool:
-    """The corpus is there, made for these parameters and (when pinned) by a generator producing the pins.
+    """The corpus is there, made for these parameters and (when pinned) by a generator producing the pins."""
+    return _why_absent(track, folder) is None
+
+
+def _why_absent(track, folder: Path) -> str | None:
+    """Why the corpus in `folder` cannot be used as it is (one phrase), or None when it can.
 
     Cheap: compares the sidecar's recorded digests with the pins, and file sizes; hashing waits for
     `check_sha256`.
     """
     meta = _read_meta(folder)
+    if meta is None:
+        return f"{folder / META_NAME} is missing or unreadable"
     if not _meta_matches(meta, track):
-        return False
+        return f"{folder / META_NAME} was made for other track parameters"
     if any(meta.get("sha256", {}).get(name) != pin for name, pin in track.data.sha256.items()):
-        return False
-    return all((folder / name).is_file() and (folder / name).stat().st_size == size
-               for name, size in _expected_sizes(track).items())
+        return f"{folder / META_NAME} records digests other than the track's pins"
+    for name, size in _expected_sizes(track).items():
+        if not (folder / name).is_file():
+            return f"{folder / name} is missing"
+        if (folder / name).stat().st_size != size:
+            return f"{folder / name} has {(folder / name).stat().st_size} bytes, expected {size}"
+    return None
 
 
 def _check_pins(track, folder: Path, meta: dict, fresh: bool = False) -> None:
@@ -486,7 +501,13 @@ def ensure(track, folder: str | os.PathLike, allow_generate: bool = True, check_
             raise SpeedrunError(f"missing tiny corpus in {folder}; run `speedrun data fetch {track.name}`")
         folder.mkdir(parents=True, exist_ok=True)
         with FileLock(str(folder / ".generate.lock")):
-            if not _present(track, folder):  # another process may have made it while we waited
+            why = _why_absent(track, folder)  # another process may have made it while we waited
+            if why is not None:
+                first_use = not any(p.suffix in (".bin", ".json") for p in folder.iterdir())
+                if first_use:
+                    log.info("generating the %s corpus in %s (first use)", track.name, folder)
+                else:
+                    log.warning("regenerating the %s corpus in %s: %s", track.name, folder, why)
                 made = generate(track, folder)
     if made is not None and track.data.sha256:
         _check_pins(track, folder, made, fresh=True)  # a different numpy or generator changes the corpus

@@ -15,7 +15,7 @@ import os
 import re
 from pathlib import Path
 
-from speedrun.data import streams
+from speedrun.data import folders, streams
 from speedrun.errors import SpeedrunError
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
@@ -110,9 +110,9 @@ def fetch(track, train_shards: int, data_dir: str | os.PathLike | None = None, e
         raise SpeedrunError(f"--train-shards must be between 0 and {len(available)} for track {track.name}, "
                             f"got {train_shards}")
     folder = streams.hub_dir(track, root)
-    folder.mkdir(parents=True, exist_ok=True)
     endpoint = (endpoint or os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
     names = track.data.all_val_files + available[:train_shards]
-    _say(console, f"{track.name}: {len(names)} file(s) from {track.data.repo} into {folder}")
-    return [fetch_file(track.data.repo, name, folder, repo_type=track.data.repo_type, endpoint=endpoint,
-                       pin=track.data.sha256.get(name), console=console) for name in names]
+    with folders.made_for(folder):  # a failure leaves no empty data folder behind
+        _say(console, f"{track.name}: {len(names)} file(s) from {track.data.repo} into {folder}")
+        return [fetch_file(track.data.repo, name, folder, repo_type=track.data.repo_type, endpoint=endpoint,
+                           pin=track.data.sha256.get(name), console=console) for name in names]

@@ -31,7 +31,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from speedrun.data import streams
+from speedrun.data import folders, streams
 from speedrun.errors import SpeedrunError
 
 EOT = 50256
@@ -226,21 +226,21 @@ def prepare(inputs: Iterable[str | os.PathLike], out_dir: str | os.PathLike, *, 
                             "pass --force to replace them")
     files = input_files(inputs)
     encoding = gpt2_encoding(vocab_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out, prefix=".prepare-"))
-    try:
-        cutter = _ShardCutter(staging, prefix, val_tokens + 1, shard_tokens)
-        for tokens in token_stream(documents(files, text_field), encoding):
-            cutter.add(tokens)
-        cutter.close()
-        if len(cutter.written) < 2:
-            total = sum(streams.shard_tokens(p) for p in cutter.written)
-            raise SpeedrunError(f"the inputs hold {total} tokens: not enough for {val_tokens + 1} val tokens "
-                                "plus at least one train token (lower --val-tokens)")
-        for path in existing:
-            path.unlink()
-        for path in cutter.written:
-            os.replace(path, out / path.name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with folders.made_for(out):  # a failure leaves no empty `out` behind
+        staging = Path(tempfile.mkdtemp(dir=out, prefix=".prepare-"))
+        try:
+            cutter = _ShardCutter(staging, prefix, val_tokens + 1, shard_tokens)
+            for tokens in token_stream(documents(files, text_field), encoding):
+                cutter.add(tokens)
+            cutter.close()
+            if len(cutter.written) < 2:
+                total = sum(streams.shard_tokens(p) for p in cutter.written)
+                raise SpeedrunError(f"the inputs hold {total} tokens: not enough for {val_tokens + 1} val tokens "
+                                    "plus at least one train token (lower --val-tokens)")
+            for path in existing:
+                path.unlink()
+            for path in cutter.written:
+                os.replace(path, out / path.name)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return [streams.shard_info(out / p.name) for p in cutter.written]

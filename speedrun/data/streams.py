@@ -99,7 +99,7 @@ def track_files(track, data_dir: str | os.PathLike | None = None, generate: bool
         return corpus.ensure(track, root / track.name, allow_generate=generate, check_sha256=check_sha256)
 
     folder = hub_dir(track, root)
-    hint = f"run `speedrun data fetch {track.name}`" + (f" --data-dir {root}" if data_dir is not None else "")
+    hint = f"run `speedrun data fetch {track.name}" + (f" --data-dir {root}" if data_dir is not None else "") + "`"
     val = [folder / name for name in track.data.all_val_files]
     for path in val:
         if not path.exists():

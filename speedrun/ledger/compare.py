@@ -371,6 +371,31 @@ def _recorded_nproc(script: Path) -> int | None:
     return None
 
 
+def default_nproc(track: Track, incumbent: Path | None = None, records_dir: Path | None = None) -> tuple[int, str]:
+    """The process count a comparison runs each side with when not told, and where it comes from (for the
+    CLI to say): the incumbent's own record evidence, else the track's current record's, else the process
+    count the track's hardware names ("8xH100" -> 8, "cpu-2core" -> 2), else 1. A comparison at one rank of
+    an 8-rank record measures something else than the record did."""
+    import re
+
+    if incumbent is not None:
+        recorded = _recorded_nproc(incumbent)
+        if recorded:
+            return recorded, f"the incumbent's evidence ({incumbent.parent / rundir.MANIFEST})"
+    try:
+        current = store.current_record(track.name, records_dir)
+    except SpeedrunError:  # an unreadable ledger does not decide a default
+        current = None
+    if current is not None and current.path is not None:
+        recorded = _recorded_nproc(current.path / "train.py")
+        if recorded:
+            return recorded, f"record #{current.number} of track {track.name}"
+    m = re.fullmatch(r"(\d+)x\S+|cpu-(\d+)core", track.hardware or "")
+    if m and int(m.group(1) or m.group(2)) > 0:
+        return int(m.group(1) or m.group(2)), f"track {track.name}'s hardware {track.hardware}"
+    return 1, "no record or hardware count to go by"
+
+
 def _cmd_compare(args) -> int:
     track = load_track(args.track)
     a, b = resolve_script(args.a, track), resolve_script(args.b, track)

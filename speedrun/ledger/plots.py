@@ -20,6 +20,7 @@ from speedrun.ledger.store import Record, load_records
 from speedrun.ledger.store import current_record as ledger_current
 
 X_CHOICES = ("seconds", "steps", "both")
+LOG_SCALE_RATIO = 3.0  # the progression's y axis is logarithmic when its largest value exceeds 3x its smallest
 
 
 @dataclass
@@ -31,6 +32,31 @@ class Curve:
     steps: list[int] = field(default_factory=list)
     seconds: list[float | None] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
+    # the `train_loss` the script logged (`run.log(train_loss=...)`), seconds interpolated from the referee's
+    # train events; drawn where the run validated only once, so that it still shows a curve
+    train_steps: list[int] = field(default_factory=list)
+    train_seconds: list[float | None] = field(default_factory=list)
+    train_losses: list[float] = field(default_factory=list)
+
+
+def _read_train_curve(curve: Curve, events) -> None:
+    """Fill `curve.train_*` from the `log` events' train_loss; timed seconds from the (batches, timed_s)
+    anchors of the train, val and finish events (linear in between; none beyond the last anchor)."""
+    anchors = sorted({(0, 0.0)} | {(e["batches"], float(e["timed_s"])) for e in events
+                                   if e.get("event") in ("train", "val", "finish") and isinstance(e.get("batches"), int)
+                                   and isinstance(e.get("timed_s"), (int, float))})
+    for event in events.of("log"):
+        loss, step = (event.get("scalars") or {}).get("train_loss"), event.get("step")
+        if not isinstance(loss, (int, float)) or not isinstance(step, int) or not math.isfinite(loss):
+            continue
+        seconds = None
+        for (b0, t0), (b1, t1) in zip(anchors, anchors[1:]):
+            if b0 <= step <= b1:
+                seconds = t0 if b1 == b0 else t0 + (t1 - t0) * (step - b0) / (b1 - b0)
+                break
+        curve.train_steps.append(step)
+        curve.train_seconds.append(seconds)
+        curve.train_losses.append(float(loss))
 
 
 def read_curves(run_dir: str | os.PathLike) -> tuple[str | None, list[Curve]]:
@@ -43,12 +69,14 @@ def read_curves(run_dir: str | os.PathLike) -> tuple[str | None, list[Curve]]:
     curves = []
     for k in iter_repetitions(run_dir):
         curve = Curve(run=run_dir.name, k=k)
-        for event in read_events(events_path(run_dir, k)).of("val"):
+        events = read_events(events_path(run_dir, k))
+        for event in events.of("val"):
             if isinstance(event.get("loss"), (int, float)) and isinstance(event.get("step"), int):
                 curve.steps.append(event["step"])
                 t = event.get("timed_s")
                 curve.seconds.append(float(t) if isinstance(t, (int, float)) else None)
                 curve.losses.append(float(event["loss"]))
+        _read_train_curve(curve, events)
         curves.append(curve)
     if not any(c.losses for c in curves):
         raise SpeedrunError(f"{run_dir}: no validation events to plot")
@@ -69,7 +97,16 @@ def current_record(track: str, records_dir: str | os.PathLike | None = None) -> 
 # --- run plots ----------------------------------------------------------------------------------------------
 
 
+def require_matplotlib() -> None:
+    """matplotlib is an optional extra: without it, say so in one line instead of a traceback."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise SpeedrunError("plotting needs matplotlib: pip install 'speedrun[plot]'") from None
+
+
 def _figure(ncols: int):
+    require_matplotlib()
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -106,6 +143,20 @@ def _draw_curve(ax, curve: Curve, axis: str, label: str | None, gid: str, **styl
     return True
 
 
+def _draw_train_curve(ax, curve: Curve, axis: str, label: str | None, gid: str, **style) -> list[float]:
+    """The logged train loss of a repetition that validated once (else nothing); returns the losses drawn."""
+    if len(curve.losses) != 1 or len(curve.train_losses) < 2:
+        return []
+    xs = curve.train_steps if axis == "steps" else curve.train_seconds
+    pairs = [(x, y) for x, y in zip(xs, curve.train_losses) if x is not None]
+    if len(pairs) < 2:
+        return []
+    (line,) = ax.plot([p[0] for p in pairs], [p[1] for p in pairs], label=label or "_nolegend_", linewidth=0.8,
+                      alpha=0.45, **style)
+    line.set_gid(gid)
+    return [p[1] for p in pairs]
+
+
 def _label_lone_points(ax, low: float, high: float) -> None:
     """Write each run's lone validation loss beside its marker; labels are spread apart vertically (at least
     1/25 of the axis) so that repetitions with close losses stay readable."""
@@ -132,6 +183,7 @@ def _loss_limits(losses: list[float], targets: list[float]) -> tuple[float, floa
 def plot_runs(run_dirs: list[str | os.PathLike], out: str | os.PathLike, x: str = "both",
               records_dir: str | os.PathLike | None = None):
     """Val loss of every repetition of each run, with each track's target and current record; returns the Figure."""
+    require_matplotlib()
     from matplotlib import colormaps
 
     from speedrun.tracks import load_track
@@ -161,6 +213,9 @@ def plot_runs(run_dirs: list[str | os.PathLike], out: str | os.PathLike, x: str 
                 label = f"current record #{record.number} {record.slug}" if i == 0 else None
                 _draw_curve(ax, c, axis, label, f"record:{record.number}:{c.k}", color="0.45", linestyle="--",
                             linewidth=1.2)
+                all_losses += _draw_train_curve(ax, c, axis, f"record #{record.number} train loss (logged)"
+                                                if i == 0 else None, f"train:record:{record.number}:{c.k}",
+                                                color="0.45")
         for n, (path, _, curves) in enumerate(runs):
             color = colors[n % len(colors)]
             for i, c in enumerate(curves):
@@ -168,6 +223,8 @@ def plot_runs(run_dirs: list[str | os.PathLike], out: str | os.PathLike, x: str 
                 drawn += _draw_curve(ax, c, axis, label, f"run:{path.name}:{c.k}", color=color, linewidth=1.4,
                                      alpha=0.85)
                 all_losses += c.losses
+                all_losses += _draw_train_curve(ax, c, axis, f"{path.name} train loss (logged)" if i == 0 else None,
+                                                f"train:{path.name}:{c.k}", color=color)
         if not drawn:
             raise SpeedrunError(f"no validation with timed seconds in {', '.join(str(d) for d, _, _ in runs)} "
                                 f"(self-reported logs of early eras have none); use --x steps")
@@ -197,11 +254,16 @@ def plot_runs(run_dirs: list[str | os.PathLike], out: str | os.PathLike, x: str 
 
 def plot_progression(track: str, out: str | os.PathLike, history_path: str | os.PathLike | None = None,
                      records_dir: str | os.PathLike | None = None):
-    """Record time (or steps) against date on a log scale: external history vs this ledger's records."""
+    """Record time (or steps) against date: external history vs this ledger's records.
+
+    The y axis is logarithmic where the values span more than `LOG_SCALE_RATIO` (the history falls 2700 s ->
+    ~90 s), linear otherwise; the date axis is held to the records' own dates, and when they all fall on one
+    day the x axis is the record number instead (a date axis would have nothing to show)."""
     import datetime as dt
 
+    require_matplotlib()
     import matplotlib.dates as mdates
-    from matplotlib.ticker import FuncFormatter
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
 
     from speedrun.ledger.history import load_history
     from speedrun.tracks import load_track
@@ -215,25 +277,43 @@ def plot_progression(track: str, out: str | os.PathLike, history_path: str | os.
 
     fig, (ax,) = _figure(1)
     fig.set_size_inches(9, 5.2)
+    days = [r.day for r in dated] + [dt.date.fromisoformat(r.date) for r in ours]
+    one_day = len(set(days)) == 1
+    if one_day:  # x = record number: the history's rows in order, the ledger's own numbers
+        hist_x, ours_x = list(range(1, len(dated) + 1)), [r.number for r in ours]
+    else:
+        hist_x, ours_x = [r.day for r in dated], [dt.date.fromisoformat(r.date) for r in ours]
     if dated:
-        (line,) = ax.plot([r.day for r in dated], [r.value for r in dated], drawstyle="steps-post",
+        (line,) = ax.plot(hist_x, [r.value for r in dated], drawstyle="steps-post",
                           marker="o", markersize=4, linewidth=1, color="tab:blue",
                           label=f"modded-nanogpt history (external, self-reported; {len(dated)} records)")
         line.set_gid("history")
     if ours:
-        (line,) = ax.plot([dt.date.fromisoformat(r.date) for r in ours], [r.metric_mean for r in ours],
+        (line,) = ax.plot(ours_x, [r.metric_mean for r in ours],
                           linestyle="none", marker="*", markersize=13, color="tab:red",
                           markeredgecolor="black", label=f"speedrun ledger (refereed; {len(ours)} record{'s' * (len(ours) != 1)})")
         line.set_gid("ledger")
-    ax.set_yscale("log")
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-    ax.yaxis.set_minor_formatter(FuncFormatter(_minor_log_label))
-    locator = mdates.AutoDateLocator()
-    ax.xaxis.set_major_locator(locator)
-    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
-    what = "record time (seconds, log scale)" if timed else "record steps (log scale)"
-    ax.set_ylabel(what)
-    ax.set_xlabel("date")
+    values = [r.value for r in dated] + [r.metric_mean for r in ours if r.metric_mean is not None]
+    log_scale = bool(values) and min(values) > 0 and max(values) / min(values) > LOG_SCALE_RATIO
+    if log_scale:
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(FuncFormatter(_minor_log_label))
+    if one_day:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlim(min(hist_x + ours_x) - 0.5, max(hist_x + ours_x) + 0.5)
+        ax.set_xlabel(f"record number (all on {days[0].isoformat()})")
+    else:
+        locator = mdates.AutoDateLocator()
+        ax.xaxis.set_major_locator(locator)
+        ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
+        pad = max(dt.timedelta(days=1), (max(days) - min(days)) * 0.04)
+        ax.set_xlim(min(days) - pad, max(days) + pad)
+        ax.set_xlabel("date")
+    if timed:
+        ax.set_ylabel("record time (seconds, log scale)" if log_scale else "record time (seconds)")
+    else:
+        ax.set_ylabel("record steps (log scale)" if log_scale else "record steps")
     undated = len(history) - len(dated)
     note = f" ({undated} undated history row{'s' * (undated != 1)} not shown)" if undated else ""
     ax.set_title(f"{track}: record progression{note}")

@@ -386,22 +386,22 @@ def infer_track(log: LegacyLog) -> tuple[str | None, str]:
     for part in reversed(log.path.resolve().parts):
         for modded, ours in MODDED_TRACKS.items():
             if modded in part:
-                return ours, f"path ({modded})"
+                return ours, f"its path ({modded})"
     if log.world_size_printed:
-        return "optimization", "content (world_size on the PyTorch line)"
+        return "optimization", "world_size on its PyTorch line"
     if any(v.unit == "s" for t in log.trials for v in t.vals):
-        return "optimization", "content (validation times in seconds)"
+        return "optimization", "its validation times in seconds"
     dims = {int(d) for d in _MODEL_DIM.findall("\n".join(log.script))} & {768, 1024}
     if len(dims) == 1:
         dim = dims.pop()
-        return ("gpt2-small" if dim == 768 else "gpt2-medium"), f"content (script model_dim={dim})"
+        return ("gpt2-small" if dim == 768 else "gpt2-medium"), f"its script's model_dim={dim}"
     finals = [t.vals[-1].raw_loss for t in log.trials if t.complete and t.vals[-1].raw_loss is not None]
     if finals:
         mean = sum(finals) / len(finals)
         if 3.2 <= mean <= 3.4:
-            return "gpt2-small", f"content (final val loss {mean:.3f}, near 3.28)"
+            return "gpt2-small", f"its final val loss {mean:.3f}, near 3.28"
         if 2.85 <= mean <= 3.0:
-            return "gpt2-medium", f"content (final val loss {mean:.3f}, near 2.92)"
+            return "gpt2-medium", f"its final val loss {mean:.3f}, near 2.92"
     return None, ""
 
 
@@ -552,7 +552,7 @@ class Imported:
     log: LegacyLog  # the first log (the only one for a single-file import)
     trials: list[TrialResult]
     track: str
-    track_from: str  # "--track", "path (...)" or "content (...)"
+    track_from: str  # how the track was told, one short phrase: "--track", "its path (...)", "its script's ..."
     requested_step: int | None
     logs: list[LegacyLog] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file name, why) for record folders
@@ -722,11 +722,11 @@ def _summary_table(imp: Imported):
 
     many = len(imp.logs) > 1
     title = f"{imp.log.path.parent.name if many else imp.log.path.name} -> {imp.run_dir}"
-    caption = (f"track {imp.track} (from {imp.track_from}); self-reported "
-               f"{'record of ' + str(len(imp.logs)) + ' logs' if many else imp.log.era + ' log'}, not refereed"
-               f"; hardware {imp.hardware or 'not stated'}")
-    if imp.loss_field != DEFAULT_LOSS_FIELD:
-        caption += f"; loss field {imp.loss_field}"
+    # one short phrase a line: a narrow table wraps its caption at its own width, and mid-phrase read badly
+    what = f"record of {len(imp.logs)} logs" if many else f"{imp.log.era} log"
+    caption = "\n".join([f"track {imp.track}, told by {imp.track_from}", f"self-reported {what}, not refereed",
+                          f"hardware {imp.hardware or 'not stated'}"]
+                         + ([f"loss field {imp.loss_field}"] if imp.loss_field != DEFAULT_LOSS_FIELD else []))
     table = Table(title=escape(title), caption=escape(caption))
     table.add_column("run", justify="right")
     if many:

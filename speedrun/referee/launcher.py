@@ -377,7 +377,7 @@ class Launch:
     def __init__(self, script: Path, track, nproc: int, runs: int, out: str | Path | None, seed: int,
                  script_args: list[str], rdzv: dict, data_dir: str | None = None, timeout: float | None = None,
                  wandb: dict | None = None, stop_after_logs: int | None = None):
-        from speedrun.data import streams
+        from speedrun.data import check, streams
         from speedrun.evidence import pins
 
         if not script.is_file():
@@ -391,6 +391,7 @@ class Launch:
         self.nproc, self.nnodes = nproc, int(rdzv.get("nnodes") or 1) if str(rdzv.get("nnodes") or 1).isdigit() else 1
         self.data_dir = Path(data_dir).resolve() if data_dir else None
         self.train_files, self.val_files = streams.track_files(track, self.data_dir)
+        check.require_track_data(track, self.data_dir)  # bad shards stop here, not in the submission
         self.run_dir = new_run_dir(track, script, str(out) if out else None)
         copy = rundir.script_copy_path(self.run_dir, script)
         shutil.copyfile(script, copy)

@@ -15,6 +15,12 @@ What is logged, every row against `step` (the referee's step count, i.e. batches
   val events    `val/loss`, `timed_s`, `val/seconds` (the paused validation's duration), `val/tokens` (val
                 tokens scored) and `val/tokens_per_s` (tokens scored per validation second)
 
+Rows reach wandb in step order, one row per step where the scalars do not collide. The script's `run.log`
+scalars arrive late, in batches (a rank sends them every 64 calls, and the last ones at finish, after the
+final validation), behind the train and val events of the same steps; so a row waits until the script's
+logs have reached its step, or until it is `HOLD_STEPS` behind the newest step (a script that logs rarely or
+never), or until the finish. A log that still arrives behind rows already sent is sent, not dropped.
+
 The manifest becomes the run's config; start, warmup, probe, warning, problem and finish events go to the
 summary (`final/timed_s`, `final/tokens`, `final/avg_tokens_per_s`, ...), and `finish(status)` adds `status`.
 Only the standard library is imported until `open()` is called.
@@ -28,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 STEP = "step"
+HOLD_STEPS = 256  # a row waits at most this many steps for the script's late logs of its step
 
 
 def _notice(message: str) -> None:
@@ -56,6 +63,8 @@ class WandbSink:
         self.problems = 0
         self.step = 0                            # the last step seen, for log events without one
         self._last_train: tuple[float, int] | None = None  # (timed_s, tokens) of the previous train event
+        self._pending: list[dict] = []           # rows waiting for the script's logs of their step, by step
+        self._logged_to: int | None = None       # the highest step of the script's log events so far
 
     @classmethod
     def open(cls, project: str | None, manifest: dict, repetition: int, run_dir: str | os.PathLike,
@@ -106,7 +115,31 @@ class WandbSink:
 
     def _row(self, row: dict) -> None:
         row = {k: v for k, v in row.items() if v is not None}
-        if len(row) > 1:  # more than the step
+        if len(row) <= 1:  # nothing but the step
+            return
+        step = row[STEP]
+        same = next((r for r in self._pending if r[STEP] == step and not (r.keys() & row.keys()) - {STEP}), None)
+        if same is not None:
+            same.update(row)  # one row per step
+        else:
+            self._pending.append(row)
+            self._pending.sort(key=lambda r: r[STEP])  # stable: rows of one step keep their arrival order
+        self._release()
+
+    def _release(self, everything: bool = False) -> None:
+        """Send the pending rows the script's logs have caught up with (all of them with `everything`)."""
+        if not self._pending:
+            return
+        newest = self._pending[-1][STEP]
+        ready = 0
+        for row in self._pending:
+            step = row[STEP]
+            if not (everything or step <= (self._logged_to if self._logged_to is not None else -1)
+                    or step <= newest - HOLD_STEPS):
+                break
+            ready += 1
+        sent, self._pending = self._pending[:ready], self._pending[ready:]
+        for row in sent:
             self.run.log(row)
 
     def _step_of(self, event: dict) -> int:
@@ -123,6 +156,7 @@ class WandbSink:
         row = {STEP: self._step_of(event)}
         for name, value in scalars.items():
             row[scalar_key(name)] = _number(value)
+        self._logged_to = max(row[STEP], self._logged_to if self._logged_to is not None else row[STEP])
         self._row(row)
 
     def _on_train(self, event: dict) -> None:
@@ -150,6 +184,7 @@ class WandbSink:
             self.run.summary["val/loss"] = loss
 
     def _on_finish(self, event: dict) -> None:
+        self._release(everything=True)
         summary = self.run.summary
         for key in ("batches", "step", "timed_s", "tokens"):
             if _number(event.get(key)) is not None:
@@ -184,6 +219,10 @@ class WandbSink:
         """Close the wandb run; a status other than "ok" marks it failed. Safe to call twice."""
         if self.run is None:
             return
+        try:
+            self._release(everything=True)
+        except Exception:  # sending must never fail a run
+            pass
         run, self.run = self.run, None
         try:
             run.summary["status"] = status

@@ -1,0 +1,423 @@
+"""Issue 18, "A newcomer's second hour": bad data found before launch, a regenerated corpus said out loud,
+and the small fixes that came with it."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from speedrun import tracks
+from speedrun.data import check, corpus, shards, streams
+from speedrun.errors import SpeedrunError
+
+
+def mini_track(tmp_path: Path, name: str = "mini") -> tracks.Track:
+    path = tmp_path / f"{name}.toml"
+    path.write_text(f"""
+name = "{name}"
+metric = "wallclock"
+target_val_loss = 4.0
+val_tokens = 4096
+vocab_size = 512
+bos_token = 511
+hardware = "cpu"
+[rule]
+test = "ttest"
+[data]
+source = "generator"
+generator = "tiny-v1"
+seed = 7
+train_tokens = 40000
+val_split_tokens = 4096
+shard_tokens = 16384
+""")
+    return tracks.load_track_file(path)
+
+
+def flip_keeping_mtime(path: Path, offset: int) -> None:
+    """A same-size edit with the mtime put back: what a stat-keyed hash cache cannot see."""
+    st = path.stat()
+    raw = bytearray(path.read_bytes())
+    raw[offset] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+@pytest.fixture
+def mini(tmp_path):
+    track = mini_track(tmp_path)
+    root = tmp_path / "data"
+    train, val = streams.track_files(track, root)
+    return track, root, train, val
+
+
+# --- 1. bad data is found before launch ---------------------------------------------------------------------
+
+
+def test_sound_data_has_no_problems(mini):
+    track, root, _, _ = mini
+    assert check.check_track_data(track, root) == []
+    check.require_track_data(track, root)
+
+
+def test_flipped_val_bytes_are_found_by_content(mini):
+    track, root, _, val = mini
+    flip_keeping_mtime(val[0], shards.HEADER_BYTES + 101)
+    streams.track_files(track, root)  # the cheap start-up check (sizes) does not see it
+    problems = check.check_track_data(track, root)
+    assert len(problems) == 1 and val[0].name in problems[0] and "contents changed" in problems[0]
+    with pytest.raises(SpeedrunError) as exc:
+        check.require_track_data(track, root)
+    message = str(exc.value)
+    assert "\n" not in message and str(val[0]) in message and "not launching" in message
+
+
+def test_truncated_train_shard_is_found(mini):
+    track, root, train, _ = mini
+    train[1].write_bytes(train[1].read_bytes()[:-2])
+    (problem,) = check.check_track_data(track, root)
+    assert problem.startswith(f"{train[1]}: truncated")
+
+
+def test_missing_file_is_a_problem(mini):
+    track, root, train, _ = mini
+    train[2].unlink()
+    (problem,) = check.check_track_data(track, root)
+    assert str(train[2]) in problem and "missing" in problem
+
+
+def hub_track(tmp_path: Path, pins: str = "") -> tracks.Track:
+    path = tmp_path / "hubby.toml"
+    path.write_text(f"""
+name = "hubby"
+metric = "wallclock"
+target_val_loss = 4.0
+val_tokens = 100
+vocab_size = 50
+bos_token = 49
+hardware = "cpu"
+[rule]
+test = "ttest"
+[data]
+source = "hub"
+repo = "someone/hubby-data"
+val_files = ["v.bin"]
+train_pattern = "t_{{:02d}}.bin"
+train_range = [1, 3]
+sha256 = {{{pins}}}
+""")
+    return tracks.load_track_file(path)
+
+
+def test_hub_data_checks_vocab_and_pins_only(tmp_path):
+    folder = tmp_path / "data" / "hubby-data"
+    shards.write_shard(folder / "v.bin", np.arange(101) % 50)
+    shards.write_shard(folder / "t_01.bin", np.arange(200) % 50)
+    shards.write_shard(folder / "t_02.bin", np.arange(200) % 50)
+    pin = shards.sha256_file(folder / "t_01.bin")
+    track = hub_track(tmp_path, f'"t_01.bin" = "{pin}"')
+    assert check.check_track_data(track, tmp_path / "data") == []  # t_03 absent: a shorter prefix is fine
+    flip_keeping_mtime(folder / "t_02.bin", shards.HEADER_BYTES + 3)  # unpinned: not hashed (large data)
+    assert check.check_track_data(track, tmp_path / "data") == []
+    flip_keeping_mtime(folder / "t_01.bin", shards.HEADER_BYTES + 3)
+    flip_keeping_mtime(folder / "v.bin", shards.HEADER_BYTES + 3)  # token 0xff00 + ...: outside the vocabulary
+    problems = check.check_track_data(track, tmp_path / "data")
+    assert len(problems) == 2
+    assert "v.bin: holds token" in problems[0] and "vocabulary [0, 50)" in problems[0]
+    assert "t_01.bin: contents changed" in problems[1]
+
+
+def test_launcher_refuses_bad_data_before_making_a_run_dir(mini, tmp_path):
+    from speedrun.referee import launcher
+
+    track, root, _, val = mini
+    flip_keeping_mtime(val[0], shards.HEADER_BYTES + 7)
+    script = tmp_path / "s.py"
+    script.write_text("print('hi')\n")
+    out = tmp_path / "runs"
+    with pytest.raises(SpeedrunError, match="bad data, not launching: .*tiny_val_000000.bin"):
+        launcher.Launch(script, track, 1, 1, out, 0, [], {}, data_dir=str(root))
+    assert not out.exists()
+
+
+def test_regenerating_the_corpus_is_said(mini, caplog, capsys):
+    from speedrun import cli
+
+    track, root, train, _ = mini
+    train[1].write_bytes(train[1].read_bytes()[:-2])
+    with caplog.at_level(logging.INFO, logger="speedrun"):
+        streams.track_files(track, root)
+    assert any("regenerating the mini corpus" in r.getMessage() and train[1].name in r.getMessage()
+               for r in caplog.records)
+    assert check.check_track_data(track, root) == []
+
+    cli.show_notes()  # what `speedrun ...` installs: the note reaches the user's stderr
+    train[2].unlink()
+    streams.track_files(track, root)
+    err = capsys.readouterr().err
+    assert f"speedrun: note: regenerating the mini corpus in {root / 'mini'}: {train[2]} is missing" in err
+
+
+def test_first_use_generation_is_only_info(tmp_path, caplog):
+    track = mini_track(tmp_path)
+    with caplog.at_level(logging.INFO, logger="speedrun"):
+        streams.track_files(track, tmp_path / "d")
+    (record,) = [r for r in caplog.records if r.name == corpus.__name__]
+    assert record.levelno == logging.INFO and "first use" in record.getMessage()
+
+
+# --- 2. small things ----------------------------------------------------------------------------------------
+
+
+def test_tracks_show_names_each_entropy_once(monkeypatch):
+    from speedrun.cli import tracks as show
+
+    track = tracks.load_track("tiny")
+    meta = {"entropy_nats": {"train": 3.1203, "val": track.entropy_floor}, "unigram_entropy_nats": 5.3907,
+            "mean_doc_tokens": 250.0}
+    monkeypatch.setattr(corpus, "entropy", lambda track, data_dir=None: meta)
+    rows = show._merge(show._rows(track), show._entropy_rows(track, None))
+    fields = [field for field, _ in rows]
+    assert len(fields) == len(set(fields))
+    text = "\n".join(value for _, value in rows)
+    assert text.count(f"{track.entropy_floor:.4f}") == 1 and text.count("5.3907") == 1
+    values = dict(rows)
+    assert values["unigram entropy"].startswith(f"{track.unigram_entropy:.4f} nats/token on the val tokens")
+    assert values["unigram entropy"].endswith("5.3907 nats/token on the train tokens")
+    assert "entropy bound (val)" not in fields
+
+
+def test_failed_fetch_and_prepare_leave_no_empty_folder(tmp_path, monkeypatch):
+    from speedrun.data import fetch, folders, prepare
+
+    track = hub_track(tmp_path)
+
+    def refuse(*args, **kwargs):
+        (tmp_path / "data" / "hubby-data" / ".cache" / "huggingface").mkdir(parents=True)  # as hf_hub_download does
+        raise SpeedrunError("v.bin: download failed")
+
+    monkeypatch.setattr(fetch, "fetch_file", refuse)
+    with pytest.raises(SpeedrunError, match="download failed"):
+        fetch.fetch(track, 0, data_dir=tmp_path / "data")
+    assert not (tmp_path / "data").exists()
+
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    with pytest.raises(SpeedrunError, match="download failed"):
+        fetch.fetch(track, 0, data_dir=kept)  # a folder that was there stays
+    assert kept.is_dir() and not (kept / "hubby-data").exists()
+
+    with pytest.raises(RuntimeError):  # a folder holding a file is kept, and so are its parents
+        with folders.made_for(tmp_path / "a" / "b"):
+            (tmp_path / "a" / "b" / "shard.bin").write_bytes(b"x")
+            raise RuntimeError
+    assert (tmp_path / "a" / "b" / "shard.bin").exists()
+
+    monkeypatch.setattr(prepare, "gpt2_encoding", lambda vocab_dir=None: None)
+    monkeypatch.setattr(prepare, "token_stream", lambda docs, encoding: iter([np.arange(5, dtype=np.uint16)]))
+    text = tmp_path / "small.txt"
+    text.write_text("just a few words")
+    with pytest.raises(SpeedrunError, match="lower --val-tokens"):
+        prepare.prepare([text], tmp_path / "out" / "deep", val_tokens=1000)
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_data_hint_quotes_the_whole_command(tmp_path):
+    track = hub_track(tmp_path)
+    root = tmp_path / "data"
+    with pytest.raises(SpeedrunError) as exc:
+        streams.track_files(track, root)
+    assert str(exc.value).endswith(f"run `speedrun data fetch hubby --data-dir {root}`")
+    (problem,) = check.check_track_data(track, root)
+    assert problem.endswith(f"`speedrun data fetch hubby --data-dir {root}`")
+
+
+def test_import_log_caption_is_short_phrases(tmp_path):
+    from rich.console import Console
+
+    from speedrun.legacy import modded
+
+    log = Path(__file__).parent / "fixtures" / "modded_logs" / "muon_2024-10.txt"
+    imp = modded.import_log(log, out=tmp_path / "out")
+    console = Console(width=100, record=True, file=open(os.devnull, "w"))
+    console.print(modded._summary_table(imp))
+    lines = [line.strip() for line in console.export_text().splitlines()]
+    assert "track gpt2-small, told by its script's model_dim=768" in lines
+    assert not any("content (" in line for line in lines)
+
+
+# --- plots --------------------------------------------------------------------------------------------------
+
+
+def ledger_record(root: Path, track: str, number: int, date: str, mean: float, run: Path | None = None) -> None:
+    import shutil
+
+    folder = root / track / f"{number:03d}_r{number}"
+    if run is not None:
+        shutil.copytree(run, folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "record.toml").write_text(f"""number = {number}
+slug = "r{number}"
+date = "{date}"
+track = "{track}"
+description = "test record {number}"
+contributors = ["@someone"]
+metric = "wallclock"
+metric_mean = {mean}
+metric_sd = 0.4
+val_loss_mean = 3.86
+n_runs = 3
+p_value = 0.001
+hardware = "cpu-2core"
+harness_version = "0.1.0"
+api_version = 1
+script_sha256 = "{'0' * 64}"
+verified = true
+""")
+
+
+def test_progression_of_two_records_on_one_day_is_linear_by_number(tmp_path):
+    pytest.importorskip("matplotlib")
+    from speedrun.ledger import plots
+
+    ledger_record(tmp_path, "tiny", 1, "2026-11-30", 171.2)
+    ledger_record(tmp_path, "tiny", 2, "2026-11-30", 152.9)
+    fig = plots.plot_progression("tiny", tmp_path / "p.png", records_dir=tmp_path)
+    (ax,) = fig.axes
+    assert ax.get_yscale() == "linear" and ax.get_ylabel() == "record time (seconds)"
+    assert list(ax.lines[0].get_xdata()) == [1, 2] and ax.get_xlim() == (0.5, 2.5)
+    assert "2026-11-30" in ax.get_xlabel()
+
+
+def test_progression_dates_are_held_to_the_records(tmp_path):
+    pytest.importorskip("matplotlib")
+    import matplotlib.dates as mdates
+
+    from speedrun.ledger import plots
+
+    ledger_record(tmp_path, "tiny", 1, "2026-11-01", 171.2)
+    ledger_record(tmp_path, "tiny", 2, "2026-11-30", 152.9)
+    fig = plots.plot_progression("tiny", tmp_path / "p.png", records_dir=tmp_path)
+    (ax,) = fig.axes
+    low, high = (mdates.num2date(v).date().isoformat() for v in ax.get_xlim())
+    assert "2026-10-29" <= low < "2026-11-01" and "2026-11-30" < high <= "2026-12-03"
+    assert ax.get_yscale() == "linear"
+
+
+def test_run_validated_once_shows_its_logged_train_loss(tmp_path):
+    pytest.importorskip("matplotlib")
+    import json
+
+    from speedrun.ledger import plots
+
+    run = tmp_path / "runs" / "once"
+    run.mkdir(parents=True)
+    (run / "manifest.json").write_text(json.dumps({"track": {"name": "tiny"}}))
+    events = [{"event": "log", "step": s, "scalars": {"train_loss": 6.2 - 0.002 * s}} for s in range(1, 1001)]
+    events += [{"event": "train", "batches": 500, "timed_s": 80.0, "tokens": 1},
+               {"event": "val", "step": 1000, "batches": 1000, "timed_s": 170.0, "loss": 3.86, "tokens": 262144,
+                "seconds": 3.0}]
+    (run / "run-1.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    fig = plots.plot_runs([run], tmp_path / "once.png", x="both", records_dir=tmp_path / "none")
+    seconds, steps = fig.axes
+    train = {line.get_gid(): line for line in seconds.lines}["train:once:1"]
+    assert len(train.get_xdata()) == 1000 and train.get_xdata()[499] == pytest.approx(80.0)
+    assert train.get_xdata()[-1] == pytest.approx(170.0)
+    assert list({line.get_gid(): line for line in steps.lines}["train:once:1"].get_xdata())[:2] == [1, 2]
+    assert seconds.get_ylim()[1] > 4.5  # the curve's approach is in view, not only the lone validation
+
+
+def test_plot_without_matplotlib_is_one_line(tmp_path, monkeypatch):
+    import sys
+
+    from speedrun.ledger import plots
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(SpeedrunError) as exc:
+        plots.plot_progression("tiny", tmp_path / "p.png", records_dir=tmp_path)
+    assert str(exc.value) == "plotting needs matplotlib: pip install 'speedrun[plot]'"
+    with pytest.raises(SpeedrunError, match="plotting needs matplotlib"):
+        plots.plot_runs([tmp_path], tmp_path / "r.png")
+
+
+# --- wandb --------------------------------------------------------------------------------------------------
+
+
+class FakeRun:
+    def __init__(self):
+        self.rows, self.summary = [], {}
+
+    def log(self, row):
+        self.rows.append(dict(row))
+
+
+def test_wandb_rows_in_step_order_with_late_logs():
+    from speedrun.referee.wandb_log import WandbSink
+
+    run = FakeRun()
+    sink = WandbSink(run)
+    events = []  # as the referee forwards them: train events live, the script's logs in batches of 64 calls
+    for step in range(1, 201):
+        if step % 10 == 0:
+            events.append({"event": "train", "batches": step, "timed_s": step / 10, "tokens": step * 64})
+        if step % 64 == 0:
+            events += [{"event": "log", "step": s, "scalars": {"train_loss": 6 - s / 100}}
+                       for s in range(step - 63, step + 1)]
+    events.append({"event": "val", "step": 200, "batches": 200, "timed_s": 20.0, "loss": 4.0, "tokens": 4096,
+                   "seconds": 1.0})
+    # the last logs come with finish(), after the final validation (as in records/tiny)
+    events += [{"event": "log", "step": s, "scalars": {"train_loss": 6 - s / 100}} for s in range(193, 201)]
+    for event in events:
+        sink.log(event)
+    sink.log({"event": "finish", "batches": 200, "timed_s": 20.0, "tokens": 200 * 64})
+    # in order, one row per step; at 200 the train and val rows both have `timed_s`, so two rows
+    steps = [r["step"] for r in run.rows]
+    assert steps == sorted(steps) == list(range(1, 201)) + [200]
+    by_step = {r["step"]: r for r in run.rows[:-1]}
+    assert by_step[70]["train/loss"] == pytest.approx(5.3) and by_step[70]["train/tokens"] == 70 * 64
+    assert by_step[200]["train/loss"] == pytest.approx(4.0) and run.rows[-1]["val/loss"] == 4.0
+
+
+def test_wandb_rows_of_a_script_that_never_logs_wait_a_bounded_time():
+    from speedrun.referee.wandb_log import HOLD_STEPS, WandbSink
+
+    run = FakeRun()
+    sink = WandbSink(run)
+    for step in range(10, 1001, 10):
+        sink.log({"event": "train", "batches": step, "timed_s": step / 10, "tokens": step * 64})
+    steps = [r["step"] for r in run.rows]
+    assert steps == list(range(10, 1000 - HOLD_STEPS + 1, 10))
+    sink.log({"event": "finish", "batches": 1000, "timed_s": 100.0, "tokens": 64000})
+    assert [r["step"] for r in run.rows] == list(range(10, 1001, 10))
+
+
+# --- 4. compare's default process count ---------------------------------------------------------------------
+
+
+def test_compare_default_nproc(tmp_path):
+    import json
+
+    from speedrun.ledger.compare import default_nproc
+
+    track = tracks.load_track("tiny")
+    records = tmp_path / "records"
+    script = tmp_path / "mine.py"
+    script.write_text("pass\n")
+    # no record: the track's hardware (cpu-2core)
+    assert default_nproc(track, script, records) == (2, "track tiny's hardware cpu-2core")
+    # the track's current record's evidence
+    ledger_record(records, "tiny", 1, "2026-11-30", 170.0)
+    (records / "tiny" / "001_r1" / "manifest.json").write_text(json.dumps({"nproc_per_node": 3}))
+    assert default_nproc(track, script, records) == (3, "record #1 of track tiny")
+    # the incumbent's own evidence comes first
+    incumbent = tmp_path / "old"
+    incumbent.mkdir()
+    (incumbent / "train.py").write_text("pass\n")
+    (incumbent / "manifest.json").write_text(json.dumps({"nproc_per_node": 4}))
+    assert default_nproc(track, incumbent / "train.py", records)[0] == 4
+    gpt2 = tracks.load_track("gpt2-small")
+    assert default_nproc(gpt2, script, records)[0] == 8
