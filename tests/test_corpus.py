@@ -50,11 +50,10 @@ def tiny_corpus(tmp_path_factory):
 
 
 def test_regenerated_corpus_matches_the_pins(tiny_corpus):
-    track, train, val, seconds = tiny_corpus
-    assert track.data.sha256, "tiny.toml must pin its shards"
+    track, train, val, _ = tiny_corpus  # generation takes ~7-12 s on a quiet 2-core machine (not asserted:
+    assert track.data.sha256, "tiny.toml must pin its shards"  # a test never judges wallclock)
     for path in train + val:
         assert streams.shard_info(path).sha256 == track.data.sha256[path.name], path.name
-    assert seconds < 60  # ~7-12 s on the 2-core CI machine; generous for a loaded one
 
 
 def test_sizes_and_entropy_sidecar(tiny_corpus):
