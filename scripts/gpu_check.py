@@ -63,13 +63,15 @@ PROFILES = {
     "gpu": {
         "device": "cuda", "nproc": 1, "vocab_size": VOCAB, "bos": BOS, "val_tokens": 1 << 20, "train_shard_tokens": 8_000_000, "train_shards": 2,
         "record_args": {
-            "record003": ["--config", "gpt2-small", "--steps", "24"],   # 8 steps in each of the 3 phases
-            "record002": ["--config", "gpt2-small", "--steps", "20"],
+            # the three phases' batches (262,144 / 393,216 / 524,288 tokens, 4 steps each) at one piece length, so one
+            # training graph is compiled (dynamic=False recompiles per seq_len; the windows are tensors)
+            "record003": ["--config", "gpt2-small", "--steps", "12", "--seq-len", "2048"],
+            "record002": ["--config", "gpt2-small", "--steps", "12"],
         },
         "overhead_args": ["--steps", "40", "--batch-tokens", "32768", "--seq-len", "1024"],
         "optim": {"layers": 12, "repeats": 5, "small": False},
         "loader": {"shard_tokens": 20_000_000, "rows": 64, "seq_len": 1024},
-        "timeouts": {"env": 25, "data": 35, "record003": 150, "record002": 120, "overhead": 60, "optim": 60,
+        "timeouts": {"env": 20, "data": 30, "record003": 170, "record002": 130, "overhead": 50, "optim": 50,
                      "loader": 30},
         "budget_s": 480,
     },
@@ -117,6 +119,13 @@ def stop_group(proc: subprocess.Popen) -> None:
             return
         except subprocess.TimeoutExpired:
             continue
+
+
+def children_cpu_s() -> float:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def run_part(part: str, state_path: Path, env: dict, log: Path, timeout: float) -> tuple[str, float, str | None]:
@@ -292,7 +301,9 @@ def drive(args: argparse.Namespace) -> int:
                 entry["timeout_s"] = round(cap, 1)
                 write_json(out / SUMMARY, summary)
                 part_env = dict(env, GPU_CHECK_CAP_S=str(round(cap, 1)))
+                cpu_before = children_cpu_s()
                 status, seconds, error = run_part(part, state_path, part_env, out / "logs" / f"{part}.log", cap)
+                entry["cpu_s"] = round(children_cpu_s() - cpu_before, 1)   # the part's whole process tree
                 result_path = work / f"{part}.json"
                 result = json.loads(result_path.read_text()) if result_path.exists() else None
                 if status == "ok" and (result is None or result.get("error")):
@@ -362,6 +373,8 @@ def print_table(summary: dict) -> None:
 def worker(part: str, state: dict) -> int:
     work = Path(state["work"])
     try:
+        if part in os.environ.get("GPU_CHECK_FAIL", "").split(","):   # the test's way to break one part
+            raise RuntimeError(f"failure injected into part {part} (GPU_CHECK_FAIL)")
         result = {"env": part_env, "data": part_data, "overhead": part_overhead, "optim": part_optim,
                   "loader": part_loader}.get(part, part_record)(part, state)
     except BaseException as exc:
@@ -565,6 +578,9 @@ def part_record(part: str, state: dict) -> dict:
         "tokens_per_s": tp.get("tokens_per_s"), "flops_per_token": tp.get("flops_per_token"),
         "peak_flops": tp.get("peak_flops"), "mfu": tp.get("mfu"),
         "compile_s": warmup.get("seconds"), "warmup_micro_batches": warmup.get("micro_batches"),
+        "compile_note": "the warm-up's wallclock: torch.compile of the training step on CUDA plus the warm-up steps "
+                        "(the logits_fn's graph compiles at start(), outside it)",
+        "start_check_s": round(start["t"] - warmup["t"], 3) if start.get("t") and warmup.get("t") else None,
         "start_loss": start.get("start_loss"), "no_data_level": start.get("no_data_level"),
         "validations": vals, "final_val_loss": vals[-1]["loss"] if vals else None,
         "val_s": vals[-1]["seconds"] if vals else None, "val_tokens": vals[-1]["tokens"] if vals else None,
@@ -606,7 +622,7 @@ def part_overhead(part: str, state: dict) -> dict:
     proc.wait()
     output = "".join(lines)
     result = {"command": "scripts/bench_overhead.py " + " ".join(args), "exit_code": proc.returncode,
-              "model": "bench_overhead's TinyGPT (dim 128, 4 layers) at GPT-2 vocabulary, fp32"}
+              "model": "bench_overhead's TinyGPT (dim 128, 4 layers) at the track copy's vocabulary, fp32"}
     for key, pattern in OVERHEAD_LINES.items():
         found = re.search(pattern, output)
         result[key] = float(found.group(1)) if found else None
@@ -653,9 +669,11 @@ def muon_process_group(bench_optim, device, layers: int, repeats: int, work: Pat
     alone = Muon(alone_params, lr=0.02)
     alone_times = [bench_optim.timed(alone.step, device) for _ in range(1 + repeats)][1:]
     backend = "nccl" if device.type == "cuda" else "gloo"
-    store = dist.FileStore(str(work / "muon-store"), 1)
-    dist.init_process_group(backend, store=store, rank=0, world_size=1,
-                            **({"device_id": device} if device.type == "cuda" else {}))
+    store_path = work / "muon-store"
+    store_path.unlink(missing_ok=True)
+    store = dist.FileStore(str(store_path), 1)
+    bound = {"device_id": torch.device("cuda", torch.cuda.current_device())} if device.type == "cuda" else {}
+    dist.init_process_group(backend, store=store, rank=0, world_size=1, **bound)
     try:
         grouped = Muon(group_params, lr=0.02)
         group_times = [bench_optim.timed(grouped.step, device) for _ in range(1 + repeats)][1:]
