@@ -18,6 +18,9 @@ output), and then measures, each part in its own process with its own timeout:
             torch.optim.Muon (bf16), AdamW's paths, and Muon under an initialised 1-rank process group (nccl)
   loader    scripts/bench_loader.py's pieces: the canonical stream's host-to-device path, every mode
 
+`--cpu-smoke` runs the same parts at micro size on the CPU (fp32, gloo, one thread per process, a vocabulary of
+8192 in the track copy, 4096 val tokens): tests/test_gpu_check.py runs it so the command cannot rot.
+
 A failure or timeout of one part is recorded and the next part runs; `OUT/gpu_check.json` is rewritten after
 every part, so a killed run keeps what finished. Logs go to `OUT/logs/`, run directories to `OUT/runs/`.
 
@@ -32,6 +35,7 @@ never t-tested; no tokenizer; nothing is fetched).
 from __future__ import annotations
 
 import argparse
+import importlib
 import importlib.util
 import json
 import math
@@ -61,7 +65,8 @@ RECORDS = {"record003": "records/gpt2-small/003_modern-record/train.py",
 # Sizes and time caps. gpu: gpt2-small size on one device, caps summing to 8 minutes; cpu: micro size for the test.
 PROFILES = {
     "gpu": {
-        "device": "cuda", "nproc": 1, "vocab_size": VOCAB, "bos": BOS, "val_tokens": 1 << 20, "train_shard_tokens": 8_000_000, "train_shards": 2,
+        "device": "cuda", "nproc": 1, "vocab_size": VOCAB, "bos": BOS, "val_tokens": 1 << 20,
+        "train_shard_tokens": 8_000_000, "train_shards": 2,
         "record_args": {
             # the three phases' batches (262,144 / 393,216 / 524,288 tokens, 4 steps each) at one piece length, so one
             # training graph is compiled (dynamic=False recompiles per seq_len; the windows are tensors)
@@ -71,12 +76,15 @@ PROFILES = {
         "overhead_args": ["--steps", "40", "--batch-tokens", "32768", "--seq-len", "1024"],
         "optim": {"layers": 12, "repeats": 5, "small": False},
         "loader": {"shard_tokens": 20_000_000, "rows": 64, "seq_len": 1024},
-        "timeouts": {"env": 20, "data": 30, "record003": 170, "record002": 130, "overhead": 50, "optim": 50,
+        # env pays the first (cold) import of torch on a fresh machine
+        "timeouts": {"env": 40, "data": 30, "record003": 165, "record002": 120, "overhead": 45, "optim": 50,
                      "loader": 30},
         "budget_s": 480,
     },
     "cpu": {
-        "device": "cpu", "nproc": 1, "vocab_size": 8192, "bos": 8191, "val_tokens": 4096, "train_shard_tokens": 50_000, "train_shards": 2,
+        # a smaller vocabulary than GPT-2's: on a CPU the 50,257-wide head and logits are most of the work
+        "device": "cpu", "nproc": 1, "vocab_size": 8192, "bos": 8191, "val_tokens": 4096,
+        "train_shard_tokens": 50_000, "train_shards": 2,
         "record_args": {
             "record003": ["--config", "gpt2-small", "--steps", "2", "--dim", "64", "--layers", "2", "--heads", "2",
                           "--batch-tokens", "1024,2048", "--seq-len", "64,128", "--window", "64,128",
@@ -213,6 +221,15 @@ class Group:
 }
 
 
+def importable(*modules: str) -> bool:
+    try:
+        for name in modules:
+            importlib.import_module(name)
+    except Exception:
+        return False
+    return True
+
+
 def write_rich_stub(folder: Path) -> Path:
     pkg = folder / "rich"
     pkg.mkdir(parents=True, exist_ok=True)
@@ -266,9 +283,10 @@ def drive(args: argparse.Namespace) -> int:
              f"with the track's target"]
     env = {k: v for k, v in os.environ.items()}
     pythonpath = [str(ROOT)]
-    if args.rich_stub or importlib.util.find_spec("rich") is None:
+    rich_ok = importable("rich.console", "rich.markup", "rich.table")
+    if args.rich_stub or not rich_ok:
         pythonpath.insert(0, str(write_rich_stub(scratch / "shim")))
-        notes.append("rich is " + ("installed but " if importlib.util.find_spec("rich") else "not importable; ")
+        notes.append("rich is " + ("importable but " if rich_ok else "not importable; ")
                      + "the launcher's console is a plain-text stand-in (scripts/gpu_check.py RICH_STUB)")
     env["PYTHONPATH"] = os.pathsep.join(pythonpath + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     env.update(SPEEDRUN_TRACKS_DIR=str(scratch / "tracks"), SPEEDRUN_DATA_DIR=str(scratch / "data"),
@@ -291,17 +309,19 @@ def drive(args: argparse.Namespace) -> int:
                                               "log": f"logs/{part}.log", "error": None, "result": None}
             left = budget - (time.monotonic() - began)
             cap = min(profile["timeouts"][part] * args.timeout_scale, left)
-            blocked = next((p for p in ("env", "data") if p != part and p in summary["parts"]
-                            and summary["parts"][p]["status"] != "ok"), None)
+            # no data, or a definite no from env (no CUDA device, a crash), stops the rest; env past its cap does not
+            done = {p: e["status"] for p, e in summary["parts"].items()}
+            blocked = "data" if done.get("data", "ok") != "ok" else "env" if done.get("env") == "failed" else None
             if part not in ("env", "data") and blocked:
                 entry.update(status="skipped", error=f"part {blocked} did not succeed")
-            elif part not in ("env", "data") and cap < 10:
+            elif part not in ("env", "data") and left < 10:
                 entry.update(status="skipped", error=f"the budget of {budget:.0f} s is spent")
             else:
                 entry["timeout_s"] = round(cap, 1)
                 write_json(out / SUMMARY, summary)
                 part_env = dict(env, GPU_CHECK_CAP_S=str(round(cap, 1)))
                 cpu_before = children_cpu_s()
+                (work / f"{part}.json").unlink(missing_ok=True)   # never a result left by an earlier run
                 status, seconds, error = run_part(part, state_path, part_env, out / "logs" / f"{part}.log", cap)
                 entry["cpu_s"] = round(children_cpu_s() - cpu_before, 1)   # the part's whole process tree
                 result_path = work / f"{part}.json"
@@ -315,6 +335,9 @@ def drive(args: argparse.Namespace) -> int:
                   f"{brief(part, entry)}", flush=True)
             write_json(out / SUMMARY, summary)
     finally:
+        for entry in summary["parts"].values():
+            if entry["status"] == "running":   # the driver itself was stopped (Ctrl-C, or the device tool's limit)
+                entry.update(status="interrupted", error="gpu_check was stopped during this part")
         summary["finished"] = now()
         summary["wall_s"] = round(time.monotonic() - began, 1)
         write_json(out / SUMMARY, summary)
@@ -338,7 +361,8 @@ def brief(part: str, entry: dict) -> str:
     if part == "env":
         return f"{r.get('device_name')}, torch {r.get('torch')}, peak {fmt(r.get('peak_flops'))} FLOP/s"
     if part == "data":
-        return f"{r.get('train_tokens'):,} train + {r.get('val_tokens'):,} val tokens in {fmt(r.get('seconds'), '.1f')} s"
+        return (f"{r.get('train_tokens'):,} train + {r.get('val_tokens'):,} val tokens in "
+                f"{fmt(r.get('seconds'), '.1f')} s")
     if part in RECORDS:
         return (f"{fmt(r.get('tokens_per_s'), ',.0f')} tok/s, MFU {fmt(r.get('mfu'), '.1%')}, compile "
                 f"{fmt(r.get('compile_s'), '.1f')} s, peak mem {fmt(r.get('peak_memory_mib'), ',.0f')} MiB, "
@@ -372,6 +396,7 @@ def print_table(summary: dict) -> None:
 
 def worker(part: str, state: dict) -> int:
     work = Path(state["work"])
+    print(f"gpu_check part {part} ({state['mode']}), pid {os.getpid()}, {now()}", flush=True)
     try:
         if part in os.environ.get("GPU_CHECK_FAIL", "").split(","):   # the test's way to break one part
             raise RuntimeError(f"failure injected into part {part} (GPU_CHECK_FAIL)")
@@ -384,6 +409,7 @@ def worker(part: str, state: dict) -> int:
         write_json(work / f"{part}.json", {"error": f"{type(exc).__name__}: {exc}"[:1000]})
         return 1
     write_json(work / f"{part}.json", result)
+    print(json.dumps(result, indent=1, default=str), flush=True)
     return 0
 
 
@@ -404,7 +430,9 @@ def part_env(part: str, state: dict) -> dict:
     result = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
               "cuda_available": torch.cuda.is_available(), "device": "cuda" if cuda else "cpu",
               "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-              "modules": {m: importlib.util.find_spec(m) is not None for m in OPTIONAL_MODULES},
+              # light modules are imported (a broken install counts as absent); triton and matplotlib only looked up
+              "modules": {m: importlib.util.find_spec(m) is not None if m in ("triton", "matplotlib") else importable(m)
+                          for m in OPTIONAL_MODULES},
               "nvidia_smi": shutil.which("nvidia-smi") is not None}
     if cuda:
         props = torch.cuda.get_device_properties(0)
@@ -681,7 +709,7 @@ def muon_process_group(bench_optim, device, layers: int, repeats: int, work: Pat
         gathered = torch.empty(4, device=device)
         dist.all_gather_into_tensor(gathered, probe)
         bench_optim.sync(device)
-        rank, world = grouped._rank_and_world()
+        rank, world = dist.get_rank(), dist.get_world_size()
     finally:
         dist.destroy_process_group()
     diff = max((a - b).abs().max().item() for a, b in zip(alone_params, group_params))
