@@ -247,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
                                         "env and data always run)")
     parser.add_argument("--budget-s", type=float, help="stop starting parts after this many seconds "
                                                        "(default: 480 on a GPU)")
-    parser.add_argument("--timeout-scale", type=float, default=1.0, help="multiply every part's cap")
+    parser.add_argument("--timeout-scale", type=float, default=1.0,
+                        help="multiply every part's cap and the default budget (a slow or shared machine)")
     parser.add_argument("--rich-stub", action="store_true", help="use the plain-text rich stand-in even where "
                                                                  "rich is installed (tests the device's fallback)")
     parser.add_argument("--keep-data", action="store_true", help="keep the temp corpus (its path is in the summary)")
@@ -275,7 +276,7 @@ def drive(args: argparse.Namespace) -> int:
     scratch = Path(tempfile.mkdtemp(prefix="gpu-check-"))   # the corpus: never under OUT (it would be carried back)
     work = out / "work"
     work.mkdir(exist_ok=True)
-    budget = args.budget_s if args.budget_s is not None else profile["budget_s"]
+    budget = args.budget_s if args.budget_s is not None else profile["budget_s"] * args.timeout_scale
     began = time.monotonic()
     notes = [f"synthetic data, not FineWeb: Zipf tokens over {profile['vocab_size'] - 1} ids, BOS {profile['bos']}, "
              f"log-normal documents; "
