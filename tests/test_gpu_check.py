@@ -32,7 +32,7 @@ def load_script():
     return module
 
 
-def run_check(out: Path, *flags: str, env_extra: dict | None = None, timeout: float = 900):
+def run_check(out: Path, *flags: str, env_extra: dict | None = None, timeout: float = 2400):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]))
     env.update(env_extra or {})
     proc = subprocess.run([sys.executable, str(SCRIPT), "--out", str(out), "--cpu-smoke", *flags],
@@ -48,7 +48,7 @@ def positive(x) -> bool:
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     out = tmp_path_factory.mktemp("gpu-check")
-    # the caps are the GPU's, sized for an idle machine; a shared 2-core CPU gets three times as long
+    # the caps (and the budget) are sized for an idle 2-core machine; a shared one gets three times as long
     proc, summary = run_check(out, "--rich-stub", "--timeout-scale", "3")
     return out, proc, summary
 
