@@ -6,9 +6,9 @@ tracks' shapes (vocabulary 50257, BOS 50256, Zipf-distributed tokens in document
 pointed at it (name `gpt2-small-gpucheck`, a local repo, no sha256 pins, a smaller val set: stated in the
 output), and then measures, each part in its own process with its own timeout:
 
-  env       torch/CUDA versions, the device, the hardware fingerprint (speedrun.hardware), the peak FLOP/s used
-            for MFU (speedrun.verify.PEAK_FLOPS, keyed by device name), which optional modules are importable
-  data      the corpus and the track copy (validated by speedrun.tracks and speedrun.data)
+  env       torch/CUDA versions, the device, the hardware fingerprint (speedrun.evidence.hardware), the peak FLOP/s used
+            for MFU (speedrun.judge.verify.PEAK_FLOPS, keyed by device name), which optional modules are importable
+  data      the corpus and the track copy (validated by speedrun.tracks and speedrun.data.streams)
   record003 records/gpt2-small/003_modern-record/train.py through the real `speedrun run` (1 process, gpt2-small
   record002 size, a fixed small number of steps, one validation): tokens/s, MFU, compile (warm-up) time, peak
             device memory (nvidia-smi, sampled), validation time, the verdict's problems
@@ -425,7 +425,8 @@ def part_env(part: str, state: dict) -> dict:
 
     import torch
 
-    from speedrun import hardware, verify
+    from speedrun.evidence import hardware
+    from speedrun.judge import verify
 
     cuda = torch.cuda.is_available() and state["profile"]["device"] == "cuda"
     result = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
@@ -445,8 +446,8 @@ def part_env(part: str, state: dict) -> dict:
     result["fingerprint"] = hardware.fingerprint(use_cuda=cuda)
     key = next((k for k in verify.PEAK_FLOPS if cuda and k in result["device_name"]), None)
     result["peak_flops"] = verify.PEAK_FLOPS[key] if key else None
-    result["peak_source"] = (f"speedrun.verify.PEAK_FLOPS[{key!r}] (dense bf16, datasheet)" if key else
-                             "no peak for this device in speedrun.verify.PEAK_FLOPS: MFU is not computed")
+    result["peak_source"] = (f"speedrun.judge.verify.PEAK_FLOPS[{key!r}] (dense bf16, datasheet)" if key else
+                             "no peak for this device in speedrun.judge.verify.PEAK_FLOPS: MFU is not computed")
     return result
 
 
@@ -502,7 +503,9 @@ def track_copy_text(source: str, val_tokens: int, train_shards: int, vocab: int 
 def part_data(part: str, state: dict) -> dict:
     import numpy as np
 
-    from speedrun import data, shards, tracks
+    from speedrun.data import streams
+    from speedrun.data import shards
+    from speedrun import tracks
 
     began = time.perf_counter()
     profile, scratch = state["profile"], Path(state["scratch"])
@@ -512,14 +515,14 @@ def part_data(part: str, state: dict) -> dict:
     vocab, bos = profile["vocab_size"], profile["bos"]
     track_path.write_text(track_copy_text(source, profile["val_tokens"], profile["train_shards"], vocab, bos))
     track = tracks.load_track_file(track_path)
-    folder = data.hub_dir(track, scratch / "data")
+    folder = streams.hub_dir(track, scratch / "data")
     rng = np.random.default_rng(20240520)
     sample = zipf_sampler(rng, vocab, bos)
     # the val stream reads val_tokens inputs plus the last target
     shards.write_shard(folder / track.data.val_files[0], synthetic_tokens(profile["val_tokens"] + 1, sample, rng, bos))
     for name in track.data.train_files:
         shards.write_shard(folder / name, synthetic_tokens(profile["train_shard_tokens"], sample, rng, bos))
-    train, val = data.track_files(track, scratch / "data")
+    train, val = streams.track_files(track, scratch / "data")
     tokens = np.asarray(shards.read_shard(val[0]))[:track.val_tokens]
     counts = np.bincount(tokens, minlength=vocab).astype(np.float64)
     p = counts[counts > 0] / counts.sum()
@@ -571,7 +574,8 @@ class MemoryWatch:
 def part_record(part: str, state: dict) -> dict:
     import resource
 
-    from speedrun import evidence, verify
+    from speedrun.evidence import rundir
+    from speedrun.judge import verify
 
     profile = state["profile"]
     script = ROOT / RECORDS[part]
@@ -589,9 +593,9 @@ def part_record(part: str, state: dict) -> dict:
     with MemoryWatch() as memory:
         code = subprocess.run(cmd, cwd=ROOT).returncode
     wall = time.perf_counter() - began
-    manifest = evidence.read_json(run_dir / evidence.MANIFEST)
+    manifest = rundir.read_json(run_dir / rundir.MANIFEST)
     rep = (manifest.get("repetitions") or [{}])[0]
-    events = evidence.read_events(evidence.events_path(run_dir, 1))
+    events = rundir.read_events(rundir.events_path(run_dir, 1))
     verdict = verify.verify_run_dir(run_dir)   # writes verdict.json; one repetition is never t-tested
     finish, start, warmup = events.last("finish") or {}, events.last("start") or {}, events.last("warmup") or {}
     vals = [{"step": v["step"], "loss": v["loss"], "seconds": v["seconds"], "tokens": v["tokens"]}
