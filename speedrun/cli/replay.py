@@ -54,6 +54,7 @@ def print_replay(report: dict) -> None:
 
 def _cmd_replay(args) -> int:
     from speedrun.cli import console
+    from speedrun.cli import verify  # noqa: F401  (before the record runs, like the launcher's own imports)
     from speedrun.ledger import compare
     from speedrun.tracks import load_track
 

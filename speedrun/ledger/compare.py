@@ -163,10 +163,9 @@ def prefix_replay(track: Track, number: int, steps: int, nproc: int | None = Non
     job.repetition(1)
     replayed = [e["scalars"] for e in rundir.read_events(rundir.events_path(job.run_dir, 1)).of("log")][:steps]
     diff = hardware.differences(recorded.get("hardware_fingerprint"), job.manifest.get("hardware_fingerprint"))
-    result = {"record": number, "run_dir": str(job.run_dir), "steps": steps, "recorded": logged,
-              "replayed": replayed, "identical": replayed == logged, "same_hardware": not diff,
-              "flags": [f"recorded on other hardware ({'; '.join(diff)})"] if diff else []}
-    return result
+    return {"record": number, "run_dir": str(job.run_dir), "steps": steps, "recorded": logged,
+            "replayed": replayed, "identical": replayed == logged, "same_hardware": not diff,
+            "flags": [f"recorded on other hardware ({'; '.join(diff)})"] if diff else []}
 
 
 def replay(track: Track, number: int, runs: int = 3, nproc: int | None = None, out: Path | None = None,
