@@ -187,7 +187,7 @@ def test_a_crash_mid_write_leaves_the_ledger_as_it_was(world, tmp_path, monkeypa
 def test_concurrent_add_waits_for_the_lock(world, tmp_path, monkeypatch):
     root = tmp_path / "ledger"
     (root / "smoke").mkdir(parents=True)
-    monkeypatch.setattr(ledger, "LOCK_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(store, "LOCK_TIMEOUT_S", 0.5)
     with open(root / "smoke" / ".lock", "w") as held:
         fcntl.flock(held, fcntl.LOCK_EX)
         with pytest.raises(SpeedrunError, match="holds the ledger lock"):
