@@ -36,6 +36,7 @@ def parse() -> argparse.Namespace:
 
 def drive(args: argparse.Namespace) -> None:
     """Launch this file under the referee and print its measurements."""
+    from speedrun.cli import console
     from speedrun.referee import launcher
     from speedrun.tracks import load_track
 
@@ -43,7 +44,8 @@ def drive(args: argparse.Namespace) -> None:
         os.environ["SPEEDRUN_DEVICE"] = args.device
     out = Path(tempfile.mkdtemp(prefix="speedrun-bench-")) / "run"
     flags = ["--steps", str(args.steps), "--batch-tokens", str(args.batch_tokens), "--seq-len", str(args.seq_len)]
-    run_dir = launcher.launch(Path(__file__), load_track(args.track), 1, 1, str(out), 0, flags, {})
+    run_dir = launcher.launch(Path(__file__), load_track(args.track), 1, 1, str(out), 0, flags, {},
+                              report=console.progress())
     for line in (run_dir / "run-1.log").read_text().splitlines():
         if line.startswith("bench:"):
             print(line[len("bench:"):].strip())

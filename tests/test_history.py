@@ -7,8 +7,9 @@ import pytest
 from rich.console import Console
 
 from speedrun.errors import SpeedrunError
-from speedrun.ledger.history import (default_history_path, default_history_paths, format_seconds, history_table,
-                              load_history)
+from speedrun.cli.leaderboard import history_table
+from speedrun.ledger.history import (default_history_path, default_history_paths, format_seconds,
+                                     load_history)
 
 HEADER = "track,number,record_time_seconds,description,date_iso,contributors\n"
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from speedrun.cli.console import notices
 from speedrun.referee.wandb_log import WandbSink
 
 MANIFEST = {"harness_version": "0.1.0", "track": {"name": "tiny", "config_sha256": "ab" * 32}, "seeds": [1]}
@@ -177,7 +178,7 @@ def test_api1_events_and_default_name(tmp_path, wandb_env):
 
 def test_disabled_mode_is_a_noop_with_one_notice(tmp_path, wandb_env, capsys):
     wandb_env.setenv("WANDB_MODE", "disabled")
-    sink = WandbSink.open("p", MANIFEST, 1, tmp_path, None)
+    sink = WandbSink.open("p", MANIFEST, 1, tmp_path, None, report=notices())  # the notices `speedrun run` shows
     sink.log({"event": "val", "step": 0, "loss": 1.0})
     sink.finish("ok")
     out = capsys.readouterr().out
@@ -188,7 +189,7 @@ def test_disabled_mode_is_a_noop_with_one_notice(tmp_path, wandb_env, capsys):
 def test_missing_wandb_is_a_noop_with_one_notice(tmp_path, wandb_env, capsys):
     wandb_env.delenv("WANDB_MODE", raising=False)
     wandb_env.setitem(sys.modules, "wandb", None)  # makes `import wandb` raise ImportError
-    sink = WandbSink.open("p", MANIFEST, 1, tmp_path, None)
+    sink = WandbSink.open("p", MANIFEST, 1, tmp_path, None, report=notices())  # the notices `speedrun run` shows
     sink.log({"event": "train", "step": 1, "loss": 1.0})
     sink.finish("failed")
     out = capsys.readouterr().out
@@ -203,7 +204,7 @@ def test_wandb_that_cannot_start_never_stops_the_run(tmp_path, wandb_env, capsys
 
     wandb_env.delenv("WANDB_MODE", raising=False)
     wandb_env.setattr(wandb, "init", refuse)
-    sink = WandbSink.open("p", MANIFEST, 1, tmp_path, None)
+    sink = WandbSink.open("p", MANIFEST, 1, tmp_path, None, report=notices())  # the notices `speedrun run` shows
     sink.log({"event": "val", "step": 0, "loss": 1.0})
     sink.finish("ok")
     out = capsys.readouterr().out

@@ -1,8 +1,8 @@
-"""The `speedrun` command: one argparse front for every concept module, quick to answer.
+"""The `speedrun` command: one argparse front over one module per command (`speedrun.cli.<command>`), quick to answer.
 
 `COMMANDS` maps each sub-command to the module that implements it and the one line `speedrun --help` shows.
 Building the parser imports only the module of the command being run (its `register(subparsers)` adds its
-sub-commands, each with `func(args) -> int`); every other command is a placeholder carrying the table's help
+sub-command, with `func(args) -> int`); every other command is a placeholder carrying the table's help
 line. So `speedrun --help` loads no module of the harness at all, and `speedrun tracks` loads no torch, numpy,
 scipy, matplotlib or wandb. A `SpeedrunError` becomes one line on stderr and exit status 1.
 """
@@ -19,33 +19,20 @@ from speedrun import paths
 from speedrun.errors import SpeedrunError
 
 # sub-command -> (module with its `register`, the help line `speedrun --help` shows), in the order it lists them;
-# a module that registers several commands (ledger, compare) must register exactly the ones mapped to it here
+# one module per command, each in this package, each registering exactly its own command
 COMMANDS: dict[str, tuple[str, str]] = {
-    "run": ("speedrun.referee.launcher", "launch a submission with torchrun under the referee, keep the evidence, verify"),
-    "verify": ("speedrun.judge.verify", "re-check a run directory and write verdict.json"),
+    "run": ("speedrun.cli.run", "launch a submission with torchrun under the referee, keep the evidence, verify"),
+    "verify": ("speedrun.cli.verify", "re-check a run directory and write verdict.json"),
     "tracks": ("speedrun.cli.tracks", "list tracks, or show one in full"),
     "data": ("speedrun.cli.data", "fetch, prepare and verify token shards"),
-    "record": ("speedrun.ledger.compare", "add a verified run to the ledger"),
-    "leaderboard": ("speedrun.ledger.store", "print the records; --write regenerates the tables"),
-    "compare": ("speedrun.ledger.compare", "run two scripts or records interleaved on this machine"),
-    "replay": ("speedrun.ledger.compare", "re-run a record under this harness and hardware"),
-    "import-log": ("speedrun.legacy.modded", "import modded-nanogpt logs as self-reported run evidence"),
-    "plot": ("speedrun.ledger.plots", "plot val loss of run directories, or the record progression of a track"),
+    "record": ("speedrun.cli.record", "add a verified run to the ledger"),
+    "leaderboard": ("speedrun.cli.leaderboard", "print the records; --write regenerates the tables"),
+    "compare": ("speedrun.cli.compare", "run two scripts or records interleaved on this machine"),
+    "replay": ("speedrun.cli.replay", "re-run a record under this harness and hardware"),
+    "import-log": ("speedrun.cli.import_log", "import modded-nanogpt logs as self-reported run evidence"),
+    "plot": ("speedrun.cli.plot", "plot val loss of run directories, or the record progression of a track"),
     "new": ("speedrun.cli.new", "write a commented starter submission NAME.py for a track"),
 }
-
-
-class DefaultsFormatter(argparse.HelpFormatter):
-    """Appends "(default: X)" to an option's help when it has a real default (not None or False) and the help
-    does not already say it: `formatter_class=DefaultsFormatter` on a command's parser."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        default = action.default
-        if ("default" in text or default is None or default is False or default is argparse.SUPPRESS
-                or not (action.option_strings or action.nargs in (argparse.OPTIONAL, argparse.ZERO_OR_MORE))):
-            return text
-        return f"{text} (default: %(default)s)"
 
 
 def command_of(argv: list[str]) -> str | None:

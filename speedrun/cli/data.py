@@ -49,18 +49,19 @@ def register(subparsers) -> None:
 
 def _console():
     """A rich console; when output is not a terminal it is wide enough to keep sha256 digests on one line."""
-    from rich.console import Console
+    from speedrun.cli import console
 
-    return Console() if sys.stdout.isatty() else Console(width=200)
+    return console.stdout(width=200)
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
+    from speedrun.cli.console import RichReporter
     from speedrun.data import fetch
     from speedrun import tracks
 
     track = tracks.load_track(args.track)
     infos = fetch.fetch(track, args.train_shards, data_dir=args.data_dir, endpoint=args.endpoint,
-                        console=_console())
+                        report=RichReporter(_console()))
     total = sum(i.tokens for i in infos)
     print(f"{track.name}: {len(infos)} file(s) ready, {total:,} tokens")
     if track.data.source == "generator":

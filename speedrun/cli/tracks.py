@@ -7,13 +7,12 @@ read from the generated corpus' sidecar (no regeneration: `speedrun data fetch t
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 
 def register(subparsers) -> None:
     from speedrun import paths
-    from speedrun.cli import DefaultsFormatter
+    from speedrun.cli.console import DefaultsFormatter
 
     parser = subparsers.add_parser("tracks", help="list tracks, or show one in full",
                                    description="List the tracks (`speedrun tracks`) or show one in full. Track "
@@ -31,13 +30,6 @@ def register(subparsers) -> None:
     parser.set_defaults(func=cmd_list)
 
 
-def _console(width: int = 200):
-    """A rich console: the terminal's width, or `width` columns when the output is not a terminal."""
-    from rich.console import Console
-
-    return Console() if sys.stdout.isatty() else Console(width=width)
-
-
 def _data_summary(track) -> str:
     ds = track.data
     if ds.source == "generator":
@@ -50,6 +42,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from speedrun import tracks
+    from speedrun.cli import console
 
     table = Table(caption=f"from {tracks.tracks_dir()}; `speedrun tracks show NAME` for every field",
                   caption_justify="left", box=None, header_style="bold underline")
@@ -59,7 +52,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     for track in tracks.all_tracks():
         table.add_row(track.name, track.metric, f"{track.target_val_loss:g}", f"{track.val_tokens:,}",
                       f"{track.vocab_size:,}", track.hardware, _data_summary(track))
-    _console(width=100).print(table)
+    console.stdout(width=100).print(table)
     return 0
 
 
@@ -131,6 +124,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from speedrun import tracks
+    from speedrun.cli import console
 
     track = tracks.load_track(args.name)
     rows = _rows(track)
@@ -141,5 +135,5 @@ def cmd_show(args: argparse.Namespace) -> int:
     table.add_column("value")
     for field, value in rows:
         table.add_row(field, value)
-    _console().print(table)
+    console.stdout(width=200).print(table)
     return 0

@@ -17,14 +17,10 @@ from pathlib import Path
 
 from speedrun.data import folders, streams
 from speedrun.errors import SpeedrunError
+from speedrun.report import SILENT, Reporter
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 SHA256 = re.compile(r"[0-9a-f]{64}")
-
-
-def _say(console, message: str) -> None:
-    if console is not None:
-        console.print(message, highlight=False)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -67,22 +63,23 @@ def _check(path: Path, pin: str | None, hub: str | None) -> streams.ShardInfo:
 
 
 def fetch_file(repo: str, name: str, folder: Path, *, repo_type: str = "dataset", endpoint: str = DEFAULT_ENDPOINT,
-               pin: str | None = None, console=None) -> streams.ShardInfo:
-    """Make `folder/name` a valid copy of the hub file: keep a valid local copy, else download and verify."""
+               pin: str | None = None, report: Reporter = SILENT) -> streams.ShardInfo:
+    """Make `folder/name` a valid copy of the hub file: keep a valid local copy, else download and verify;
+    `report` hears which it did."""
     from huggingface_hub import hf_hub_download
 
     path = folder / name
     if path.exists():
         try:
             info = _check(path, pin, None)
-            _say(console, f"present  {name}  {info.tokens:,} tokens")
+            report.line(f"present  {name}  {info.tokens:,} tokens")
             return info
         except SpeedrunError as exc:
-            _say(console, f"invalid  {name}: {exc}; downloading again")
+            report.line(f"invalid  {name}: {exc}; downloading again")
             path.unlink()
     try:
         hub, _size = hub_sha256(repo, name, repo_type, endpoint)
-        _say(console, f"download {name}")
+        report.line(f"download {name}")
         hf_hub_download(repo, name, repo_type=repo_type, local_dir=folder, endpoint=endpoint, force_download=True)
     except Exception as exc:  # any hub, HTTP or file-system failure becomes one line
         path.unlink(missing_ok=True)
@@ -92,17 +89,18 @@ def fetch_file(repo: str, name: str, folder: Path, *, repo_type: str = "dataset"
     except SpeedrunError as exc:
         path.unlink(missing_ok=True)
         raise SpeedrunError(f"{name}: corrupt download, removed: {exc}") from None
-    _say(console, f"verified {name}  {info.tokens:,} tokens  sha256 {info.sha256[:16]}…"
+    report.line(f"verified {name}  {info.tokens:,} tokens  sha256 {info.sha256[:16]}…"
                   + ("" if (pin or hub) else " (no pin or hub sha256 to compare)"))
     return info
 
 
 def fetch(track, train_shards: int, data_dir: str | os.PathLike | None = None, endpoint: str | None = None,
-          console=None) -> list[streams.ShardInfo]:
-    """Fetch the track's val file(s) and its first `train_shards` train shards; return their infos."""
+          report: Reporter = SILENT) -> list[streams.ShardInfo]:
+    """Fetch the track's val file(s) and its first `train_shards` train shards; return their infos. `report`
+    hears a line per file."""
     root = Path(data_dir) if data_dir is not None else streams.data_dir()
     if track.data.source == "generator":
-        _say(console, f"{track.name}: built-in corpus in {root / track.name} (generated on first use, then checked)")
+        report.line(f"{track.name}: built-in corpus in {root / track.name} (generated on first use, then checked)")
         train, val = streams.track_files(track, data_dir=root, generate=True, check_sha256=True)
         return [streams.shard_info(p) for p in val + train]
     available = track.data.train_files
@@ -113,6 +111,6 @@ def fetch(track, train_shards: int, data_dir: str | os.PathLike | None = None, e
     endpoint = (endpoint or os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
     names = track.data.all_val_files + available[:train_shards]
     with folders.made_for(folder):  # a failure leaves no empty data folder behind
-        _say(console, f"{track.name}: {len(names)} file(s) from {track.data.repo} into {folder}")
+        report.line(f"{track.name}: {len(names)} file(s) from {track.data.repo} into {folder}")
         return [fetch_file(track.data.repo, name, folder, repo_type=track.data.repo_type, endpoint=endpoint,
-                           pin=track.data.sha256.get(name), console=console) for name in names]
+                           pin=track.data.sha256.get(name), report=report) for name in names]

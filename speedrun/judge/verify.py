@@ -15,7 +15,7 @@ repetition's events as the launcher wrote them, and checks that
 - no two repetitions are identical (that would mean the seed had no effect);
 - the script's sha256 matches its copy; the track's source rules hold (comments do not count);
 - the final losses (or the losses at a declared judging step, `--step`) meet the target by the track's rule.
-It writes `verdict.json`, prints a summary, and `qualifies` is true only when all of that holds.
+It writes `verdict.json` (`speedrun.cli.verify` prints it), and `qualifies` is true only when all of that holds.
 
 Self-reported evidence (modded-nanogpt logs imported by `speedrun.legacy.modded`) goes through the same judge:
 `EvidenceKind` says what it cannot show (no referee clock, no probes, no seal, no pins), so only each
@@ -26,7 +26,6 @@ the judgement they already have instead of reading the run again.
 
 from __future__ import annotations
 
-import argparse
 import io
 import math
 import re
@@ -629,60 +628,3 @@ def verify_run_dir(run_dir: str | Path, write: bool = True, step: int | None = N
     if write:
         rundir.write_json_atomic(judgement.run_dir / rundir.VERDICT, verdict)
     return verdict
-
-
-def _num(x, fmt: str) -> str:
-    return format(x, fmt) if isinstance(x, (int, float)) and math.isfinite(x) else "-"
-
-
-def print_verdict(verdict: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console(highlight=False)
-    table = Table(title=f"{verdict['run_dir']}  ({verdict['track']})")
-    for col in ("run", "status", "final val loss", "timed s", "steps", "problems"):
-        table.add_column(col)
-    for r in verdict["repetitions"]:
-        table.add_row(str(r["k"]), str(r.get("status")), _num(r.get("final_loss"), ".4f"), _num(r.get("timed_s"), ".2f"),
-                      str(r["batches"] if r.get("batches") is not None else "-"),
-                      str(len(r["problems"])) if r.get("problems") else "")
-    console.print(table)
-    if verdict["self_reported"]:
-        console.print("SELF-REPORTED evidence (imported log): no referee clock, no probes, no seal; only the "
-                      "statistics and the hardware were checked.", style="yellow", markup=False)
-    for p in verdict["problems"]:
-        console.print("problem: " + p, style="red", markup=False)
-    for w in verdict["warnings"]:
-        console.print("warning: " + w, style="yellow", markup=False)
-    t, m = verdict["target"], verdict["metric"]
-    if t["n"]:
-        console.print(f"target {t['target']}: mean loss {_num(t['mean'], '.4f')} ± {_num(t['sd'], '.4f')} over "
-                      f"{t['n']} run(s)" + (f" at step {verdict['judged_step']}" if verdict.get("judged_step") else "")
-                      + f"; {t['reason']}", markup=False)
-    else:
-        console.print(f"target {t['target']}: no run to judge ({t['reason']})", markup=False)
-    if m["values"]:
-        console.print(f"{m['name']}: {_num(m['mean'], '.3f')} ± {_num(m['sd'], '.3f')} {m['unit']}", markup=False)
-    tp = verdict.get("throughput") or {}
-    if tp.get("tokens_per_s"):
-        extra = f", {tp['flops_per_token']:.3g} FLOPs/token" if tp.get("flops_per_token") else ""
-        extra += f", MFU {tp['mfu']:.1%}" if tp.get("mfu") else ""
-        console.print(f"throughput: {tp['tokens_per_s']:,.0f} tokens/s{extra}", markup=False)
-    word = "[green]QUALIFIES[/green]" if verdict["qualifies"] else "[red]DOES NOT QUALIFY[/red]"
-    suffix = " (on self-reported numbers only)" if verdict["self_reported"] else ""
-    console.print(f"verdict: {word}{suffix}")
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("verify", help="re-check a run directory and write verdict.json")
-    p.add_argument("run_dir", type=Path)
-    p.add_argument("--step", type=int, help="judge every repetition at this declared step (optimization track; "
-                                            "default: each repetition's final validation)")
-    p.set_defaults(func=_cmd_verify)
-
-
-def _cmd_verify(args: argparse.Namespace) -> int:
-    verdict = verify_run_dir(args.run_dir, step=args.step)
-    print_verdict(verdict)
-    return 0 if verdict["qualifies"] else 1

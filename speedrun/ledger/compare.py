@@ -18,7 +18,6 @@ track: fewer steps, with modded-nanogpt's pairwise statistic recorded -- and wri
 
 from __future__ import annotations
 
-import argparse
 from datetime import date, datetime
 from pathlib import Path
 
@@ -28,15 +27,10 @@ from speedrun.evidence import hardware
 from speedrun.referee import launcher
 from speedrun.ledger import store
 from speedrun.errors import SpeedrunError
+from speedrun.report import SILENT, Reporter
 from speedrun.tracks import Track, load_track
 
 RESULT = rundir.COMPARE
-
-
-def _console():
-    from rich.console import Console
-
-    return Console(highlight=False)
 
 
 def resolve_script(ref: str, track: Track) -> Path:
@@ -57,8 +51,10 @@ def _metric(verdict: dict) -> list[float]:
 
 
 def compare(a: Path, b: Path, track: Track, runs: int = 3, nproc: int = 2, out: Path | None = None,
-            seed: int = 0, script_args: list[str] | None = None, timeout: float | None = None) -> Path:
-    """Run A and B interleaved `runs` times each; write and return the comparison directory."""
+            seed: int = 0, script_args: list[str] | None = None, timeout: float | None = None,
+            report: Reporter = SILENT, progress: Reporter | None = None) -> Path:
+    """Run A and B interleaved `runs` times each; write and return the comparison directory. `report` hears
+    what is compared and the result (`compare_lines`), `progress` (default: `report`) each repetition."""
     from speedrun.judge import stats
     from speedrun.judge import verify
 
@@ -69,11 +65,11 @@ def compare(a: Path, b: Path, track: Track, runs: int = 3, nproc: int = 2, out: 
     if out.exists() and any(out.iterdir()):
         raise SpeedrunError(f"{out}: output directory exists and is not empty")
     out.mkdir(parents=True, exist_ok=True)
+    progress = progress or report
     sides = {name: launcher.Launch(script, track, nproc, runs, rundir.compare_side(out, name), seed, script_args or [],
-                                   {}, timeout=timeout) for name, script in zip(rundir.COMPARE_SIDES, (a, b))}
-    console = _console()
-    console.print(f"speedrun compare A={a} B={b} on track {track.name}: {runs} runs each, interleaved -> {out}",
-                  markup=False)
+                                   {}, timeout=timeout, report=progress)
+             for name, script in zip(rundir.COMPARE_SIDES, (a, b))}
+    report.line(f"speedrun compare A={a} B={b} on track {track.name}: {runs} runs each, interleaved -> {out}")
     for k in range(1, runs + 1):
         for name in ("A", "B") if k % 2 else ("B", "A"):
             sides[name].repetition(k)
@@ -109,7 +105,8 @@ def compare(a: Path, b: Path, track: Track, runs: int = 3, nproc: int = 2, out: 
         result.update(test="pairwise", ratio=ratio, p_value=None, statistic=pair.statistic, threshold=pair.margin,
                       a_faster=bool(ratio < 1), pairwise_significant=bool(pair.passed), reason=pair.reason)
     rundir.write_json_atomic(out / RESULT, result)
-    print_compare(result)
+    for text in compare_lines(result):
+        report.line(text)
     return out
 
 
@@ -131,28 +128,27 @@ def check_against(compare_dir: Path, new_sha: str, prior, fingerprint: dict | No
             "mean_new": a["mean"], "mean_prior": b["mean"], "passed": passed, "reason": result.get("reason", "")}
 
 
-def print_compare(result: dict) -> None:
-    console = _console()
+def compare_lines(result: dict) -> list[str]:
+    """A comparison's result (`compare.json`) in three lines: each side, then the ratio and the test."""
     a, b = result["sides"]["A"], result["sides"]["B"]
     unit = "s" if result["metric"] == "wallclock" else "steps"
-    for name, side in (("A", a), ("B", b)):
-        console.print(f"{name}: {side['mean']:.3f} ± {side['sd']:.3f} {unit}  val loss {side['val_loss_mean']:.4f}  "
-                      f"{'qualifies' if side['qualifies'] else 'does not qualify'} ({side['loss_verdict']})",
-                      markup=False)
+    lines = [f"{name}: {side['mean']:.3f} ± {side['sd']:.3f} {unit}  val loss {side['val_loss_mean']:.4f}  "
+             f"{'qualifies' if side['qualifies'] else 'does not qualify'} ({side['loss_verdict']})"
+             for name, side in (("A", a), ("B", b))]
     if result.get("test") == "pairwise":
         verdict = f"pairwise statistic {result['statistic']:.5f} ({result.get('reason', '')})"
     else:
         verdict = f"one-sided Welch p = {result['p_value']:.3g}"
-    console.print(f"ratio A/B = {result['ratio']:.4f}; {verdict}: "
-                  f"{'A is better' if result['a_faster'] else 'A is not shown better'} on {result['hardware']}",
-                  markup=False)
+    lines.append(f"ratio A/B = {result['ratio']:.4f}; {verdict}: "
+                 f"{'A is better' if result['a_faster'] else 'A is not shown better'} on {result['hardware']}")
+    return lines
 
 
 def prefix_replay(track: Track, number: int, steps: int, nproc: int | None = None, out: Path | None = None,
-                  timeout: float | None = None) -> dict:
+                  timeout: float | None = None, report: Reporter = SILENT) -> dict:
     """Re-run the first `steps` logged steps of record `number`'s first repetition (its recorded seed) and
-    compare the logged train losses with the recorded ones: cheap, and exact on the same machine class."""
-    console = _console()
+    compare the logged train losses with the recorded ones: cheap, and exact on the same machine class.
+    `report` hears the repetition's progress; the returned report says whether the steps match."""
     rec = store.find_record(track.name, number)
     if not rundir.events_path(rec.path, 1).is_file():
         raise SpeedrunError(f"record #{number} has no recorded run to replay against")
@@ -163,37 +159,33 @@ def prefix_replay(track: Track, number: int, steps: int, nproc: int | None = Non
                             f"needs that many")
     job = launcher.Launch(rec.script, track, nproc or recorded.get("nproc_per_node", 1), 1,
                           str(out) if out else None, (recorded.get("seeds") or [0])[0], [], {}, timeout=timeout,
-                          stop_after_logs=steps)
+                          stop_after_logs=steps, report=report)
     job.repetition(1)
     replayed = [e["scalars"] for e in rundir.read_events(rundir.events_path(job.run_dir, 1)).of("log")][:steps]
     diff = hardware.differences(recorded.get("hardware_fingerprint"), job.manifest.get("hardware_fingerprint"))
-    report = {"record": number, "run_dir": str(job.run_dir), "steps": steps, "recorded": logged,
-              "replayed": replayed, "identical": replayed == logged, "same_hardware": not diff,
-              "flags": [f"recorded on other hardware ({'; '.join(diff)})"] if diff else []}
-    console.print(f"record #{number}: the first {len(replayed)} of {steps} logged steps "
-                  f"{'match the recorded run exactly' if report['identical'] else 'differ from the recorded run'}"
-                  + (f" ({report['flags'][0]})" if diff else ""), markup=False)
-    return report
+    return {"record": number, "run_dir": str(job.run_dir), "steps": steps, "recorded": logged,
+            "replayed": replayed, "identical": replayed == logged, "same_hardware": not diff,
+            "flags": [f"recorded on other hardware ({'; '.join(diff)})"] if diff else []}
 
 
 def replay(track: Track, number: int, runs: int = 3, nproc: int | None = None, out: Path | None = None,
-           timeout: float | None = None) -> dict:
+           timeout: float | None = None, report: Reporter = SILENT) -> dict:
     """Re-run record `number` with its recorded seeds, verify it, and compare with the recorded run.
 
     On the same machine class (equal hardware fingerprints) and harness, a replay reproduces the recorded
-    val losses exactly; elsewhere it says which fingerprint fields differ and times are not comparable."""
+    val losses exactly; elsewhere it says which fingerprint fields differ and times are not comparable.
+    `report` hears the run's progress; the returned report holds the replay's verdict (`verdict`) and what
+    the command shows of the comparison (`unit`, `recorded_verified`, `note`)."""
     from speedrun.judge import verify
 
-    console = _console()
     rec = store.find_record(track.name, number)
     recorded = rundir.read_json(rec.path / rundir.MANIFEST) if (rec.path / rundir.MANIFEST).exists() else {}
     nproc = nproc or recorded.get("nproc_per_node", 1)
     seed = (recorded.get("seeds") or [0])[0]
     run_dir = launcher.launch(rec.script, track, nproc, runs, str(out) if out else None, seed, [], {},
-                              timeout=timeout)
+                              timeout=timeout, report=report)
     judgement = verify.judge(run_dir)
     verdict = judgement.write()
-    verify.print_verdict(verdict)
     manifest = judgement.manifest
     flags = []
     if rec.harness_version != __version__:
@@ -206,28 +198,21 @@ def replay(track: Track, number: int, runs: int = 3, nproc: int | None = None, o
     replayed_losses = [r.get("final_loss") for r in verdict["repetitions"]]
     same = [a == b for a, b in zip(recorded_losses, replayed_losses) if a is not None and b is not None]
     ratio = verdict["metric"]["mean"] / rec.metric_mean if rec.verified and rec.metric_mean else None
-    report = {"record": number, "run_dir": str(run_dir), "qualifies": verdict["qualifies"],
+    result = {"record": number, "run_dir": str(run_dir), "qualifies": verdict["qualifies"],
               "recorded": rec.metric_mean, "replayed": verdict["metric"]["mean"], "ratio": ratio, "flags": flags,
               "losses_recorded": recorded_losses, "losses_replayed": replayed_losses,
-              "losses_identical": bool(same) and all(same), "same_hardware": not diff}
-    unit = track.metric_unit
-    if ratio is not None:
-        console.print(f"record #{number}: recorded {rec.metric_mean:.3f} {unit}, replayed "
-                      f"{verdict['metric']['mean']:.3f} {unit} (ratio {ratio:.3f}); val losses "
-                      f"{'identical to' if report['losses_identical'] else 'differ from'} the recorded run's",
-                      markup=False)
-    elif not rec.verified:
-        console.print(f"record #{number} has no verified run to compare with ({rec.note})", markup=False)
-    for f in flags:
-        console.print(f"note: {f}", style="yellow", markup=False)
-    return report
+              "losses_identical": bool(same) and all(same), "same_hardware": not diff,
+              "unit": track.metric_unit, "recorded_verified": rec.verified, "note": rec.note, "verdict": verdict}
+    return result
 
 
 def add_record(run_dir: Path, description: str, contributors: list[str], *, track_name: str | None = None,
                slug: str | None = None, compare_dir: Path | None = None, compare_runs: int = 3,
-               systems_speedup: bool = False, step: int | None = None, root: Path | None = None) -> store.Record:
+               systems_speedup: bool = False, step: int | None = None, root: Path | None = None,
+               report: Reporter = SILENT, progress: Reporter | None = None) -> store.Record:
     """Verify `run_dir`, check it beats the current record (wallclock: timed side by side on the same
-    hardware; steps: fewer steps, with the pairwise statistic recorded), and add it to the ledger."""
+    hardware; steps: fewer steps, with the pairwise statistic recorded), and add it to the ledger. A
+    comparison run now tells `report` and `progress` how it goes (see `compare`)."""
     root = root or store.records_dir()
     run_dir = Path(run_dir)
     from speedrun.judge import stats
@@ -279,7 +264,8 @@ def add_record(run_dir: Path, description: str, contributors: list[str], *, trac
     elif prior is not None:
         if compare_dir is None:
             compare_dir = compare(rundir.script_path(run_dir, manifest), prior.script, track,
-                                          runs=compare_runs, nproc=manifest.get("nproc_per_node", 1))
+                                  runs=compare_runs, nproc=manifest.get("nproc_per_node", 1), report=report,
+                                  progress=progress)
         comparison = check_against(Path(compare_dir), sha, prior, manifest.get("hardware_fingerprint"))
         compare_file = Path(compare_dir) / RESULT
         if not comparison["passed"]:
@@ -317,50 +303,6 @@ def add_record(run_dir: Path, description: str, contributors: list[str], *, trac
     return record
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("record", help="add a verified run to the ledger")
-    rsub = p.add_subparsers(dest="record_command", metavar="ACTION", required=True)
-    a = rsub.add_parser("add", help="verify RUN_DIR, check it beats the current record, append it")
-    a.add_argument("run_dir", type=Path)
-    a.add_argument("--description", required=True)
-    a.add_argument("--contributors", required=True, help="comma-separated")
-    a.add_argument("--track", help="refuse unless the run is of this track")
-    a.add_argument("--slug")
-    a.add_argument("--compare", type=Path, help="a `speedrun compare` directory made on this hardware")
-    a.add_argument("--compare-runs", type=int, default=3, help="runs per side when comparing now")
-    a.add_argument("--systems-speedup", action="store_true",
-                   help="a pure systems speedup: accepted on time alone where the track allows it")
-    a.add_argument("--step", type=int, help="the declared judging step of every run (optimization track)")
-    a.set_defaults(func=_cmd_add)
-    u = rsub.add_parser("add-unverified", help="enter a baseline that has no verified run yet")
-    u.add_argument("script", type=Path)
-    u.add_argument("--track", required=True)
-    u.add_argument("--description", required=True)
-    u.add_argument("--contributors", required=True)
-    u.add_argument("--note", default="no verified run exists yet")
-    u.add_argument("--slug")
-    u.set_defaults(func=_cmd_add_unverified)
-    c = sub.add_parser("compare", help="run two scripts or records interleaved on this machine")
-    c.add_argument("a", help="script, record directory or record number (the challenger)")
-    c.add_argument("b", help="script, record directory or record number (the incumbent)")
-    c.add_argument("--track", required=True)
-    c.add_argument("--runs", type=int, default=3, help="repetitions of each side (default: 3)")
-    c.add_argument("--nproc", type=int, help="processes per side (default: the incumbent record's, else 1)")
-    c.add_argument("--out", type=Path)
-    c.add_argument("--timeout", type=float)
-    c.set_defaults(func=_cmd_compare)
-    r = sub.add_parser("replay", help="re-run a record under this harness and hardware")
-    r.add_argument("number", type=int)
-    r.add_argument("--track", required=True)
-    r.add_argument("--runs", type=int, help="repetitions (default: the track's minimum)")
-    r.add_argument("--steps", type=int, help="only the first N logged steps of repetition 1, compared exactly with "
-                                             "the recorded ones (a cheap check that the record still runs the same)")
-    r.add_argument("--nproc", type=int, help="processes (default: as recorded)")
-    r.add_argument("--out", type=Path)
-    r.add_argument("--timeout", type=float)
-    r.set_defaults(func=_cmd_replay)
-
-
 def _recorded_nproc(script: Path) -> int | None:
     manifest = script.parent / rundir.MANIFEST
     if manifest.is_file():
@@ -387,48 +329,10 @@ def default_nproc(track: Track, incumbent: Path | None = None, records_dir: Path
     except SpeedrunError:  # an unreadable ledger does not decide a default
         current = None
     if current is not None and current.path is not None:
-        recorded = _recorded_nproc(current.path / "train.py")
+        recorded = _recorded_nproc(current.path / rundir.RECORD_SCRIPT)
         if recorded:
             return recorded, f"record #{current.number} of track {track.name}"
     m = re.fullmatch(r"(\d+)x\S+|cpu-(\d+)core", track.hardware or "")
     if m and int(m.group(1) or m.group(2)) > 0:
         return int(m.group(1) or m.group(2)), f"track {track.name}'s hardware {track.hardware}"
     return 1, "no record or hardware count to go by"
-
-
-def _cmd_compare(args) -> int:
-    track = load_track(args.track)
-    a, b = resolve_script(args.a, track), resolve_script(args.b, track)
-    nproc = args.nproc or _recorded_nproc(b) or 1
-    out = compare(a, b, track, args.runs, nproc, args.out, script_args=list(getattr(args, "passthrough", [])),
-                  timeout=args.timeout)
-    result = rundir.read_json(out / RESULT)
-    return 0 if result["a_faster"] else 1
-
-
-def _cmd_replay(args) -> int:
-    track = load_track(args.track)
-    if args.steps:
-        report = prefix_replay(track, args.number, args.steps, args.nproc, args.out, args.timeout)
-        return 0 if report["identical"] or not report["same_hardware"] else 1
-    report = replay(track, args.number, args.runs or track.rule.min_runs, args.nproc, args.out, args.timeout)
-    return 0 if report["qualifies"] else 1
-
-
-def _contributors(text: str) -> list[str]:
-    return [c.strip() for c in text.split(",") if c.strip()]
-
-
-def _cmd_add(args) -> int:
-    rec = add_record(args.run_dir, args.description, _contributors(args.contributors), track_name=args.track,
-                     slug=args.slug, compare_dir=args.compare, compare_runs=args.compare_runs,
-                     systems_speedup=args.systems_speedup, step=args.step)
-    print(f"added record #{rec.number} to track {rec.track}: {rec.path}")
-    return 0
-
-
-def _cmd_add_unverified(args) -> int:
-    rec = store.add_unverified(args.script, load_track(args.track), args.description, _contributors(args.contributors),
-                         args.note, args.slug)
-    print(f"entered #{rec.number} on track {rec.track} (not verified): {rec.path}")
-    return 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +22,11 @@ from speedrun.ledger.store import current_record as ledger_current
 
 X_CHOICES = ("seconds", "steps", "both")
 LOG_SCALE_RATIO = 3.0  # the progression's y axis is logarithmic when its largest value exceeds 3x its smallest
+
+
+class PlotNote(UserWarning):
+    """Something left out of a plot that was still drawn (e.g. a target line for a track that is not
+    installed); `speedrun plot` prints these as notes."""
 
 
 @dataclass
@@ -182,7 +188,8 @@ def _loss_limits(losses: list[float], targets: list[float]) -> tuple[float, floa
 
 def plot_runs(run_dirs: list[str | os.PathLike], out: str | os.PathLike, x: str = "both",
               records_dir: str | os.PathLike | None = None):
-    """Val loss of every repetition of each run, with each track's target and current record; returns the Figure."""
+    """Val loss of every repetition of each run, with each track's target and current record; returns the Figure.
+    What had to be left out is a `PlotNote` warning."""
     require_matplotlib()
     from matplotlib import colormaps
 
@@ -200,7 +207,7 @@ def plot_runs(run_dirs: list[str | os.PathLike], out: str | os.PathLike, x: str 
         try:
             targets[load_track(track).target_val_loss] = track
         except SpeedrunError as exc:
-            print(f"speedrun: note: no target line for track {track!r}: {exc}")
+            warnings.warn(f"no target line for track {track!r}: {exc}", PlotNote, stacklevel=2)
         record = current_record(track, records_dir)
         if record is not None and record.path.resolve() not in {d.resolve() for d, _, _ in runs}:
             records.append((record, read_curves(record.path)[1]))
@@ -331,7 +338,7 @@ def _minor_log_label(value: float, _pos) -> str:
     return f"{value:g}" if mantissa in (2, 3, 5) else ""
 
 
-# --- command line -------------------------------------------------------------------------------------------
+# --- default paths -------------------------------------------------------------------------------------------
 
 
 def run_plot_path(run_dirs: list[str | os.PathLike]) -> Path:
@@ -344,43 +351,3 @@ def progression_path(track: str) -> Path:
     from speedrun import paths
 
     return paths.runs_dir() / f"progression-{track}.png"
-
-
-def _cmd_plot(args) -> int:
-    targets = args.targets
-    if targets[0] == "progression":  # a run directory of that name can be given as ./progression
-        if len(targets) > 1:
-            raise SpeedrunError("plot progression takes no run directories (use ./progression for a run dir "
-                                "named so)")
-        if not args.track:
-            raise SpeedrunError("plot progression needs --track (e.g. --track gpt2-small)")
-        out = Path(args.out) if args.out else progression_path(args.track)
-        plot_progression(args.track, out, records_dir=args.records)
-    else:
-        if args.track:
-            raise SpeedrunError("--track is only for `plot progression`; run plots take the track from each "
-                                "run's manifest")
-        out = Path(args.out) if args.out else run_plot_path(targets)
-        plot_runs(targets, out, x=args.x, records_dir=args.records)
-    print(f"wrote {out}")
-    return 0
-
-
-def register(subparsers) -> None:
-    from speedrun.cli import DefaultsFormatter
-
-    p = subparsers.add_parser(
-        "plot", help="plot val loss of run directories, or the record progression of a track",
-        description="`plot RUN_DIR...`: val loss against timed seconds and/or steps, one line per repetition, "
-                    "with the target and the track's current record. `plot progression --track T`: record "
-                    "time against date (log scale), external history and ledger records marked apart.",
-        formatter_class=DefaultsFormatter)
-    p.add_argument("targets", nargs="+", metavar="RUN_DIR", help="run directories, or the word `progression`")
-    p.add_argument("--out", help="PNG to write (default: RUN_DIR/val_loss.png for one run, "
-                                 "FIRST_RUN_DIR/val_loss-compare.png for several, RUNS/progression-TRACK.png "
-                                 "with RUNS = $SPEEDRUN_RUNS_DIR, else ./runs)")
-    p.add_argument("--x", choices=X_CHOICES, default="both", help="x axis for run plots")
-    p.add_argument("--track", help="track for `plot progression`")
-    p.add_argument("--records", help="ledger records directory (default: $SPEEDRUN_RECORDS_DIR, else the "
-                                     "checkout's records/, else ./records)")
-    p.set_defaults(func=_cmd_plot)

@@ -8,13 +8,13 @@ nobody has run on the track's hardware yet); it then says so in `note` and is ne
 
 This module is the store: reading and validating entries, writing one under a lock (aside, then renamed
 into place: a crash leaves the ledger valid), and the generated tables (`records/<track>/README.md` and a
-section of the top-level README, never hand-edited) and leaderboard. Deciding whether a run *becomes* a record
+section of the top-level README, never hand-edited); `speedrun leaderboard` (`speedrun.cli.leaderboard`) shows the
+same records on the terminal. Deciding whether a run *becomes* a record
 (`speedrun record add`: verify, compare with the prior record, then `write_record`) is `speedrun.ledger.compare`'s.
 """
 
 from __future__ import annotations
 
-import argparse
 import fcntl
 import os
 import re
@@ -242,11 +242,11 @@ def add_unverified(script: Path, track: Track, description: str, contributors: l
 # --- tables ---------------------------------------------------------------------------------------------------
 
 
-def _fmt(value, digits: int) -> str:
+def fmt(value, digits: int) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def _throughput_text(r: Record) -> str:
+def throughput_text(r: Record) -> str:
     tp = r.throughput or {}
     if not tp.get("tokens_per_s"):
         return "-"
@@ -264,12 +264,12 @@ def track_table(track: Track, records: list[Record]) -> str:
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in records:
-        metric = f"{_fmt(r.metric_mean, 2)} ± {_fmt(r.metric_sd, 2)}" if r.verified else "-"
+        metric = f"{fmt(r.metric_mean, 2)} ± {fmt(r.metric_sd, 2)}" if r.verified else "-"
         status = "verified" if r.verified else f"not verified: {r.note}"
         p = "-" if r.p_value is None else f"{r.p_value:.2g}"
-        lines.append(f"| [{r.number}]({r.path.name}/) | {r.date} | {metric} | {_fmt(r.val_loss_mean, 4)} | "
+        lines.append(f"| [{r.number}]({r.path.name}/) | {r.date} | {metric} | {fmt(r.val_loss_mean, 4)} | "
                      f"{r.n_runs or '-'} | {p} | {r.description} | {', '.join(r.contributors)} | {r.hardware} | "
-                     f"{_throughput_text(r)} | {status} |")
+                     f"{throughput_text(r)} | {status} |")
     return "\n".join(lines)
 
 
@@ -293,7 +293,7 @@ def readme_section(root: Path) -> str:
         if cur:
             unit = track.metric_unit
             lines.append(f"| [{name}]({rel}) | #{cur.number} {cur.description} | {cur.metric_mean:.2f} {unit} | "
-                         f"{_fmt(cur.val_loss_mean, 4)} | {cur.hardware} | {len(records)} |")
+                         f"{fmt(cur.val_loss_mean, 4)} | {cur.hardware} | {len(records)} |")
         else:
             lines.append(f"| [{name}]({rel}) | no verified record yet | - | - | {track.hardware} | {len(records)} |")
     lines += ["", README_END]
@@ -336,125 +336,3 @@ def write_tables(root: Path | None = None) -> list[Path]:
             os.replace(tmp, path)
             written.append(path)
     return written
-
-
-# --- commands -------------------------------------------------------------------------------------------------
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    from speedrun.cli import DefaultsFormatter
-
-    lb = sub.add_parser("leaderboard", help="print the records; --write regenerates the tables",
-                        description="Print each track's records, one line each (at most 100 columns); --long adds "
-                                    "contributors, p-values, notes and full descriptions.",
-                        formatter_class=DefaultsFormatter)
-    lb.add_argument("--track", help="only this track (default: every track)")
-    lb.add_argument("--long", action="store_true",
-                    help="every field in full: description, contributors, p-value, prior record, notes")
-    lb.add_argument("--write", action="store_true", help="regenerate records/*/README.md and the README section")
-    lb.add_argument("--check", action="store_true", help="exit 1 when a generated table is stale")
-    lb.add_argument("--history", action="store_true", help="show the external (self-reported) history instead")
-    lb.set_defaults(func=_cmd_leaderboard)
-
-
-LEADERBOARD_WIDTH = 100  # columns of `speedrun leaderboard` when the output is not a terminal
-
-
-def _metric_text(track: Track, r: Record) -> str:
-    if r.metric_mean is None:
-        return "-"
-    digits = 2 if track.timed else 0
-    spread = "" if r.metric_sd is None else f" ± {r.metric_sd:.{digits}f}"
-    return f"{r.metric_mean:.{digits}f}{spread}"
-
-
-def leaderboard_table(track: Track, records: list[Record], width: int = LEADERBOARD_WIDTH):
-    """One track's records as a rich Table of one line per record, `width` columns at most: text that does
-    not fit is cut with an ellipsis (`leaderboard_details` has it in full)."""
-    from rich.table import Table
-
-    current = next((r.number for r in reversed(records) if r.verified), None)
-    lead = (f"current record #{current}" if current is not None
-            else "no verified record yet" if records else "no entries yet")
-    title = f"{track.name}: target val loss {track.target_val_loss:g}, {track.metric}, {track.hardware}; {lead}"
-    table = Table(title=title, title_justify="left", title_style="bold", box=None, padding=(0, 1),
-                  pad_edge=False, header_style="bold underline", min_width=min(len(title), width),
-                  show_header=bool(records))
-    rows = [[str(r.number), r.date, _metric_text(track, r), _fmt(r.val_loss_mean, 4), str(r.n_runs or "-"),
-             "verified" if r.verified else "unverified", r.hardware or "-", r.description] for r in records]
-    headers = ["#", "date", "wallclock (s)" if track.timed else "steps", "val loss", "n", "status",
-               "hardware", "description"]
-    widths = [max([len(h)] + [len(row[i]) for row in rows]) for i, h in enumerate(headers)]
-    # every column is sized to its content; hardware, then the description, give way to fit `width`
-    budget = width - 2 * (len(headers) - 1)
-    widths[6] = min(widths[6], 16)
-    widths[7] = max(12, min(widths[7], budget - sum(widths[:7])))
-    for i, header in enumerate(headers):
-        table.add_column(header, justify="right" if i in (0, 2, 3, 4) else "left", no_wrap=True,
-                         overflow="ellipsis", max_width=widths[i], min_width=min(widths[i], len(header)))
-    for row in rows:
-        table.add_row(*row)
-    return table
-
-
-def leaderboard_details(track: Track, records: list[Record]):
-    """Every field of every record, wrapped (`speedrun leaderboard --long`)."""
-    from rich.console import Group
-    from rich.table import Table
-
-    parts = []
-    for r in records:
-        grid = Table.grid(padding=(0, 2))
-        grid.add_column(style="bold", no_wrap=True)
-        grid.add_column(overflow="fold")
-        fields = [("description", r.description), ("contributors", ", ".join(r.contributors) or "-"),
-                  ("status", "verified" if r.verified else "not verified"), ("note", r.note or "-"),
-                  (track.metric, _metric_text(track, r)), ("val loss", _fmt(r.val_loss_mean, 4)),
-                  ("runs", str(r.n_runs or "-")), ("p-value", "-" if r.p_value is None else f"{r.p_value:.3g}"),
-                  ("prior record", f"#{r.prior}" if r.prior else "-"), ("hardware", r.hardware or "-"),
-                  ("throughput", _throughput_text(r)),
-                  ("harness", f"{r.harness_version} (API {r.api_version})"), ("script sha256", r.script_sha256),
-                  ("entry", str(r.path) if r.path else "-")]
-        for key, value in fields:
-            grid.add_row(key, value)
-        parts += [f"[bold]{track.name} #{r.number}[/bold] {r.date}", grid, ""]
-    return Group(*parts)
-
-
-def _cmd_leaderboard(args) -> int:
-    import sys
-
-    from rich.console import Console
-
-    console = Console() if sys.stdout.isatty() else Console(width=LEADERBOARD_WIDTH)
-    if args.history:
-        from speedrun.ledger import history
-
-        console.print(history.history_table(history.load_history(), args.track))
-        return 0
-    if args.write:
-        for path in write_tables():
-            print(f"wrote {path}")
-        return 0
-    if args.check:
-        stale = stale_tables()
-        for path in stale:
-            print(f"stale: {path} (run `speedrun leaderboard --write`)")
-        return 1 if stale else 0
-    root = records_dir()
-    if not root.is_dir():
-        console.print(f"no records folder at {root.absolute()} (`speedrun --help` says where records live)")
-    shown = 0
-    for i, name in enumerate([args.track] if args.track else track_names()):
-        track = load_track(name)
-        records = load_records(name)
-        shown += len(records)
-        if i:
-            console.print()
-        console.print(leaderboard_table(track, records, width=min(console.width, LEADERBOARD_WIDTH)))
-        if args.long and records:
-            console.print()
-            console.print(leaderboard_details(track, records))
-    if shown and not args.long:
-        console.print("\n[dim]`speedrun leaderboard --long`: full descriptions, contributors, p-values, notes[/dim]")
-    return 0

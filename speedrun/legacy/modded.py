@@ -27,7 +27,6 @@ from __future__ import annotations
 import math
 import re
 import shutil
-import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -713,125 +712,166 @@ def _replace_dir(new: Path, target: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-# --- command line -------------------------------------------------------------------------------------------
+# --- checking imported evidence (called by verify for `"self_reported": true` manifests) ---------------------
 
 
-def _summary_table(imp: Imported):
-    from rich.markup import escape
-    from rich.table import Table
+@dataclass
+class ImportedCheck:
+    """What the self-reported evidence of an imported record amounts to under the track's rules."""
 
-    many = len(imp.logs) > 1
-    title = f"{imp.log.path.parent.name if many else imp.log.path.name} -> {imp.run_dir}"
-    # one short phrase a line: a narrow table wraps its caption at its own width, and mid-phrase read badly
-    what = f"record of {len(imp.logs)} logs" if many else f"{imp.log.era} log"
-    caption = "\n".join([f"track {imp.track}, told by {imp.track_from}", f"self-reported {what}, not refereed",
-                          f"hardware {imp.hardware or 'not stated'}"]
-                         + ([f"loss field {imp.loss_field}"] if imp.loss_field != DEFAULT_LOSS_FIELD else []))
-    table = Table(title=escape(title), caption=escape(caption))
-    table.add_column("run", justify="right")
-    if many:
-        table.add_column("log")
-    table.add_column("trial", justify="right")
-    table.add_column("steps", justify="right")
-    table.add_column("val loss", justify="right")
-    table.add_column("time (s)", justify="right")
-    table.add_column("status")
-    for j in imp.trials:
-        steps = "-" if j.last_step is None else f"{j.last_step}" + (f"/{j.total}" if j.total is not None else "")
-        loss = "-" if j.result is None or j.result.loss is None else f"{j.result.loss:.5f}".rstrip("0").rstrip(".")
-        secs = "-" if j.result is None or j.result.seconds is None else f"{j.result.seconds:.3f}"
-        status = j.status
-        if j.result is not None and j.result.step != j.last_step:
-            status += f" (judged at step {j.result.step})"
-        elif j.status == "truncated":
-            status += " (no final validation)"
-        elif j.status == "missing-step":
-            status += f" (no validation at step {imp.requested_step})"
-        cells = [str(j.k)] + ([escape(j.source)] if many else []) + [str(j.trial), steps, loss, secs, status]
-        table.add_row(*cells)
-    return table
+    repetitions: list[dict]  # k, status, final_loss, timed_s, batches, problems, warnings (+ source, trial, hardware)
+    problems: list[str]
+    warnings: list[str]
+    target: "TargetResult"  # the track's rule over the judged losses of the repetitions without problems
+    judged_step: int | None  # the declared judging step (None: each trial's final validation)
+    earliest: "EarliestStep | None" = None  # margin-rule tracks: the earliest common step where the rule holds
+    hardware: str | None = None
+
+    @property
+    def qualifies(self) -> bool:
+        return not self.problems and bool(self.target.passed)
+
+    def to_dict(self) -> dict:
+        return {"repetitions": self.repetitions, "problems": self.problems, "warnings": self.warnings,
+                "target": self.target.to_dict(), "judged_step": self.judged_step,
+                "earliest": self.earliest.to_dict() if self.earliest is not None else None,
+                "hardware": self.hardware, "qualifies": self.qualifies}
 
 
-def _print_import(console, imp: Imported) -> None:
-    from rich.markup import escape
-
-    from speedrun.tracks import load_track
-
-    console.print(_summary_table(imp))
-    unknown = sum(len(t.unknown) for log in imp.logs for t in log.trials)
-    if unknown:
-        console.print(f"  skipped {unknown} unrecognised line(s) (warnings in the run-K.jsonl files)")
-    from speedrun.evidence.rundir import read_json
-
-    check = check_imported(imp.run_dir, read_json(imp.run_dir / MANIFEST), load_track(imp.track))
-    at = f"at step {check.judged_step}" if check.judged_step is not None else "at each run's final validation"
-    console.print(escape(f"  track rule {at}: {check.target.reason}"), highlight=False)
-    if check.earliest is not None and check.earliest.step is not None and check.earliest.step != check.judged_step:
-        console.print(f"  the rule already holds at step {check.earliest.step} across all runs", highlight=False)
-    for p in check.problems:
-        console.print(escape(f"  problem: {p}"), highlight=False)
-    for w in check.warnings:  # the group's warnings; each run's own are in its run-K.jsonl
-        if not re.match(r"^repetition \d+: ", w):
-            console.print(escape(f"  warning: {w}"), highlight=False)
+def _ranges(ks: list[int]) -> str:
+    ks = sorted(ks)
+    parts, start = [], None
+    for i, k in enumerate(ks):
+        if start is None:
+            start = k
+        if i + 1 == len(ks) or ks[i + 1] != k + 1:
+            parts.append(str(start) if start == k else f"{start}-{k}")
+            start = None
+    return ", ".join(parts)
 
 
-def _cmd_import(args) -> int:
-    from rich.console import Console
-
-    console = Console()
-    paths = [Path(p) for p in args.paths]
-    dirs = [p for p in paths if p.is_dir()]
-    if args.as_record:
-        if dirs:
-            raise SpeedrunError(f"{dirs[0]}: --as-record groups log files; a folder is already one record")
-        jobs = [("group", paths)]
-    else:
-        if args.name and len(paths) > 1:
-            raise SpeedrunError("--name names one run directory: use it with one folder or with --as-record")
-        jobs = [("dir" if p.is_dir() else "file", [p]) for p in paths]
-        targets = [Path(args.out or "runs/imported") / args.name if args.name else default_out_dir(p, args.out)
-                   for _, (p,) in jobs]
-        dupes = {t for t in targets if targets.count(t) > 1}
-        if dupes:
-            raise SpeedrunError(f"several inputs would be imported to {sorted(dupes)[0]}; import them separately "
-                                f"with different --out directories")
-    failed = 0
-    for kind, group in jobs:
-        try:
-            if kind == "group":
-                imp = import_logs(group, args.track, args.out, args.step, args.force, args.loss_field,
-                                  name=args.name or group[0].resolve().parent.name)
-            elif kind == "dir":
-                imp = import_record_dir(group[0], args.track, args.out, args.step, args.force, args.loss_field,
-                                        name=args.name)
-            else:
-                imp = import_logs(group, args.track, args.out, args.step, args.force, args.loss_field,
-                                  name=args.name)
-        except SpeedrunError as exc:
-            print(f"speedrun: error: {exc}", file=sys.stderr)
-            failed += 1
+def _hardware_findings(reps: list[dict], manifest: dict, track) -> tuple[list[str], list[str]]:
+    """Hold each repetition's hardware against the track's: a mismatch is a problem on wallclock tracks (time
+    depends on it) and a warning on step-count tracks (the batch is fixed, so steps do not)."""
+    problems, warnings = [], []
+    fallback = (manifest.get("hardware"), manifest.get("hardware_fingerprint"))
+    by_label: dict[str | None, list] = {}
+    for rep in reps:
+        label = rep.get("hardware", fallback[0])
+        by_label.setdefault(label, []).append(rep)
+    for label, group in by_label.items():
+        ks = _ranges([r["k"] for r in group])
+        who = f"repetition{'s' if len(group) > 1 else ''} {ks}"
+        if label is None:
+            warnings.append(f"{who}: the log does not say which hardware it ran on; the track expects "
+                            f"{track.hardware}")
             continue
-        _print_import(console, imp)
-    return 1 if failed else 0
+        fingerprint = None
+        if label == fallback[0] and fallback[1]:
+            fingerprint = fallback[1]
+        elif (m := re.match(r"^(\d+)x(.+)$", label)):
+            fingerprint = {"gpu_name": m.group(2), "gpu_count": int(m.group(1))}
+        match = hardware_matches(fingerprint, track.hardware)
+        if match is None:
+            warnings.append(f"{who} ran on {label}: cannot tell whether that is the track's {track.hardware}")
+        elif not match:
+            text = f"{who} ran on {label}; track {track.name} expects {track.hardware}"
+            if track.metric == "wallclock":
+                problems.append(text)
+            else:
+                warnings.append(text + " (steps do not depend on the hardware: the global batch is fixed)")
+    return problems, warnings
 
 
-def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "import-log", help="import modded-nanogpt logs as self-reported run evidence",
-        description="Parse modded-nanogpt record logs (every era) into run directories marked self-reported. "
-                    "A FILE becomes one run directory (one run-K.jsonl per trial in it); a record FOLDER, or "
-                    "several files with --as-record, becomes ONE run directory whose repetitions are the trials "
-                    "of all its logs, judged together by the track's rule.")
-    p.add_argument("paths", nargs="+", metavar="PATH", help="modded-nanogpt log file(s) or record folder(s)")
-    p.add_argument("--as-record", action="store_true",
-                   help="import the given files as one record (one run directory)")
-    p.add_argument("--track", help="our track name (default: from the path, e.g. track_1_short, or the content)")
-    p.add_argument("--out", help="parent directory for the run directories (default runs/imported)")
-    p.add_argument("--name", help="the run directory's name (default: the file's stem or the folder's name)")
-    p.add_argument("--step", type=int,
-                   help="judge every trial at its validation of this step (the record's declared step)")
-    p.add_argument("--loss-field", default=DEFAULT_LOSS_FIELD, metavar="FIELD",
-                   help="validation field to judge (default val_loss; e.g. val_ema_loss)")
-    p.add_argument("--force", action="store_true", help="replace an existing run directory of the same name")
-    p.set_defaults(func=_cmd_import)
+_STATUS_TEXT = {"truncated": "is truncated", "missing-step": "has no result at the declared step",
+                "missing-field": "has no value in the judged loss field"}
 
+
+def check_imported(run_dir: str | Path, manifest: dict, track: "Track") -> ImportedCheck:
+    """Judge imported (self-reported) evidence as modded-nanogpt does: each repetition's loss at the declared
+    step (or its final validation), the track's statistical rule over them, and the hardware against the
+    track's. There is no referee clock, seal or probe to check: only what the logs printed."""
+    from speedrun.evidence import rundir
+    from speedrun.judge import stats
+
+    run_dir = Path(run_dir)
+    if not manifest.get("self_reported"):
+        raise SpeedrunError(f"{run_dir}: not imported evidence (the manifest is not marked self_reported)")
+    judged_step = manifest.get("requested_step")
+    if judged_step is not None and (not isinstance(judged_step, int) or isinstance(judged_step, bool)):
+        raise SpeedrunError(f"{run_dir / MANIFEST}: field 'requested_step': expected a step number or null")
+    problems: list[str] = []
+    warnings: list[str] = []
+    recorded = (manifest.get("track") or {}).get("name")
+    if recorded not in (None, track.name):
+        problems.append(f"the evidence was imported for track {recorded}, not {track.name}")
+
+    reps_meta = manifest.get("repetitions") or [{"k": k, "status": None}
+                                                for k in rundir.iter_repetitions(run_dir)]
+    if not reps_meta:
+        problems.append("no repetitions recorded")
+    results, vals_by_rep = [], {}
+    for meta in reps_meta:
+        k = meta.get("k")
+        where = f" ({meta['source']}, trial {meta.get('trial')})" if meta.get("source") else ""
+        rep = {"k": k, "status": meta.get("status"), "final_loss": None, "timed_s": None, "batches": None,
+               "problems": [], "warnings": [], "source": meta.get("source"), "trial": meta.get("trial"),
+               "hardware": meta.get("hardware", manifest.get("hardware"))}
+        results.append(rep)
+        path = rundir.events_path(run_dir, k)
+        if not path.exists():
+            rep["problems"].append(f"repetition {k}{where} left no events (run-{k}.jsonl)")
+            continue
+        try:
+            events = rundir.read_events(path)
+        except SpeedrunError as exc:
+            rep["problems"].append(f"repetition {k}{where}: {exc}")
+            continue
+        rep["warnings"] = [e.get("message") for e in events.of("warning")]
+        if meta.get("status") not in ("ok", None):
+            notes = "; ".join(meta.get("notes") or [])
+            what = _STATUS_TEXT.get(meta.get("status"), f"is {meta.get('status')}")
+            rep["problems"].append(f"repetition {k}{where} {what}" + (f": {notes}" if notes else ""))
+            continue
+        vals = events.of("val")
+        if not vals:
+            rep["problems"].append(f"repetition {k}{where} has no validation")
+            continue
+        if judged_step is not None:
+            line = [v for v in vals if v.get("step") == judged_step]
+            if not line:
+                rep["problems"].append(f"repetition {k}{where} has no validation at the declared step {judged_step}")
+                continue
+            line = line[-1]
+        elif events.last("finish") is None:
+            rep["problems"].append(f"repetition {k}{where} is truncated (no final validation)")
+            continue
+        else:
+            line = vals[-1]
+        loss = line.get("loss")
+        if not isinstance(loss, (int, float)) or not math.isfinite(loss):
+            rep["problems"].append(f"repetition {k}{where}: its loss at step {line.get('step')} is not a number")
+            continue
+        rep["final_loss"], rep["timed_s"], rep["batches"] = float(loss), line.get("timed_s"), line.get("step")
+        vals_by_rep[k] = [v for v in vals if judged_step is None or (v.get("step") or 0) <= judged_step]
+
+    hw_problems, hw_warnings = _hardware_findings(results, manifest, track)
+    problems += hw_problems
+    warnings += hw_warnings
+    for r in results:
+        problems += r["problems"]
+        warnings += [f"repetition {r['k']}: {w}" for w in r["warnings"]]
+    for skipped in manifest.get("skipped_files") or []:
+        warnings.append(f"{skipped.get('name')} was not imported: {skipped.get('reason')}")
+
+    good = [r for r in results if r["final_loss"] is not None and not r["problems"]]
+    ends = sorted({r["batches"] for r in good if r["batches"] is not None})
+    if judged_step is None and len(ends) > 1:
+        warnings.append(f"the repetitions were judged at different steps ({', '.join(map(str, ends))}): a record "
+                        f"is judged at one step for all its runs; declare it (import-log --step)")
+    target = stats.target_test([r["final_loss"] for r in good], track.target_val_loss, track.rule)
+    earliest = None
+    if track.rule.test == "margin" and good and len(good) == len(results):
+        earliest = stats.earliest_passing_step({r["k"]: vals_by_rep[r["k"]] for r in good},
+                                               track.target_val_loss, track.rule)
+    return ImportedCheck(results, problems, warnings, target, judged_step, earliest, manifest.get("hardware"))

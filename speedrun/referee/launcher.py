@@ -19,7 +19,6 @@ passed through to torchrun for one-node runs that need them; the tracks' hardwar
 
 from __future__ import annotations
 
-import argparse
 import os
 import queue
 import re
@@ -37,23 +36,12 @@ from speedrun.evidence import rundir
 from speedrun.evidence import hardware
 from speedrun import env, paths
 from speedrun.errors import SpeedrunError
+from speedrun.report import SILENT, Reporter
 
 TAIL_LINES = 30
 CONNECT_TIMEOUT_S = 180.0     # from launch to the first rank's hello (imports of torch can be slow)
 ORPHAN_GRACE_S = 60.0         # a rank's process ended; the others are stopped after this long
 DRAIN_S = 10.0                # after the processes exit, wait this long for the channel to close
-
-
-def _console():
-    from rich.console import Console
-
-    return Console(stderr=True, soft_wrap=True, highlight=False)
-
-
-def escape(text: str) -> str:
-    from rich.markup import escape as rich_escape
-
-    return rich_escape(text)
 
 
 # --- run directories and manifests ---------------------------------------------------------------------------
@@ -376,7 +364,7 @@ class Launch:
 
     def __init__(self, script: Path, track, nproc: int, runs: int, out: str | Path | None, seed: int,
                  script_args: list[str], rdzv: dict, data_dir: str | None = None, timeout: float | None = None,
-                 wandb: dict | None = None, stop_after_logs: int | None = None):
+                 wandb: dict | None = None, stop_after_logs: int | None = None, report: Reporter = SILENT):
         from speedrun.data import check, streams
         from speedrun.evidence import pins
 
@@ -386,7 +374,7 @@ class Launch:
             raise SpeedrunError("--runs and --nproc must be at least 1")
         check_syntax(script)
         become_subreaper()
-        self.track, self.runs, self.timeout, self.wandb = track, runs, timeout, wandb
+        self.track, self.runs, self.timeout, self.wandb, self.report = track, runs, timeout, wandb, report
         self.stop_after_logs = stop_after_logs
         self.nproc, self.nnodes = nproc, int(rdzv.get("nnodes") or 1) if str(rdzv.get("nnodes") or 1).isdigit() else 1
         self.data_dir = Path(data_dir).resolve() if data_dir else None
@@ -418,17 +406,19 @@ class Launch:
         env["PYTHONSAFEPATH"] = "1"
         return env
 
-    def repetition(self, k: int, console=None) -> dict:
-        """Run repetition k (1-based); record its exit code, wallclock and status in the manifest."""
+    def repetition(self, k: int, report: Reporter | None = None) -> dict:
+        """Run repetition k (1-based); record its exit code, wallclock and status in the manifest. Its progress
+        (a line per validation, problem and warning, a status line, the outcome) goes to `report` (default:
+        the launch's)."""
         from speedrun.evidence import pins
 
-        console = console or _console()
+        report = report or self.report
         label = f"{self.run_dir.name} {k}/{self.runs}"
         seed = self.seeds[k - 1]
         if self.stopped_reason:
             rep = {"k": k, "status": "stopped", "exit_code": None, "wall_s": None, "seed": seed,
                    "error": self.stopped_reason}
-            console.print(f"  {label} not run: {self.stopped_reason}", markup=False)
+            report.line(f"  {label} not run: {self.stopped_reason}")
             return self._record(rep)
         sink = None
         if self.wandb:
@@ -436,26 +426,25 @@ class Launch:
 
             sink = wandb_log.WandbSink.open(self.wandb["project"], self.manifest, k, self.run_dir,
                                             name=self.wandb.get("name") or f"{self.run_dir.name}-{k}",
-                                            entity=self.wandb.get("entity"))
+                                            entity=self.wandb.get("entity"), report=self.wandb.get("report") or SILENT)
 
         def echo(event: dict) -> None:
             kind = event.get("event")
             if kind == "val":
-                console.print(f"  {label} step {event.get('step')}: val loss {event['loss']:.4f} at "
-                              f"{event['timed_s']:.2f} s timed", markup=False)
+                report.line(f"  {label} step {event.get('step')}: val loss {event['loss']:.4f} at "
+                            f"{event['timed_s']:.2f} s timed")
             elif kind in ("problem", "warning"):
-                console.print(f"  {label} {kind}: {event['message']}", markup=False)
+                report.line(f"  {label} {kind}: {event['message']}")
 
         rep_ref = Repetition(self.track, k, seed, self.nproc, self.run_dir, self.welcome, sink=sink, echo=echo,
                              data_files={**{p: "train" for p in self.train_files}, **{p: "val" for p in self.val_files}},
                              harness=str(paths.PACKAGE_DIR))
-        status = console.status(escape(f"{label} starting"), spinner="dots")
         before = descendants()
         try:
-            with status:
+            with report.status(f"{label} starting") as status:
                 code, wall, reasons = run_processes(self.cmd, self._rank_env(rep_ref.server.path),
                                                     rundir.log_path(self.run_dir, k), rep_ref, self.timeout,
-                                                    status_line=lambda s: status.update(escape(f"{label}  {s}")),
+                                                    status_line=lambda s: status.update(f"{label}  {s}"),
                                                     stop_after_logs=self.stop_after_logs)
         except BaseException:  # Ctrl-C or a launcher fault: seal what the referee saw, close wandb, then stop
             try:
@@ -476,7 +465,7 @@ class Launch:
                "wall_s": round(wall, 3), "seed": seed}
         if rep_ref.stopped_early:
             rep.update(status="stopped", error=rep_ref.stopped_early)
-            console.print(f"  {label} {rep_ref.stopped_early}", markup=False)
+            report.line(f"  {label} {rep_ref.stopped_early}")
             if sink is not None:
                 sink.finish(rep["status"])
             return self._record(rep)
@@ -486,14 +475,13 @@ class Launch:
             first = summary["errors"][0] if summary.get("errors") else error
             rep["error"] = (reasons[0] if reasons else first) or (summary["problems"][0] if summary["problems"]
                                                                    else None)
-            console.print(f"  {label} {rep['status']} (exit code {code}): {rep['error'] or 'see run-%d.log' % k}",
-                          markup=False)
+            report.line(f"  {label} {rep['status']} (exit code {code}): {rep['error'] or 'see run-%d.log' % k}")
             if k == 1 and self.runs > 1 and self._deterministic(rep_ref, error):
                 self.stopped_reason = f"repetition 1 failed before training could start ({rep['error']})"
         else:
             loss = summary["final_loss"]
-            console.print(f"  {label} val loss {loss:.4f}  timed {summary['timed_s']:.2f} s  steps "
-                          f"{summary['steps']}  (process {wall:.1f} s)", markup=False)
+            report.line(f"  {label} val loss {loss:.4f}  timed {summary['timed_s']:.2f} s  steps "
+                        f"{summary['steps']}  (process {wall:.1f} s)")
         if sink is not None:
             sink.finish(rep["status"])
         return self._record(rep)
@@ -513,14 +501,14 @@ class Launch:
 
 
 def launch(script: Path, track, nproc: int, runs: int, out: str | None, seed: int, script_args: list[str],
-           rdzv: dict, data_dir: str | None = None, timeout: float | None = None, wandb: dict | None = None) -> Path:
-    """Run the script `runs` times; returns the run directory (verification is separate)."""
-    job = Launch(script, track, nproc, runs, out, seed, script_args, rdzv, data_dir, timeout, wandb)
-    console = _console()
-    console.print(f"speedrun run {script.name} on track {track.name}: {runs} x {nproc} proc -> {job.run_dir}",
-                  markup=False)
+           rdzv: dict, data_dir: str | None = None, timeout: float | None = None, wandb: dict | None = None,
+           report: Reporter = SILENT) -> Path:
+    """Run the script `runs` times, telling `report` how it goes; returns the run directory (verification is
+    separate)."""
+    job = Launch(script, track, nproc, runs, out, seed, script_args, rdzv, data_dir, timeout, wandb, report=report)
+    report.line(f"speedrun run {script.name} on track {track.name}: {runs} x {nproc} proc -> {job.run_dir}")
     for k in range(1, runs + 1):
-        job.repetition(k, console)
+        job.repetition(k)
     return job.run_dir
 
 
@@ -566,56 +554,3 @@ class Standalone:
                "note": "launched by plain torchrun: unrefereed; no process wallclock or exit code"}
         self.manifest["repetitions"] = [rep]
         rundir.write_json_atomic(self.run_dir / rundir.MANIFEST, self.manifest)
-
-
-# --- command ---------------------------------------------------------------------------------------------------
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("run", help="launch a submission with torchrun under the referee, keep the evidence, verify",
-                       usage="speedrun run SCRIPT --track T [options] [-- SCRIPT_ARGS...]",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("script", type=Path)
-    p.add_argument("--track", required=True, help="track name or path to a track .toml")
-    p.add_argument("--nproc", type=int, default=1, help="processes per node: GPUs, or CPU ranks (default: 1)")
-    p.add_argument("--runs", type=int, help="repetitions (default: the track's minimum for a verdict)")
-    p.add_argument("--out", help="run directory (default: <runs>/<track>/<stamp>_<script>, see `speedrun --help`)")
-    p.add_argument("--seed", type=int, default=0, help="seed of repetition 1; repetition k gets seed+k-1 (default: 0)")
-    p.add_argument("--data-dir", help="data directory (default: see `speedrun --help`)")
-    p.add_argument("--timeout", type=float, help="stop a repetition after this many seconds (default: none)")
-    p.add_argument("--no-verify", action="store_true", help="skip the verdict at the end")
-    p.add_argument("--wandb", action="store_true", help="log to Weights & Biases (WANDB_MODE=offline works)")
-    p.add_argument("--wandb-project", default="speedrun", help="(default: speedrun)")
-    p.add_argument("--wandb-name", help="run name (default: <run dir>-<k>)")
-    p.add_argument("--wandb-entity", help="team or user (default: wandb's)")
-    for flag in ("nnodes", "node-rank", "rdzv-backend", "rdzv-endpoint", "rdzv-id"):
-        p.add_argument(f"--{flag}", help="passed through to torchrun")
-    p.set_defaults(func=_cmd_run)
-
-
-def wandb_options(args) -> dict | None:
-    if not getattr(args, "wandb", False):
-        return None
-    return {"project": args.wandb_project, "name": args.wandb_name, "entity": args.wandb_entity}
-
-
-def _cmd_run(args: argparse.Namespace) -> int:
-    from speedrun.judge import verify
-    from speedrun.tracks import load_track
-
-    if args.nnodes not in (None, "1", "1:1"):
-        raise SpeedrunError(f"--nnodes {args.nnodes}: multi-node runs cannot be refereed yet (each node's "
-                            f"launcher would see only its own ranks); run on one node, or unrefereed with torchrun")
-    track = load_track(args.track)
-    rdzv = {"nnodes": args.nnodes, "node-rank": args.node_rank, "rdzv-backend": args.rdzv_backend,
-            "rdzv-endpoint": args.rdzv_endpoint, "rdzv-id": args.rdzv_id}
-    script_args = list(getattr(args, "passthrough", []))
-    runs = args.runs or track.rule.min_runs
-    run_dir = launch(args.script, track, args.nproc, runs, args.out, args.seed, script_args, rdzv,
-                     data_dir=args.data_dir, timeout=args.timeout, wandb=wandb_options(args))
-    failed = [r["k"] for r in rundir.read_json(run_dir / rundir.MANIFEST)["repetitions"] if r["status"] != "ok"]
-    if args.no_verify:
-        return 1 if failed else 0
-    verdict = verify.verify_run_dir(run_dir)
-    verify.print_verdict(verdict)
-    return 0 if verdict["qualifies"] and not failed else 1

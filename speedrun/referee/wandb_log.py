@@ -2,7 +2,7 @@
 
 The run directory stays the evidence; wandb is a window onto it for people who watch their runs there. So the
 sink never decides anything and never stops a run: without wandb installed, with `WANDB_MODE=disabled`, or
-when wandb cannot start (no key, no network), it prints one line and does nothing. `WANDB_MODE=offline`
+when wandb cannot start (no key, no network), it reports one line (`speedrun.report`) and does nothing. `WANDB_MODE=offline`
 works without a key and keeps wandb's files under the run directory (`<run_dir>/wandb/`).
 
 What is logged, every row against `step` (the referee's step count, i.e. batches served):
@@ -33,12 +33,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+from speedrun.report import SILENT, Reporter
+
 STEP = "step"
 HOLD_STEPS = 256  # a row waits at most this many steps for the script's late logs of its step
-
-
-def _notice(message: str) -> None:
-    print(f"speedrun: wandb: {message}", flush=True)
 
 
 def _number(value: Any) -> float | int | None:
@@ -57,8 +55,9 @@ def scalar_key(name: str) -> str:
 class WandbSink:
     """One wandb run per repetition. Use `WandbSink.open(...)`; a sink whose `run` is None is a no-op."""
 
-    def __init__(self, run: Any = None):
+    def __init__(self, run: Any = None, report: Reporter = SILENT):
         self.run = run
+        self.report = report                     # where the one-line notices go
         self.warnings = 0
         self.problems = 0
         self.step = 0                            # the last step seen, for log events without one
@@ -68,17 +67,22 @@ class WandbSink:
 
     @classmethod
     def open(cls, project: str | None, manifest: dict, repetition: int, run_dir: str | os.PathLike,
-             name: str | None = None, entity: str | None = None) -> "WandbSink":
+             name: str | None = None, entity: str | None = None, report: Reporter = SILENT) -> "WandbSink":
         """Start the wandb run of repetition `repetition` of `run_dir` (named `<run dir>-<k>` unless `name`
-        is given; `entity` is the wandb team or user, default wandb's own default)."""
+        is given; `entity` is the wandb team or user, default wandb's own default). A notice (not logging,
+        and why) goes to `report`, as one line."""
+
+        def notice(message: str) -> None:
+            report.line(f"speedrun: wandb: {message}")
+
         if os.environ.get("WANDB_MODE", "").strip().lower() == "disabled":
-            _notice("WANDB_MODE=disabled, not logging")
-            return cls()
+            notice("WANDB_MODE=disabled, not logging")
+            return cls(report=report)
         try:
             import wandb
         except ImportError:
-            _notice("wandb is not installed (pip install wandb), not logging")
-            return cls()
+            notice("wandb is not installed (pip install wandb), not logging")
+            return cls(report=report)
         run_dir = Path(run_dir)
         track = (manifest.get("track") or {}).get("name")
         try:
@@ -94,13 +98,13 @@ class WandbSink:
                 settings=wandb.Settings(console="off"),
             )
         except Exception as exc:  # wandb raises many kinds (usage, auth, network); none may stop the run
-            _notice(f"could not start ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
-                    f"not logging")
-            return cls()
+            notice(f"could not start ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                   f"not logging")
+            return cls(report=report)
         run.define_metric(STEP)
         for key in ("train/*", "val/*", "timed_s"):
             run.define_metric(key, step_metric=STEP)
-        return cls(run)
+        return cls(run, report)
 
     # --- events -------------------------------------------------------------------------------------------
 
@@ -234,5 +238,5 @@ class WandbSink:
 
             wandb.teardown()
         except Exception as exc:  # closing must never fail a run either
-            _notice(f"could not finish cleanly ({type(exc).__name__}: {exc}); the run's wandb files may be "
-                    f"incomplete")
+            self.report.line(f"speedrun: wandb: could not finish cleanly ({type(exc).__name__}: {exc}); the run's "
+                             f"wandb files may be incomplete")

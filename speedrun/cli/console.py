@@ -1,0 +1,87 @@
+"""The one place the `speedrun` command makes its consoles, and the pieces every command module shares.
+
+Every command prints through a rich console made here (`stdout()` for results, `stderr()` for the referee's
+progress), so widths, wrapping and highlighting are decided once. `RichReporter` is the rich side of
+`speedrun.report.Reporter`: library functions report progress through it without importing rich or the cli.
+`DefaultsFormatter` is the help formatter of the commands' parsers. Imported only by command modules (never
+by `speedrun.cli` itself, so `speedrun --help` stays free of rich).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from contextlib import contextmanager
+from typing import Iterator
+
+
+def stdout(width: int | None = None, **options):
+    """A rich console on stdout. `width`: the columns to use when stdout is not a terminal (None: rich's own
+    choice, 80); on a terminal its width is always the terminal's."""
+    from rich.console import Console
+
+    if width is not None and not sys.stdout.isatty():
+        options["width"] = width
+    return Console(**options)
+
+
+def stderr():
+    """The console of the referee's progress: stderr, lines never wrapped, nothing highlighted."""
+    from rich.console import Console
+
+    return Console(stderr=True, soft_wrap=True, highlight=False)
+
+
+def escape(text: str) -> str:
+    """`text` with rich markup escaped, to print literally where markup is on."""
+    from rich.markup import escape as rich_escape
+
+    return rich_escape(text)
+
+
+class RichReporter:
+    """`speedrun.report.Reporter` on a rich console: lines are printed literally (no markup, no highlighting),
+    the status is rich's spinner."""
+
+    def __init__(self, console) -> None:
+        self.console = console
+
+    def line(self, text: str, style: str | None = None) -> None:
+        self.console.print(text, style=style, markup=False, highlight=False, emoji=False)
+
+    @contextmanager
+    def status(self, text: str) -> Iterator["_RichStatus"]:
+        status = self.console.status(escape(text), spinner="dots")
+        with status:
+            yield _RichStatus(status)
+
+
+class _RichStatus:
+    def __init__(self, status) -> None:
+        self._status = status
+
+    def update(self, text: str) -> None:
+        self._status.update(escape(text))
+
+
+def progress() -> RichReporter:
+    """The reporter of the referee's per-repetition lines and spinner (on stderr)."""
+    return RichReporter(stderr())
+
+
+def notices() -> RichReporter:
+    """The reporter of one-line notices on stdout (e.g. wandb's), never wrapped."""
+    return RichReporter(stdout(soft_wrap=True, highlight=False))
+
+
+class DefaultsFormatter(argparse.HelpFormatter):
+    """Appends "(default: X)" to an option's help when it has a real default (not None or False) and the help
+    does not already say it: `formatter_class=DefaultsFormatter` on a command's parser."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if ("default" in text or default is None or default is False or default is argparse.SUPPRESS
+                or not (action.option_strings or action.nargs in (argparse.OPTIONAL, argparse.ZERO_OR_MORE))):
+            return text
+        return f"{text} (default: %(default)s)"

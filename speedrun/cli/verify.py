@@ -1,0 +1,70 @@
+"""`speedrun verify RUN_DIR`: judge a run directory (`speedrun.judge.verify`) and print the verdict.
+
+`print_verdict` is the one rendering of a verdict on the terminal: `run`, `verify` and `replay` all show it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("verify", help="re-check a run directory and write verdict.json")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--step", type=int, help="judge every repetition at this declared step (optimization track; "
+                                            "default: each repetition's final validation)")
+    p.set_defaults(func=_cmd_verify)
+
+
+def _num(x, fmt: str) -> str:
+    return format(x, fmt) if isinstance(x, (int, float)) and math.isfinite(x) else "-"
+
+
+def print_verdict(verdict: dict) -> None:
+    from rich.table import Table
+
+    from speedrun.cli import console as consoles
+
+    console = consoles.stdout(highlight=False)
+    table = Table(title=f"{verdict['run_dir']}  ({verdict['track']})")
+    for col in ("run", "status", "final val loss", "timed s", "steps", "problems"):
+        table.add_column(col)
+    for r in verdict["repetitions"]:
+        table.add_row(str(r["k"]), str(r.get("status")), _num(r.get("final_loss"), ".4f"), _num(r.get("timed_s"), ".2f"),
+                      str(r["batches"] if r.get("batches") is not None else "-"),
+                      str(len(r["problems"])) if r.get("problems") else "")
+    console.print(table)
+    if verdict["self_reported"]:
+        console.print("SELF-REPORTED evidence (imported log): no referee clock, no probes, no seal; only the "
+                      "statistics and the hardware were checked.", style="yellow", markup=False)
+    for p in verdict["problems"]:
+        console.print("problem: " + p, style="red", markup=False)
+    for w in verdict["warnings"]:
+        console.print("warning: " + w, style="yellow", markup=False)
+    t, m = verdict["target"], verdict["metric"]
+    if t["n"]:
+        console.print(f"target {t['target']}: mean loss {_num(t['mean'], '.4f')} ± {_num(t['sd'], '.4f')} over "
+                      f"{t['n']} run(s)" + (f" at step {verdict['judged_step']}" if verdict.get("judged_step") else "")
+                      + f"; {t['reason']}", markup=False)
+    else:
+        console.print(f"target {t['target']}: no run to judge ({t['reason']})", markup=False)
+    if m["values"]:
+        console.print(f"{m['name']}: {_num(m['mean'], '.3f')} ± {_num(m['sd'], '.3f')} {m['unit']}", markup=False)
+    tp = verdict.get("throughput") or {}
+    if tp.get("tokens_per_s"):
+        extra = f", {tp['flops_per_token']:.3g} FLOPs/token" if tp.get("flops_per_token") else ""
+        extra += f", MFU {tp['mfu']:.1%}" if tp.get("mfu") else ""
+        console.print(f"throughput: {tp['tokens_per_s']:,.0f} tokens/s{extra}", markup=False)
+    word = "[green]QUALIFIES[/green]" if verdict["qualifies"] else "[red]DOES NOT QUALIFY[/red]"
+    suffix = " (on self-reported numbers only)" if verdict["self_reported"] else ""
+    console.print(f"verdict: {word}{suffix}")
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from speedrun.judge import verify
+
+    verdict = verify.verify_run_dir(args.run_dir, step=args.step)
+    print_verdict(verdict)
+    return 0 if verdict["qualifies"] else 1
