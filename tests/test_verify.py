@@ -109,3 +109,14 @@ def test_data_that_differs_from_the_run_is_a_problem(run_dir, tmp_path, monkeypa
     monkeypatch.setenv("SPEEDRUN_DATA_DIR", str(data))
     problems = verify.verify_run_dir(run_dir, write=False)["problems"]
     assert any(f"data file {val[0].name} differs" in p for p in problems), problems
+
+
+def test_the_command_leaves_a_ledger_entry_untouched_and_names_the_harness(run_dir, capsys):
+    from speedrun.cli import main
+
+    before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in RECORD.iterdir()}
+    assert main(["verify", str(RECORD)]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "QUALIFIES" in out and "judged under harness 0.2.0" in out and "Information, not a problem" in out
+    assert {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in RECORD.iterdir()} == before
+    assert main(["verify", str(run_dir)]) == 0 and (run_dir / rundir.VERDICT).is_file()  # a run gets its verdict

@@ -1,5 +1,9 @@
 """`speedrun verify RUN_DIR`: judge a run directory (`speedrun.judge.verify`) and print the verdict.
 
+The verdict goes into the run directory as `verdict.json`, except into a ledger entry (a committed record):
+a record is evidence of what its own harness judged, so re-verifying it under another harness writes
+nothing there unless `--write` asks (the checkout stays clean).
+
 `print_verdict` is the one rendering of a verdict on the terminal: `run`, `verify` and `replay` all show it.
 """
 
@@ -13,6 +17,8 @@ from pathlib import Path
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("verify", help="re-check a run directory and write verdict.json")
     p.add_argument("run_dir", type=Path)
+    p.add_argument("--write", action=argparse.BooleanOptionalAction, default=None,
+                   help="write verdict.json into the directory (default: yes for a run, no for a ledger entry)")
     p.add_argument("--step", type=int, help="judge every repetition at this declared step (optimization track; "
                                             "default: each repetition's final validation)")
     p.set_defaults(func=_cmd_verify)
@@ -57,6 +63,13 @@ def print_verdict(verdict: dict) -> None:
         extra = f", {tp['flops_per_token']:.3g} FLOPs/token" if tp.get("flops_per_token") else ""
         extra += f", MFU {tp['mfu']:.1%}" if tp.get("mfu") else ""
         console.print(f"throughput: {tp['tokens_per_s']:,.0f} tokens/s{extra}", markup=False)
+    harness = verdict.get("harness") or {}
+    if harness.get("differs"):
+        first = "; ".join(harness["differs"][:2]) + (f"; and {len(harness['differs']) - 2} more"
+                                                       if len(harness["differs"]) > 2 else "")
+        console.print(f"note: judged under harness {harness.get('run')}, verified under {harness.get('now')}: "
+                      f"{len(harness['differs'])} harness file(s) differ ({first}). Information, not a problem: "
+                      f"`speedrun replay` re-establishes a record under this harness.", markup=False)
     word = "[green]QUALIFIES[/green]" if verdict["qualifies"] else "[red]DOES NOT QUALIFY[/red]"
     suffix = " (on self-reported numbers only)" if verdict["self_reported"] else ""
     console.print(f"verdict: {word}{suffix}")
@@ -65,6 +78,9 @@ def print_verdict(verdict: dict) -> None:
 def _cmd_verify(args: argparse.Namespace) -> int:
     from speedrun.judge import verify
 
-    verdict = verify.verify_run_dir(args.run_dir, step=args.step)
+    from speedrun.evidence import rundir
+
+    write = args.write if args.write is not None else not (args.run_dir / rundir.RECORD_ENTRY).is_file()
+    verdict = verify.verify_run_dir(args.run_dir, write=write, step=args.step)
     print_verdict(verdict)
     return 0 if verdict["qualifies"] else 1

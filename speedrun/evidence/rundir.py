@@ -33,6 +33,7 @@ VERDICT = "verdict.json"
 COMPARE = "compare.json"
 COMPARE_SIDES = ("A", "B")
 RECORD_SCRIPT = "train.py"  # a ledger entry keeps its run's script copy under this name
+RECORD_ENTRY = "record.toml"  # what makes a directory a ledger entry (records/<track>/<NNN>_<slug>/)
 _EVIDENCE_NAME = re.compile(r"run-(\d+)\.(jsonl|log)")
 
 

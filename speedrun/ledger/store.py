@@ -132,7 +132,7 @@ def load_records(track: str, root: Path | None = None) -> list[Record]:
         m = ENTRY.match(d.name)
         if not m or not d.is_dir():
             continue
-        rec = read_record(d / "record.toml")
+        rec = read_record(d / rundir.RECORD_ENTRY)
         if rec.number != int(m.group(1)) or rec.track != track:
             raise SpeedrunError(f"{d / 'record.toml'}: number/track disagree with the folder {d.name}")
         found.append(rec)
@@ -201,7 +201,7 @@ def write_entry(root: Path, record: Record, files: dict[str, Path], manifest: di
             shutil.copyfile(src, tmp / name)
         if manifest is not None:
             rundir.write_json_atomic(tmp / rundir.MANIFEST, manifest)
-        with open(tmp / "record.toml", "wb") as f:
+        with open(tmp / rundir.RECORD_ENTRY, "wb") as f:
             tomli_w.dump(record.to_toml(), f)
             f.flush()
             os.fsync(f.fileno())
