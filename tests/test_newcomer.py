@@ -239,12 +239,13 @@ def test_missing_data_hint_quotes_the_whole_command(tmp_path):
 def test_import_log_caption_is_short_phrases(tmp_path):
     from rich.console import Console
 
+    from speedrun.cli import import_log
     from speedrun.legacy import modded
 
     log = Path(__file__).parent / "fixtures" / "modded_logs" / "muon_2024-10.txt"
     imp = modded.import_log(log, out=tmp_path / "out")
     console = Console(width=100, record=True, file=open(os.devnull, "w"))
-    console.print(modded._summary_table(imp))
+    console.print(import_log._summary_table(imp))
     lines = [line.strip() for line in console.export_text().splitlines()]
     assert "track gpt2-small, told by its script's model_dim=768" in lines
     assert not any("content (" in line for line in lines)

@@ -80,7 +80,7 @@ def _print_import(console, imp) -> None:
     from rich.markup import escape
 
     from speedrun.evidence.rundir import MANIFEST, read_json
-    from speedrun.legacy.modded import check_imported
+    from speedrun.judge.verify import check_imported
     from speedrun.tracks import load_track
 
     console.print(_summary_table(imp))
