@@ -92,3 +92,19 @@ def test_each_refusal_names_why_and_leaves_the_ledger_untouched(ledger, tmp_path
     with pytest.raises(SpeedrunError, match=why):
         compare.add_record(run, "refused", ["@me"], root=ledger, **kwargs)
     assert ledger_state(ledger) == before
+
+
+def test_the_command_says_what_a_comparison_would_run_and_asks_first(ledger, tmp_path, monkeypatch, capsys):
+    """Without --compare a new record is timed against the current one now: six full training runs. Off a
+    terminal and without --yes that is refused, saying what and how long, and nothing is added."""
+    from speedrun.cli import main
+
+    compare.add_record(as_run(ADAMW, tmp_path / "a"), "AdamW baseline", ["@me"], root=ledger)
+    before = ledger_state(ledger)
+    monkeypatch.setenv("SPEEDRUN_RECORDS_DIR", str(ledger))
+    run = as_run(MUON, tmp_path / "m")
+    assert main(["record", "add", str(run), "--description", "Muon", "--contributors", "@me"]) == 1
+    err = " ".join(capsys.readouterr().err.split())
+    assert "6 runs (3 of this script and 3 of record #1, interleaved, 2 process(es) each), about" in err
+    assert "--yes" in err and "nothing was added" in err
+    assert ledger_state(ledger) == before

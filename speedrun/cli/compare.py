@@ -12,7 +12,9 @@ from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    c = sub.add_parser("compare", help="run two scripts or records interleaved on this machine")
+    c = sub.add_parser("compare", help="run two scripts or records interleaved on this machine",
+                       usage="speedrun compare A B --track T [options] [-- SCRIPT_ARGS...]",
+                       epilog="Everything after `--` goes to both scripts untouched, e.g. `-- --steps 200`.")
     c.add_argument("a", help="script, record directory or record number (the challenger)")
     c.add_argument("b", help="script, record directory or record number (the incumbent)")
     c.add_argument("--track", required=True)

@@ -21,6 +21,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--slug")
     a.add_argument("--compare", type=Path, help="a `speedrun compare` directory made on this hardware")
     a.add_argument("--compare-runs", type=int, default=3, help="runs per side when comparing now")
+    a.add_argument("--yes", action="store_true",
+                   help="run the side-by-side comparison with the current record without asking (it launches "
+                        "2 x --compare-runs full training runs; without --yes it is asked for on a terminal and "
+                        "refused otherwise)")
     a.add_argument("--systems-speedup", action="store_true",
                    help="a pure systems speedup: accepted on time alone where the track allows it")
     a.add_argument("--step", type=int, help="the declared judging step of every run (optimization track)")
@@ -39,6 +43,21 @@ def _contributors(text: str) -> list[str]:
     return [c.strip() for c in text.split(",") if c.strip()]
 
 
+def _confirm(args):
+    """How `record add` agrees to launch a comparison: --yes, else a question on a terminal, else no."""
+    import sys
+
+    def ask(plan: str) -> bool:
+        if args.yes:
+            return True
+        if not sys.stdin.isatty():
+            print(f"speedrun: {plan}; pass --yes to run it, or --compare DIR with a comparison already made",
+                  file=sys.stderr)
+            return False
+        return input(f"{plan}. Run it now? [y/N] ").strip().lower() in ("y", "yes")
+    return ask
+
+
 def _cmd_add(args) -> int:
     from speedrun.cli import console
     from speedrun.ledger import compare
@@ -46,7 +65,8 @@ def _cmd_add(args) -> int:
     rec = compare.add_record(args.run_dir, args.description, _contributors(args.contributors),
                              track_name=args.track, slug=args.slug, compare_dir=args.compare,
                              compare_runs=args.compare_runs, systems_speedup=args.systems_speedup, step=args.step,
-                             report=console.RichReporter(console.stdout()), progress=console.progress())
+                             report=console.RichReporter(console.stdout()), progress=console.progress(),
+                             confirm=_confirm(args))
     print(f"added record #{rec.number} to track {rec.track}: {rec.path}")
     return 0
 

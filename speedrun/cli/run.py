@@ -17,7 +17,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("run", help="launch a submission with torchrun under the referee, keep the evidence, verify",
                        usage="speedrun run SCRIPT --track T [options] [-- SCRIPT_ARGS...]",
-                       description=launcher.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       description=launcher.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="Everything after `--` goes to the script untouched, e.g. `-- --steps 200 --muon-lr "
+                              "0.03` (a record must run without arguments: bake them into the script).")
     p.add_argument("script", type=Path)
     p.add_argument("--track", required=True, help="track name or path to a track .toml")
     p.add_argument("--nproc", type=int, default=1, help="processes per node: GPUs, or CPU ranks (default: 1)")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from datetime import date, datetime
 from pathlib import Path
+from typing import Callable
 
 from speedrun.version import API_VERSION, __version__
 from speedrun.evidence import rundir
@@ -206,13 +207,36 @@ def replay(track: Track, number: int, runs: int = 3, nproc: int | None = None, o
     return result
 
 
+def _mean_wall(manifest: dict | None) -> float | None:
+    walls = [r.get("wall_s") for r in (manifest or {}).get("repetitions") or [] if r.get("wall_s")]
+    return sum(walls) / len(walls) if walls else None
+
+
+def comparison_plan(manifest: dict, prior: store.Record, runs: int) -> str:
+    """What `record add` is about to run to time a run against the current record, and roughly how long it
+    takes, from the process wallclock both sides' own evidence recorded."""
+    try:
+        prior_manifest = rundir.read_json(prior.path / rundir.MANIFEST)
+    except SpeedrunError:
+        prior_manifest = None
+    new, old = _mean_wall(manifest), _mean_wall(prior_manifest)
+    nproc = manifest.get("nproc_per_node", 1)
+    what = (f"{2 * runs} runs ({runs} of this script and {runs} of record #{prior.number}, interleaved, "
+            f"{nproc} process(es) each)")
+    if new and old:
+        return f"timing it side by side with record #{prior.number}: {what}, about {runs * (new + old) / 60:.0f} min"
+    return f"timing it side by side with record #{prior.number}: {what}"
+
+
 def add_record(run_dir: Path, description: str, contributors: list[str], *, track_name: str | None = None,
                slug: str | None = None, compare_dir: Path | None = None, compare_runs: int = 3,
                systems_speedup: bool = False, step: int | None = None, root: Path | None = None,
-               report: Reporter = SILENT, progress: Reporter | None = None) -> store.Record:
+               report: Reporter = SILENT, progress: Reporter | None = None,
+               confirm: Callable[[str], bool] | None = None) -> store.Record:
     """Verify `run_dir`, check it beats the current record (wallclock: timed side by side on the same
     hardware; steps: fewer steps, with the pairwise statistic recorded), and add it to the ledger. A
-    comparison run now tells `report` and `progress` how it goes (see `compare`)."""
+    comparison run now tells `report` and `progress` how it goes (see `compare`); before it starts, `confirm`
+    is handed the plan (what runs, about how long) and may refuse it (None: go ahead)."""
     root = root or store.records_dir()
     run_dir = Path(run_dir)
     from speedrun.judge import stats
@@ -263,6 +287,10 @@ def add_record(run_dir: Path, description: str, contributors: list[str], *, trac
                                 f"{prior.metric_mean:g}")
     elif prior is not None:
         if compare_dir is None:
+            plan = comparison_plan(manifest, prior, compare_runs)
+            if confirm is not None and not confirm(plan):
+                raise SpeedrunError(f"record add stopped before the comparison ({plan}); nothing was added")
+            report.line(plan)
             compare_dir = compare(rundir.script_path(run_dir, manifest), prior.script, track,
                                   runs=compare_runs, nproc=manifest.get("nproc_per_node", 1), report=report,
                                   progress=progress)
