@@ -84,3 +84,21 @@ def test_every_track_and_empty_ones(ledger_root):
 def test_unknown_track_is_one_line(ledger_root):
     rc, out, err = run("leaderboard", "--track", "nope")
     assert rc == 1 and err.count("\n") == 1 and "unknown track 'nope'" in err
+
+
+@pytest.mark.parametrize("columns", [80, 100])
+def test_tables_fit_the_columns_they_are_given_when_piped(columns, monkeypatch, capsys):
+    """Piped output follows $COLUMNS: every line fits, the tiny rows keep their status and the description's
+    start, and the external history is one line a record (its full text is behind --long)."""
+    from speedrun.cli import main
+
+    monkeypatch.setenv("COLUMNS", str(columns))
+    assert main(["leaderboard"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert max(len(line.rstrip()) for line in lines) <= columns
+    tiny = [line for line in lines if line.startswith(("1  2026", "2  2026")) and "verified" in line.split()]
+    assert len(tiny) == 2 and "AdamW baseline" in tiny[0] and "Muon baseline" in tiny[1]
+    assert main(["leaderboard", "--history"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert max(len(line.rstrip()) for line in lines) <= columns and len(lines) < 200
+    assert any("llm.c baseline" in line for line in lines)

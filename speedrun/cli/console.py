@@ -16,12 +16,18 @@ from typing import Iterator
 
 
 def stdout(width: int | None = None, **options):
-    """A rich console on stdout. `width`: the columns to use when stdout is not a terminal (None: rich's own
-    choice, 80); on a terminal its width is always the terminal's."""
+    """A rich console on stdout. `width`: the columns to use when stdout is not a terminal and `$COLUMNS` does
+    not say (None: rich's own choice, 80); on a terminal its width is always the terminal's."""
+    import os
+
     from rich.console import Console
 
-    if width is not None and not sys.stdout.isatty():
-        options["width"] = width
+    if not sys.stdout.isatty():
+        columns = os.environ.get("COLUMNS", "")
+        if columns.isdigit() and int(columns) > 0:
+            options["width"] = int(columns)
+        elif width is not None:
+            options["width"] = width
     return Console(**options)
 
 

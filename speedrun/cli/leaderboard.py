@@ -55,11 +55,16 @@ def leaderboard_table(track, records: list, width: int = LEADERBOARD_WIDTH):
              "verified" if r.verified else "unverified", r.hardware or "-", r.description] for r in records]
     headers = ["#", "date", "wallclock (s)" if track.timed else "steps", "val loss", "n", "status",
                "hardware", "description"]
+    if width < LEADERBOARD_WIDTH:  # narrow: the machine each record ran on is in `--long`; the description stays
+        headers.pop(6)
+        for row in rows:
+            row.pop(6)
     widths = [max([len(h)] + [len(row[i]) for row in rows]) for i, h in enumerate(headers)]
     # every column is sized to its content; hardware, then the description, give way to fit `width`
     budget = width - 2 * (len(headers) - 1)
-    widths[6] = min(widths[6], 16)
-    widths[7] = max(12, min(widths[7], budget - sum(widths[:7])))
+    if "hardware" in headers:
+        widths[6] = min(widths[6], 16)
+    widths[-1] = max(12, min(widths[-1], budget - sum(widths[:-1])))
     for i, header in enumerate(headers):
         table.add_column(header, justify="right" if i in (0, 2, 3, 4) else "left", no_wrap=True,
                          overflow="ellipsis", max_width=widths[i], min_width=min(widths[i], len(header)))
@@ -103,9 +108,37 @@ def _evidence(r) -> str:
     return f"{r.mean_loss:.4f} (n={r.n}) (README), {r.margin_score:.5f} {mark}"
 
 
+def history_lines(rows: list, track: str | None, width: int):
+    """The external records one line each (`leaderboard --history`): number, record, date and as much of
+    the description as fits `width`, grouped by track; `--long` has every field (`history_table`)."""
+    from rich.table import Table
+
+    from speedrun.ledger.history import format_seconds
+
+    tables = []
+    for name in dict.fromkeys(r.track for r in rows if track is None or r.track == track):
+        chosen = [r for r in rows if r.track == name]
+        table = Table(title=f"modded-nanogpt record history ({name}): external, self-reported, not refereed",
+                      title_justify="left", title_style="bold", box=None, padding=(0, 1), pad_edge=False,
+                      header_style="bold underline")
+        cells = [[str(r.number), format_seconds(r.seconds) if r.seconds is not None else
+                  f"{r.steps} steps" + (" (WR)" if r.world_record else ""), r.date or "-", r.description]
+                 for r in chosen]
+        headers = ["#", "record", "date", "description"]
+        widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, h in enumerate(headers)]
+        widths[3] = max(12, min(widths[3], width - 2 * (len(headers) - 1) - sum(widths[:3])))
+        for i, header in enumerate(headers):
+            table.add_column(header, justify="right" if i < 2 else "left", no_wrap=True, overflow="ellipsis",
+                             max_width=widths[i])
+        for c in cells:
+            table.add_row(*c)
+        tables.append(table)
+    return tables
+
+
 def history_table(rows: list, track: str | None = None):
     """A rich table of the external records (`speedrun.ledger.history.HistoryRow`s, optionally of one track),
-    labelled external and self-reported."""
+    labelled external and self-reported, every field wrapped (`leaderboard --history --long`)."""
     from rich.markup import escape
     from rich.table import Table
 
@@ -153,7 +186,15 @@ def _cmd_leaderboard(args) -> int:
     if args.history:
         from speedrun.ledger import history
 
-        console.print(history_table(history.load_history(), args.track))
+        if args.long:
+            console.print(history_table(history.load_history(), args.track))
+            return 0
+        for i, table in enumerate(history_lines(history.load_history(), args.track, console.width)):
+            if i:
+                console.print()
+            console.print(table)
+        console.print("\n[dim]`speedrun leaderboard --history --long`: contributors, evidence and notes, "
+                      "wrapped[/dim]")
         return 0
     if args.write:
         for path in store.write_tables():
@@ -166,7 +207,8 @@ def _cmd_leaderboard(args) -> int:
         return 1 if stale else 0
     root = store.records_dir()
     if not root.is_dir():
-        console.print(f"no records folder at {root.absolute()} (`speedrun --help` says where records live)")
+        console.print(f"no records folder at {root.absolute()} (`speedrun --help` says where records live)",
+                      soft_wrap=True, markup=False)
     shown = 0
     for i, name in enumerate([args.track] if args.track else track_names()):
         track = load_track(name)
