@@ -236,6 +236,7 @@ def identical_repetitions(results: list[dict]) -> list[str]:
 
 def verify_run_dir(run_dir: str | Path, write: bool = True, step: int | None = None) -> dict:
     """Verify a run directory; returns the verdict (and writes verdict.json unless `write` is false)."""
+    from speedrun.judge import integrity
     from speedrun.judge import stats
     from speedrun.tracks import load_track
 
@@ -318,18 +319,23 @@ def verify_run_dir(run_dir: str | Path, write: bool = True, step: int | None = N
             problems += r["problems"]
             warnings += [f"repetition {r['k']}: {w}" for w in r["warnings"]]
         problems += identical_repetitions(results)
+        problems += integrity.evidence_problems(run_dir, manifest) + integrity.plausibility(track, results, events_by_k)
         finished = [r for r in results if r["final_loss"] is not None and not r["problems"]]
-        target = stats.target_test([r["final_loss"] for r in finished], track.target_val_loss, track.rule)
+        target = stats.target_test([r["final_loss"] for r in finished], track.target_val_loss, track.rule,
+                                   stats.sd_floor(track))
 
     metric_key = "timed_s" if track.metric == "wallclock" else "batches"
     good = [r for r in results if r.get("final_loss") is not None and not r.get("problems")]
     values = [r[metric_key] for r in good if r.get(metric_key) is not None]
     mean, sd = stats.mean_sd(values)
+    sandboxed, sandbox = integrity.sandbox_status(manifest)
     verdict = {
         "run_dir": str(run_dir),
         "track": track.name,
         "self_reported": self_reported,
         "refereed": refereed,
+        "sandboxed": sandboxed,  # only a sandboxed run can become a record (ledger.compare.refuse_unsandboxed)
+        "sandbox": sandbox,
         "qualifies": not problems and bool(target.passed),
         "problems": problems,
         "warnings": warnings,
@@ -371,6 +377,10 @@ def print_verdict(verdict: dict) -> None:
     if verdict["self_reported"]:
         console.print("SELF-REPORTED evidence (imported log): no referee clock, no probes, no seal; only the "
                       "statistics and the hardware were checked.", style="yellow", markup=False)
+    if not verdict.get("self_reported"):
+        sandboxed, label = verdict.get("sandboxed"), verdict.get("sandbox") or "not recorded"
+        console.print(f"sandbox: {label}" + ("" if sandboxed else ": this run can never be a record"),
+                      style=None if sandboxed else "yellow", markup=False)
     for p in verdict["problems"]:
         console.print("problem: " + p, style="red", markup=False)
     for w in verdict["warnings"]:

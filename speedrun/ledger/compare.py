@@ -57,7 +57,8 @@ def _metric(verdict: dict) -> list[float]:
 
 
 def compare(a: Path, b: Path, track: Track, runs: int = 3, nproc: int = 2, out: Path | None = None,
-            seed: int = 0, script_args: list[str] | None = None, timeout: float | None = None) -> Path:
+            seed: int = 0, script_args: list[str] | None = None, timeout: float | None = None,
+            sandbox: bool = True) -> Path:
     """Run A and B interleaved `runs` times each; write and return the comparison directory."""
     from speedrun.judge import stats
     from speedrun.judge import verify
@@ -69,14 +70,16 @@ def compare(a: Path, b: Path, track: Track, runs: int = 3, nproc: int = 2, out: 
     if out.exists() and any(out.iterdir()):
         raise SpeedrunError(f"{out}: output directory exists and is not empty")
     out.mkdir(parents=True, exist_ok=True)
-    sides = {"A": launcher.Launch(a, track, nproc, runs, out / "A", seed, script_args or [], {}, timeout=timeout),
-             "B": launcher.Launch(b, track, nproc, runs, out / "B", seed, script_args or [], {}, timeout=timeout)}
+    sides = {name: launcher.Launch(script, track, nproc, runs, out / name, seed, script_args or [], {}, timeout=timeout,
+                                   sandbox=sandbox) for name, script in (("A", a), ("B", b))}
     console = _console()
     console.print(f"speedrun compare A={a} B={b} on track {track.name}: {runs} runs each, interleaved -> {out}",
                   markup=False)
     for k in range(1, runs + 1):
         for name in ("A", "B") if k % 2 else ("B", "A"):
             sides[name].repetition(k)
+    for job in sides.values():
+        job.close()
     verdicts = {name: verify.verify_run_dir(job.run_dir) for name, job in sides.items()}
     result = {
         "track": track.name,
@@ -149,7 +152,7 @@ def print_compare(result: dict) -> None:
 
 
 def prefix_replay(track: Track, number: int, steps: int, nproc: int | None = None, out: Path | None = None,
-                  timeout: float | None = None) -> dict:
+                  timeout: float | None = None, sandbox: bool = True) -> dict:
     """Re-run the first `steps` logged steps of record `number`'s first repetition (its recorded seed) and
     compare the logged train losses with the recorded ones: cheap, and exact on the same machine class."""
     console = _console()
@@ -163,8 +166,9 @@ def prefix_replay(track: Track, number: int, steps: int, nproc: int | None = Non
                             f"needs that many")
     job = launcher.Launch(rec.script, track, nproc or recorded.get("nproc_per_node", 1), 1,
                           str(out) if out else None, (recorded.get("seeds") or [0])[0], [], {}, timeout=timeout,
-                          stop_after_logs=steps)
+                          stop_after_logs=steps, sandbox=sandbox)
     job.repetition(1)
+    job.close()
     replayed = [e["scalars"] for e in rundir.read_events(rundir.events_path(job.run_dir, 1)).of("log")][:steps]
     diff = hardware.differences(recorded.get("hardware_fingerprint"), job.manifest.get("hardware_fingerprint"))
     report = {"record": number, "run_dir": str(job.run_dir), "steps": steps, "recorded": logged,
@@ -177,7 +181,7 @@ def prefix_replay(track: Track, number: int, steps: int, nproc: int | None = Non
 
 
 def replay(track: Track, number: int, runs: int = 3, nproc: int | None = None, out: Path | None = None,
-           timeout: float | None = None) -> dict:
+           timeout: float | None = None, sandbox: bool = True) -> dict:
     """Re-run record `number` with its recorded seeds, verify it, and compare with the recorded run.
 
     On the same machine class (equal hardware fingerprints) and harness, a replay reproduces the recorded
@@ -190,7 +194,7 @@ def replay(track: Track, number: int, runs: int = 3, nproc: int | None = None, o
     nproc = nproc or recorded.get("nproc_per_node", 1)
     seed = (recorded.get("seeds") or [0])[0]
     run_dir = launcher.launch(rec.script, track, nproc, runs, str(out) if out else None, seed, [], {},
-                              timeout=timeout)
+                              timeout=timeout, sandbox=sandbox)
     verdict = verify.verify_run_dir(run_dir)
     verify.print_verdict(verdict)
     manifest = rundir.read_json(run_dir / rundir.MANIFEST)
@@ -222,6 +226,14 @@ def replay(track: Track, number: int, runs: int = 3, nproc: int | None = None, o
     return report
 
 
+def refuse_unsandboxed(run_dir: Path, verdict: dict) -> None:
+    """A record's ranks ran in the OS sandbox (`speedrun.referee.sandbox`): a run without it, or evidence that
+    does not say, is refused with one line."""
+    if not verdict.get("sandboxed"):
+        raise SpeedrunError(f"{run_dir} ran without the OS sandbox (sandbox: {verdict.get('sandbox', 'not recorded')}): "
+                            f"only sandboxed runs can be records; re-run it without --no-sandbox where bwrap works")
+
+
 def add_record(run_dir: Path, description: str, contributors: list[str], *, track_name: str | None = None,
                slug: str | None = None, compare_dir: Path | None = None, compare_runs: int = 3,
                systems_speedup: bool = False, step: int | None = None, root: Path | None = None) -> store.Record:
@@ -248,6 +260,7 @@ def add_record(run_dir: Path, description: str, contributors: list[str], *, trac
         raise SpeedrunError(f"{run_dir} holds self-reported (imported) evidence; only refereed runs can be records")
     if verdict["problems"]:
         raise SpeedrunError(f"{run_dir} is not verified: {verdict['problems'][0]}")
+    refuse_unsandboxed(run_dir, verdict)
     if systems_speedup and not track.checks.systems_speedup_without_loss_test:
         raise SpeedrunError(f"track {track.name} does not accept systems speedups without the loss test")
     if not verdict["target"]["passed"] and not systems_speedup:
@@ -346,6 +359,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--nproc", type=int, help="processes per side (default: the incumbent record's, else 1)")
     c.add_argument("--out", type=Path)
     c.add_argument("--timeout", type=float)
+    launcher.add_sandbox_flag(c)
     c.set_defaults(func=_cmd_compare)
     r = sub.add_parser("replay", help="re-run a record under this harness and hardware")
     r.add_argument("number", type=int)
@@ -356,6 +370,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--nproc", type=int, help="processes (default: as recorded)")
     r.add_argument("--out", type=Path)
     r.add_argument("--timeout", type=float)
+    launcher.add_sandbox_flag(r)
     r.set_defaults(func=_cmd_replay)
 
 
@@ -374,7 +389,7 @@ def _cmd_compare(args) -> int:
     a, b = resolve_script(args.a, track), resolve_script(args.b, track)
     nproc = args.nproc or _recorded_nproc(b) or 1
     out = compare(a, b, track, args.runs, nproc, args.out, script_args=list(getattr(args, "passthrough", [])),
-                  timeout=args.timeout)
+                  timeout=args.timeout, sandbox=args.sandbox)
     result = rundir.read_json(out / RESULT)
     return 0 if result["a_faster"] else 1
 
@@ -382,9 +397,11 @@ def _cmd_compare(args) -> int:
 def _cmd_replay(args) -> int:
     track = load_track(args.track)
     if args.steps:
-        report = prefix_replay(track, args.number, args.steps, args.nproc, args.out, args.timeout)
+        report = prefix_replay(track, args.number, args.steps, args.nproc, args.out, args.timeout,
+                               sandbox=args.sandbox)
         return 0 if report["identical"] or not report["same_hardware"] else 1
-    report = replay(track, args.number, args.runs or track.rule.min_runs, args.nproc, args.out, args.timeout)
+    report = replay(track, args.number, args.runs or track.rule.min_runs, args.nproc, args.out, args.timeout,
+                    sandbox=args.sandbox)
     return 0 if report["qualifies"] else 1
 
 

@@ -187,6 +187,7 @@ class Repetition:
         self._deliverer = threading.Thread(target=self._deliver, name="speedrun-events", daemon=True)
         self._deliverer.start()
         self.stopped_early: str | None = None
+        self.heartbeat = None  # the launcher's (speedrun.referee.heartbeat), judged at close
         self._watch_report: tuple[list[str], list[str]] | None = None
 
     def _handle(self, cid: int, msg, t: float, error: str | None) -> None:
@@ -246,6 +247,10 @@ class Repetition:
         seen, unwatched = self.stop_watch()
         extra, warnings = list(extra) + seen, [*warnings, *unwatched]
         with self.server.locked():
+            if self.heartbeat is not None:
+                from speedrun.referee import heartbeat
+
+                heartbeat.judge(self.referee, self.heartbeat)
             if self.log.tampered():
                 extra.append(f"{self.log.path.name} was modified by someone other than the launcher while the "
                              f"repetition ran (the launcher rewrote it from its own record)")
@@ -293,15 +298,26 @@ def descendants(pid: int | None = None) -> set[int]:
     return out
 
 
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().decode(errors="replace").rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except (OSError, IndexError):
+        return True
+
+
 def kill_leftovers(before: set[int]) -> list[int]:
-    """Kill the descendants that appeared since `before` (what a repetition left behind); returns their pids."""
-    left = sorted(descendants() - before)
-    for pid in left:
+    """Kill the descendants that appeared since `before` (what a repetition left behind); returns the pids of
+    those that were still running (an exited process waiting to be reaped, such as the sandbox's init handed to
+    this subreaper as it ends, is reaped, not counted)."""
+    new = sorted(descendants() - before)
+    left = [pid for pid in new if not _zombie(pid)]
+    for pid in new:
         try:
             os.kill(pid, signal.SIGKILL)
         except OSError:
             pass
-    for pid in left:
+    for pid in new:
         try:
             os.waitpid(pid, 0)
         except OSError:
@@ -376,9 +392,10 @@ class Launch:
 
     def __init__(self, script: Path, track, nproc: int, runs: int, out: str | Path | None, seed: int,
                  script_args: list[str], rdzv: dict, data_dir: str | None = None, timeout: float | None = None,
-                 wandb: dict | None = None, stop_after_logs: int | None = None):
+                 wandb: dict | None = None, stop_after_logs: int | None = None, sandbox: bool = True):
         from speedrun.data import streams
         from speedrun.evidence import pins
+        from speedrun.referee import sandbox as sandboxes
 
         if not script.is_file():
             raise SpeedrunError(f"{script}: no such script")
@@ -398,11 +415,20 @@ class Launch:
         self.seeds = [seed + k for k in range(runs)]
         self.pins = pins.pin_run(track, self.train_files + self.val_files)
         self.manifest = build_manifest(track, copy, self.cmd, nproc, self.nnodes, runs, self.seeds, self.pins)
+        if sandbox:
+            self.sandbox, why = sandboxes.prepare(self.run_dir, copy, self.train_files + self.val_files,
+                                                  hide=[self.data_dir] if self.data_dir else [])
+        else:
+            self.sandbox, why = None, "--no-sandbox was given"
+        self.manifest.update(self.sandbox.record() if self.sandbox else sandboxes.unsandboxed(why))
         self.welcome = {"track_toml": Path(track.path).read_text(), "track_path": str(track.path),
                         "train_files": [str(p) for p in self.train_files], "val_files": [str(p) for p in self.val_files],
                         "no_data_level": no_data_level(track, self.val_files), "run_dir": str(self.run_dir.resolve())}
         self.stopped_reason: str | None = None
         rundir.write_json_atomic(self.run_dir / rundir.MANIFEST, self.manifest)
+        from speedrun.referee.heartbeat import Heartbeat
+
+        self.heartbeat = Heartbeat().start()
         from speedrun.judge import verify# noqa: F401  (imported before any submission runs: a .pyc it could
         #   plant later would not be loaded)
 
@@ -445,14 +471,20 @@ class Launch:
             elif kind in ("problem", "warning"):
                 console.print(f"  {label} {kind}: {event['message']}", markup=False)
 
+        # the host-side data watch cannot tell whose open it sees (inotify names no process): a `speedrun verify`
+        # hashing the data in another terminal looked like the script reading it. A sandboxed script sees only
+        # the files bound into its sandbox, so its runs are not blamed for opens the watch cannot attribute.
+        watched = None if self.sandbox else {**{p: "train" for p in self.train_files},
+                                             **{p: "val" for p in self.val_files}}
         rep_ref = Repetition(self.track, k, seed, self.nproc, self.run_dir, self.welcome, sink=sink, echo=echo,
-                             data_files={**{p: "train" for p in self.train_files}, **{p: "val" for p in self.val_files}},
-                             harness=str(paths.PACKAGE_DIR))
+                             data_files=watched, harness=str(paths.PACKAGE_DIR))
+        rep_ref.heartbeat = self.heartbeat
+        cmd = self.sandbox.wrap(self.cmd, Path(rep_ref.server.path).parent) if self.sandbox else self.cmd
         status = console.status(escape(f"{label} starting"), spinner="dots")
         before = descendants()
         try:
             with status:
-                code, wall, reasons = run_processes(self.cmd, self._rank_env(rep_ref.server.path),
+                code, wall, reasons = run_processes(cmd, self._rank_env(rep_ref.server.path),
                                                     rundir.log_path(self.run_dir, k), rep_ref, self.timeout,
                                                     status_line=lambda s: status.update(escape(f"{label}  {s}")),
                                                     stop_after_logs=self.stop_after_logs)
@@ -497,6 +529,24 @@ class Launch:
             sink.finish(rep["status"])
         return self._record(rep)
 
+    def close(self) -> list[str]:
+        """The end of the run: every repetition's evidence is still what the launcher sealed, and every pinned
+        file's bytes are read again (no stat-keyed cache: a file rewritten with its old size and mtime is
+        still seen). What differs is kept in the manifest (`end_check`) for the verdict."""
+        from speedrun.evidence import pins
+
+        if self.heartbeat is not None:
+            self.heartbeat.stop()
+        problems = []
+        for rep in self.manifest["repetitions"]:
+            digest, path = rep.get("events_sha256"), rundir.events_path(self.run_dir, rep["k"])
+            if digest and (not path.exists() or rundir.sha256_file(path) != digest):
+                problems.append(f"{path.name} changed after the launcher sealed it, before the run ended")
+        problems += pins.changed(self.pins, pins.FreshHasher())
+        self.manifest["end_check"] = {"problems": problems, "events_rehashed": True, "pins_rehashed": True}
+        rundir.write_json_atomic(self.run_dir / rundir.MANIFEST, self.manifest)
+        return problems
+
     @staticmethod
     def _deterministic(rep: Repetition, error: str | None) -> bool:
         """Would the same failure happen again? An import/syntax/name error, or no rank reaching init()."""
@@ -506,20 +556,26 @@ class Launch:
         return not ranks or all(st.seed is None for st in ranks)
 
     def _record(self, rep: dict) -> dict:
+        events = rundir.events_path(self.run_dir, rep["k"])
+        if events.exists():  # sealed: kept to re-check at the end of the run, and by `speedrun verify`
+            rep["events_sha256"] = rundir.sha256_file(events)
         self.manifest["repetitions"].append(rep)
         rundir.write_json_atomic(self.run_dir / rundir.MANIFEST, self.manifest)
         return rep
 
 
 def launch(script: Path, track, nproc: int, runs: int, out: str | None, seed: int, script_args: list[str],
-           rdzv: dict, data_dir: str | None = None, timeout: float | None = None, wandb: dict | None = None) -> Path:
+           rdzv: dict, data_dir: str | None = None, timeout: float | None = None, wandb: dict | None = None,
+           sandbox: bool = True) -> Path:
     """Run the script `runs` times; returns the run directory (verification is separate)."""
-    job = Launch(script, track, nproc, runs, out, seed, script_args, rdzv, data_dir, timeout, wandb)
+    job = Launch(script, track, nproc, runs, out, seed, script_args, rdzv, data_dir, timeout, wandb, sandbox=sandbox)
     console = _console()
     console.print(f"speedrun run {script.name} on track {track.name}: {runs} x {nproc} proc -> {job.run_dir}",
                   markup=False)
     for k in range(1, runs + 1):
         job.repetition(k, console)
+    for problem in job.close():
+        console.print(f"  {job.run_dir.name} problem: {problem}", markup=False)
     return job.run_dir
 
 
@@ -583,6 +639,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", help="data directory (default: see `speedrun --help`)")
     p.add_argument("--timeout", type=float, help="stop a repetition after this many seconds (default: none)")
     p.add_argument("--no-verify", action="store_true", help="skip the verdict at the end")
+    add_sandbox_flag(p)
     p.add_argument("--wandb", action="store_true", help="log to Weights & Biases (WANDB_MODE=offline works)")
     p.add_argument("--wandb-project", default="speedrun", help="(default: speedrun)")
     p.add_argument("--wandb-name", help="run name (default: <run dir>-<k>)")
@@ -590,6 +647,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     for flag in ("nnodes", "node-rank", "rdzv-backend", "rdzv-endpoint", "rdzv-id"):
         p.add_argument(f"--{flag}", help="passed through to torchrun")
     p.set_defaults(func=_cmd_run)
+
+
+def add_sandbox_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-sandbox", dest="sandbox", action="store_false",
+                   help="run the ranks without the bubblewrap sandbox (such a run can never be a record)")
 
 
 def wandb_options(args) -> dict | None:
@@ -611,7 +673,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     script_args = list(getattr(args, "passthrough", []))
     runs = args.runs or track.rule.min_runs
     run_dir = launch(args.script, track, args.nproc, runs, args.out, args.seed, script_args, rdzv,
-                     data_dir=args.data_dir, timeout=args.timeout, wandb=wandb_options(args))
+                     data_dir=args.data_dir, timeout=args.timeout, wandb=wandb_options(args), sandbox=args.sandbox)
     failed = [r["k"] for r in rundir.read_json(run_dir / rundir.MANIFEST)["repetitions"] if r["status"] != "ok"]
     if args.no_verify:
         return 1 if failed else 0
