@@ -81,3 +81,119 @@ def test_warmup_digest_covers_zero_dim_optimizer_state():
     assert before == _digest(model, [opt])
     opt.step()
     assert _digest(model, [opt]) != before
+
+
+# --- the launcher's heartbeat ----------------------------------------------------------------------------------
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self):
+        return self.now
+
+
+class FakeReferee:
+    """What heartbeat.judge uses of a Referee."""
+
+    def __init__(self, start_t, finish_t):
+        from types import SimpleNamespace
+
+        self.start_t, self.events, self.problems = start_t, [], []
+        self.ranks = {0: SimpleNamespace(finish_t=finish_t)}
+
+    def _t(self, t):
+        return t - 100.0
+
+    def _emit(self, kind, **fields):
+        self.events.append({"event": kind, **fields})
+
+    def problem(self, message):
+        self.problems.append(message)
+
+
+def test_a_heartbeat_gap_in_the_timed_run_is_a_problem_and_nowhere_else():
+    from speedrun.referee import heartbeat
+
+    clock = FakeClock()
+    hb = heartbeat.Heartbeat(clock=clock)
+    for _ in range(30):  # regular beats: no gap
+        clock.now += 0.1
+        hb.beat()
+    clock.now += 5.0     # the launcher did not run for 5 s
+    hb.beat()
+    clock.now += 0.1
+    hb.beat()
+    assert len(hb.gaps) == 1 and hb.gaps[0][1] - hb.gaps[0][0] == pytest.approx(5.0)
+    during = FakeReferee(start_t=101.0, finish_t=110.0)
+    heartbeat.judge(during, hb)
+    assert [e["event"] for e in during.events] == ["launcher_stopped"] and during.events[0]["seconds"] == 5.0
+    assert "the launcher was stopped for 5.0 s during the timed run" in during.problems[0]
+    before = FakeReferee(start_t=108.5, finish_t=110.0)  # the timed run began after the gap
+    heartbeat.judge(before, hb)
+    untimed = FakeReferee(start_t=None, finish_t=None)
+    heartbeat.judge(untimed, hb)
+    assert not before.problems and not untimed.problems
+
+
+def test_the_heartbeat_notices_a_real_sigstop():
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    code = ("import sys, time\n"
+            "from speedrun.referee.heartbeat import Heartbeat\n"
+            "hb = Heartbeat().start()\n"
+            "print('ready', flush=True)\n"
+            "sys.stdin.readline()\n"
+            "hb.stop()\n"
+            "print([round(b - a, 1) for a, b in hb.gaps], flush=True)\n")
+    root = str(Path(__file__).resolve().parent.parent)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": root})
+    assert proc.stdout.readline().strip() == "ready"
+    os.kill(proc.pid, signal.SIGSTOP)
+    time.sleep(2.6)
+    os.kill(proc.pid, signal.SIGCONT)
+    time.sleep(0.3)
+    out, _ = proc.communicate("go\n", timeout=30)
+    gaps = eval(out.strip())
+    assert len(gaps) == 1 and gaps[0] >= 2.5
+
+
+# --- statistics a deterministic script cannot game, and figures no honest run shows -----------------------------
+
+
+def test_the_t_test_never_assumes_less_spread_than_the_tracks_records():
+    from speedrun.judge import stats
+    from speedrun.tracks import Rule, load_track
+
+    rule = Rule(test="ttest", p_value=0.01, min_runs=3)
+    tight = [3.8990, 3.8991, 3.8992]  # near-deterministic repetitions just under the target
+    assert stats.target_test(tight, 3.90, rule).passed
+    floored = stats.target_test(tight, 3.90, rule, floor=0.0004)
+    assert not floored.passed and "sd floor" in floored.reason
+    spread = [3.860, 3.866, 3.863]  # a spread above the floor: the plain t-test, unchanged
+    assert stats.target_test(spread, 3.90, rule, floor=0.0004).p_value == stats.target_test(spread, 3.90, rule).p_value
+    assert stats.target_test([3.8, 3.8, 3.8], 3.90, rule, floor=0.0004).reason == stats.ZERO_SPREAD
+    assert stats.sd_floor(load_track("tiny")) == 0.0004
+
+
+def test_losses_below_the_entropy_floor_and_runs_without_steps_are_problems(tmp_path):
+    from types import SimpleNamespace
+
+    from speedrun.judge import integrity
+
+    track = SimpleNamespace(entropy_floor=3.1091)
+    events = SimpleNamespace(last=lambda kind: {"batches": 0} if kind == "finish" else None)
+    problems = integrity.plausibility(track, [{"k": 1, "final_loss": 2.5}, {"k": 2, "final_loss": 3.5}], {1: events})
+    assert len(problems) == 2 and "entropy floor" in problems[0] and "no training step" in problems[1]
+    assert integrity.plausibility(SimpleNamespace(entropy_floor=None), [{"k": 1, "final_loss": 0.1}], {}) == []
+    assert integrity.sandbox_status({"harness_version": "0.2.0"}) == (False, "not recorded (harness 0.2.0)")
+    assert integrity.sandbox_status({"sandbox": "none", "sandbox_reason": "bwrap (bubblewrap) is not installed"}) \
+        == (False, "none (bwrap (bubblewrap) is not installed)")
+    assert integrity.sandbox_status({"sandbox": "bwrap 0.8.0"}) == (True, "bwrap 0.8.0")
