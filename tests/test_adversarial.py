@@ -298,7 +298,7 @@ def test_every_cheat_has_a_keyword_and_applies():
     for name in CHEATS + sorted(HONEST_V3):
         spec = load_spec(name)
         assert spec.__doc__ and spec.__doc__.strip(), f"{name}: the docstring names the attack class"
-        assert spec.EFFECT, f"{name}: a cheat claims an effect"
+        assert name in HONEST_V3 or spec.EFFECT, f"{name}: a cheat claims an effect"
         apply(spec, name)
 
 
