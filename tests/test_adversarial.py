@@ -96,6 +96,14 @@ V3_EXPECT = {
     "v3_val_memmap": r"val (file|shard|data|tokens)|memory map|read_shard",
     "v3_seed_spread": r"seed|spread|identical|near-?identical|variance",
 }
+# cheats whose means the OS sandbox (speedrun.referee.sandbox, on by default) takes away: inside it there is no
+# launcher in /proc, no run directory and a fresh /tmp per repetition, so the cheat cannot act at all and its run
+# is honest. Sandboxed, such a cheat must be refused or never have acted (its own log line, given here, is
+# absent); launched with --no-sandbox, the referee's own detection must still refuse those in UNSANDBOXED.
+SANDBOX_DEFEATS = {"v3_sigstop_launcher": r"cheat: launcher \d+ was stopped",
+                   "v3_rewrite_sealed": r"cheat: rewrote run-1\.jsonl",
+                   "v3_tmpdir_weights": r"cheat: repetition 2 starts from"}
+UNSANDBOXED = {"v3_sigstop_launcher": r"launcher was stopped", "v3_rewrite_sealed": r"run-1\.jsonl"}
 # honest variants (kind 8, false accusations): today's referee fails them, the v3 referee must let them qualify
 HONEST_V3 = {"v3_honest_outside_hash", "v3_honest_adamw_state"}
 ROOT = Path(__file__).resolve().parent.parent
@@ -180,13 +188,13 @@ def apply(spec, name: str) -> str:
 
 
 def launch(script: Path, out: Path, track: str = "smoke", runs: int = 1,
-           harness: Path | None = None) -> tuple[int, dict, float]:
+           harness: Path | None = None, extra: tuple[str, ...] = ()) -> tuple[int, dict, float]:
     """Run through the real launcher; returns (exit code, verdict, seconds). Without a verdict.json (a launch
     refused before running) the verdict is a stub whose problems the caller fills from the launcher's output.
     `harness`: a folder holding a copy of the `speedrun` package; the launcher (and so its ranks) runs from it."""
     began = time.monotonic()
     args = ["run", str(script), "--track", track, "--nproc", "2", "--runs", str(runs), "--out", str(out),
-            *LAUNCH_OPTS, "--", *FAST]
+            *LAUNCH_OPTS, *extra, "--", *FAST]
     crash = None
     if harness is not None:
         import subprocess
@@ -356,7 +364,8 @@ def start_during_run(command: str, out: Path, timeout: float = 120.0):
     return wait
 
 
-def launch_spec(name: str, spec, ws: Path, tmp_path: Path) -> tuple[int, dict, float, str | None]:
+def launch_spec(name: str, spec, ws: Path, tmp_path: Path,
+                extra: tuple[str, ...] = ()) -> tuple[int, dict, float, str | None]:
     """Launch a spec's script as the spec says (track copy, harness copy, repetitions, a process during the run);
     returns (exit code, verdict, seconds, the DURING_RUN process's report or None)."""
     script = tmp_path / f"{name}.py"
@@ -378,7 +387,8 @@ def launch_spec(name: str, spec, ws: Path, tmp_path: Path) -> tuple[int, dict, f
                         ignore=shutil.ignore_patterns("__pycache__"))
         (site / ".adversarial-scratch").touch()
     during = start_during_run(spec.DURING_RUN, ws / "out") if getattr(spec, "DURING_RUN", None) else None
-    rc, verdict, seconds = launch(script, ws / "out", track=track, runs=getattr(spec, "RUNS", 1), harness=site)
+    rc, verdict, seconds = launch(script, ws / "out", track=track, runs=getattr(spec, "RUNS", 1), harness=site,
+                                  extra=extra)
     side = None
     if during is not None:
         side_rc, side_out = during()
@@ -403,11 +413,29 @@ def test_cheat_is_refused(name, pristine, honest, tmp_path, monkeypatch, capsys)
             "effect": effect, "launcher_crash": verdict.get("launcher_crash"), "seconds": round(seconds, 1)})
 
     assert "launcher_crash" not in verdict, f"{name}: the launcher crashed: {verdict['launcher_crash']}"
+    if name in SANDBOX_DEFEATS and verdict.get("qualifies"):
+        assert not re.search(SANDBOX_DEFEATS[name], logs), f"{name} acted from inside the sandbox and QUALIFIED"
+        return
     if os.environ.get("ADVERSARIAL_ASSERT_EFFECT"):
         assert effect_ok, f"{name}: the cheat did not achieve its claim: {effect}"
     assert not verdict.get("qualifies"), f"{name} QUALIFIED; its effect: {effect}"
     assert rc != 0, f"{name}: refused in the verdict but the launch exited 0"
     assert matched, f"{name}: refused, but no problem matches /{expect}/: {problems}"
+
+
+@pytest.mark.parametrize("name", [pytest.param(name, marks=_skip(name)) for name in sorted(UNSANDBOXED)])
+def test_unsandboxed_cheat_is_still_refused(name, pristine, honest, tmp_path, monkeypatch, capsys):
+    """Without the sandbox (--no-sandbox) the cheats it defeats can act; the referee must see them anyway."""
+    spec = load_spec(name)
+    ws = workspace(pristine, tmp_path / "ws", monkeypatch)
+    rc, verdict, seconds, _ = launch_spec(name, spec, ws, tmp_path, extra=("--no-sandbox",))
+    problems = list(verdict.get("problems") or [])
+    logs = "\n".join(p.read_text(errors="replace") for p in sorted((ws / "out").glob("run-*.log")))
+    report({"cheat": name, "sandbox": "none", "rc": rc, "qualifies": verdict.get("qualifies"), "problems": problems,
+            "acted": bool(re.search(SANDBOX_DEFEATS[name], logs)), "seconds": round(seconds, 1)})
+    assert re.search(SANDBOX_DEFEATS[name], logs), f"{name}: the cheat did not act even without the sandbox"
+    assert not verdict.get("qualifies") and rc != 0, f"{name} QUALIFIED without the sandbox"
+    assert any(re.search(UNSANDBOXED[name], p, re.IGNORECASE) for p in problems), problems
 
 
 @pytest.mark.parametrize("name", [pytest.param(name, marks=_skip(name)) for name in sorted(HONEST_V3)])

@@ -90,6 +90,16 @@ _probe("uid", _os.getuid())
 """
 
 
+OUTSIDE_HASH = """
+import hashlib, sys, time
+from pathlib import Path
+while True:
+    for path in sorted(Path(sys.argv[1]).rglob("*.bin")):
+        hashlib.sha256(path.read_bytes()).hexdigest()
+    time.sleep(0.5)
+"""
+
+
 def probes(log: Path) -> dict[str, str]:
     out = {}
     for line in log.read_text().splitlines():
@@ -105,7 +115,14 @@ def test_honest_submission_qualifies_and_leaves_complete_evidence(env, tmp_path,
     monkeypatch.setenv("PROBE_LAUNCHER_PID", str(os.getpid()))
     monkeypatch.setenv("PROBE_LAUNCHER_CMDLINE", Path("/proc/self/cmdline").read_bytes().hex())
     monkeypatch.setenv("PROBE_RECORDS", str(ROOT / "records"))
-    assert launch(script, out, runs=2) == 0
+    # meanwhile another process (a user's `speedrun verify` or sha256sum) reads the same data files: not the
+    # script's doing, so no problem for the run
+    hasher = subprocess.Popen([sys.executable, "-c", OUTSIDE_HASH, env["SPEEDRUN_DATA_DIR"]])
+    try:
+        assert launch(script, out, runs=2) == 0
+    finally:
+        hasher.kill()
+        hasher.wait()
     manifest = json.loads((out / "manifest.json").read_text())
     # inside its sandbox the script could not reach the launcher, the evidence, the records, the harness, nor
     # what repetition 1 left in /tmp and $HOME
@@ -155,6 +172,7 @@ def test_honest_submission_qualifies_and_leaves_complete_evidence(env, tmp_path,
     (out / "run-1.jsonl").write_text("\n".join(doctored) + "\n")
     v = verify.verify_run_dir(out)
     assert not v["qualifies"] and any("modified after the run" in p for p in v["problems"])
+    assert any("run-1.jsonl differs from the sha256 the launcher kept" in p for p in v["problems"])
     (out / "run-1.jsonl").write_text("\n".join(lines) + "\n")
     assert verify.verify_run_dir(out)["qualifies"]
     with open(out / manifest["script"]["name"], "a") as f:

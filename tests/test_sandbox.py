@@ -33,7 +33,7 @@ def test_the_command_line_isolates_and_binds_only_what_the_ranks_need(tmp_path):
     box = sandbox.Sandbox("/usr/bin/bwrap", "0.8.0", hide=[Path("/x/runs"), Path("/x/runs/r1")],
                           files=[(Path("/x/runs/r1/t.py"), Path("/x/runs/r1/t.py")),
                                  (Path("/blobs/ab"), Path("/x/data/val.bin"))], devices=["/dev/nvidia0"])
-    cmd = box.wrap(["python", "-m", "torch.distributed.run", "x"], socket_dir="/tmp/speedrun-referee-1")
+    cmd = box.wrap(["python", "-m", "torch.distributed.run", "x"], socket="/tmp/speedrun-referee-1/referee.sock")
     assert cmd[0] == "/usr/bin/bwrap" and cmd[-4:] == ["python", "-m", "torch.distributed.run", "x"]
     head = cmd[:cmd.index("--")]
     for flag in ("--unshare-all", "--die-with-parent", "--new-session"):
@@ -43,10 +43,10 @@ def test_the_command_line_isolates_and_binds_only_what_the_ranks_need(tmp_path):
     pairs = [tuple(head[i:i + 3]) for i in range(len(head) - 2)]
     assert ("--ro-bind", "/", "/") in pairs and ("--dev-bind", "/dev/nvidia0", "/dev/nvidia0") in pairs
     order = [head.index(x) for x in ("/proc", "--tmpfs", "/x/runs", "/x/runs/r1", "/blobs/ab",
-                                     "/tmp/speedrun-referee-1")]
+                                     "/tmp/speedrun-referee-1/referee.sock")]
     assert order == sorted(order)  # binds lie on top of the tmpfs mounts, parents before children
     assert ("--ro-bind", "/blobs/ab", "/x/data/val.bin") in pairs
-    assert ("--bind", "/tmp/speedrun-referee-1", "/tmp/speedrun-referee-1") in pairs
+    assert ("--bind", "/tmp/speedrun-referee-1/referee.sock", "/tmp/speedrun-referee-1/referee.sock") in pairs
     assert ("--setenv", "HOME", sandbox.HOME) in pairs
     record = box.record()
     assert record["sandbox"] == "bwrap 0.8.0" and sandbox.SOCKET_PLACEHOLDER in record["sandbox_mounts"]

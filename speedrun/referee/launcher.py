@@ -7,6 +7,12 @@ writes `manifest.json`. For each repetition it opens the referee channel (`speed
 `run-K.jsonl` and `run-K.log`, re-checks the pins, and records the exit code, process wallclock and status.
 Finally it calls `speedrun verify` on the directory.
 
+Each repetition's ranks run in an OS sandbox (`speedrun.referee.sandbox`, bubblewrap; `--no-sandbox` or a
+missing bwrap runs them without one, which the manifest says and which no record accepts). The launcher keeps
+every sealed `run-K.jsonl`'s sha256 in the manifest and, at the end of the run, re-checks them and re-reads
+every pinned file (`Launch.close`). A heartbeat thread (`speedrun.referee.heartbeat`) notices the launcher
+being stopped during a timed run.
+
 It never hangs on a broken submission: a rank that never connects, a rank whose process ended while the
 others wait (e.g. died mid-validation), or a run past `--timeout` is stopped with the reason in the verdict.
 A deterministic failure of repetition 1 (a syntax error before launch, an import error, a crash before
@@ -479,7 +485,7 @@ class Launch:
         rep_ref = Repetition(self.track, k, seed, self.nproc, self.run_dir, self.welcome, sink=sink, echo=echo,
                              data_files=watched, harness=str(paths.PACKAGE_DIR))
         rep_ref.heartbeat = self.heartbeat
-        cmd = self.sandbox.wrap(self.cmd, Path(rep_ref.server.path).parent) if self.sandbox else self.cmd
+        cmd = self.sandbox.wrap(self.cmd, rep_ref.server.path) if self.sandbox else self.cmd
         status = console.status(escape(f"{label} starting"), spinner="dots")
         before = descendants()
         try:
@@ -604,6 +610,9 @@ class Standalone:
         local = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
         self.manifest = build_manifest(track, copy, [sys.executable, *sys.argv], local, 1, 1, [seed],
                                        pins.pin_run(track, train + val), refereed=False)
+        from speedrun.referee import sandbox
+
+        self.manifest.update(sandbox.unsandboxed("launched by plain torchrun: the ranks run as they were started"))
         welcome = {"track_toml": Path(track.path).read_text(), "track_path": str(track.path),
                    "train_files": [str(p) for p in train], "val_files": [str(p) for p in val],
                    "no_data_level": no_data_level(track, val), "run_dir": str(self.run_dir.resolve())}

@@ -15,7 +15,7 @@ namespace whose only interface is loopback (enough for gloo/NCCL rendezvous on o
 - tmpfs over the run directory, the checkout's data/, records/ and runs/ and the configured data and runs
   directories: no evidence, no records, no data but
 - exactly what the ranks need, bound back on top: the script copy (read-only, at its path in the run
-  directory), the channel's socket directory, and, for now, the track's data files (read-only, same paths).
+  directory), the channel's socket (the socket file alone, not its directory), and, for now, the track's data files (read-only, same paths).
   TODO(referee agent, issue 17): once the agent serves batches and computes the loss outside the rank, the
   data files are no longer bound here.
 
@@ -39,7 +39,7 @@ NOBODY = 65534
 PROBE_TIMEOUT_S = 20.0
 NONE = "none"
 HOME = "/tmp/home"
-SOCKET_PLACEHOLDER = "<the referee's socket directory>"
+SOCKET_PLACEHOLDER = "<the referee's socket>"
 # the namespaces and process rules, always
 ISOLATION = ["--unshare-all", "--die-with-parent", "--new-session"]
 
@@ -79,7 +79,7 @@ class Sandbox:
     def _uid_args(self) -> list[str]:
         return ["--uid", str(self.uid), "--gid", str(self.uid)] if self.uid is not None else []
 
-    def mounts(self, socket_dir: str | os.PathLike | None = None) -> list[str]:
+    def mounts(self, socket: str | os.PathLike | None = None) -> list[str]:
         """bwrap's mount arguments, in order: later mounts sit on top of earlier ones."""
         args = ["--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev"]
         for dev in self.devices:
@@ -89,18 +89,19 @@ class Sandbox:
             args += ["--tmpfs", str(hidden)]
         for source, dest in self.files:
             args += ["--ro-bind", str(source), str(dest)]
-        if socket_dir is not None:
-            args += ["--bind", str(socket_dir), str(socket_dir)]
+        if socket is not None:  # the file alone: the ranks connect to it, and can put nothing beside it
+            args += ["--bind", str(socket), str(socket)]
         args += ["--dir", HOME, "--chdir", HOME, "--setenv", "HOME", HOME, "--setenv", "TMPDIR", "/tmp"]
         return args
 
-    def wrap(self, command: list[str], socket_dir: str | os.PathLike | None = None) -> list[str]:
-        """`command` (the torchrun invocation of one repetition) run inside the sandbox."""
-        return [self.exe, *ISOLATION, *self._uid_args(), *self.mounts(socket_dir), "--", *command]
+    def wrap(self, command: list[str], socket: str | os.PathLike | None = None) -> list[str]:
+        """`command` (the torchrun invocation of one repetition) run inside the sandbox, with the channel's
+        `socket` bound in."""
+        return [self.exe, *ISOLATION, *self._uid_args(), *self.mounts(socket), "--", *command]
 
     def record(self) -> dict:
-        """What the manifest keeps: the label, the uid inside, and the mounts (the socket directory, which is
-        new for every repetition, as a placeholder)."""
+        """What the manifest keeps: the label, the uid inside, and the mounts (the socket, which is new for
+        every repetition, as a placeholder)."""
         return {"sandbox": self.label, "sandbox_uid": self.uid,
                 "sandbox_mounts": [*ISOLATION, *self._uid_args(), *self.mounts(SOCKET_PLACEHOLDER)]}
 
