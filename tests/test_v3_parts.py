@@ -197,3 +197,30 @@ def test_losses_below_the_entropy_floor_and_runs_without_steps_are_problems(tmp_
     assert integrity.sandbox_status({"sandbox": "none", "sandbox_reason": "bwrap (bubblewrap) is not installed"}) \
         == (False, "none (bwrap (bubblewrap) is not installed)")
     assert integrity.sandbox_status({"sandbox": "bwrap 0.8.0"}) == (True, "bwrap 0.8.0")
+
+
+# --- the data watch names the process (fanotify) -----------------------------------------------------------------
+
+
+def test_the_data_watch_blames_only_the_runs_own_processes(tmp_path):
+    import subprocess
+    import sys
+
+    from speedrun.referee import watch
+
+    path = tmp_path / "w_val_000000.bin"
+    path.write_bytes(b"\0" * 65536)
+    w = watch.DataWatch({path: "val"}).start()
+    if not w.attributed:
+        w.stop()
+        pytest.skip("fanotify needs CAP_SYS_ADMIN here")
+    w.arm()
+    run = subprocess.Popen(["sh", "-c", "sleep 0.3; cat \"$0\" > /dev/null", str(path)])  # the run's tree
+    w.root = run.pid
+    subprocess.run([sys.executable, "-c", f"open({str(path)!r}, 'rb').read()"], check=True)  # someone else
+    run.wait()
+    w.stop()
+    assert w.foreign[str(path)] == 1 and w.opens[str(path)] == 1
+    assert w.problems() == ["the val data file w_val_000000.bin was opened while the scripts ran (the referee had "
+                            "mapped it before they started): a script read the data itself"]
+    assert watch.below(run.pid, run.pid) and not watch.below(1, run.pid)

@@ -194,6 +194,9 @@ class Repetition:
         self._deliverer.start()
         self.stopped_early: str | None = None
         self.heartbeat = None  # the launcher's (speedrun.referee.heartbeat), judged at close
+        # an open of a data file that the watch cannot attribute to a process (inotify): the run's doing, unless
+        # its ranks are sandboxed (then a `speedrun verify` in another terminal hashing the data is as likely)
+        self.blame_unattributed = True
         self._watch_report: tuple[list[str], list[str]] | None = None
 
     def _handle(self, cid: int, msg, t: float, error: str | None) -> None:
@@ -241,7 +244,10 @@ class Repetition:
             return self._watch_report or ([], [])
         self.watch.stop()
         problems, warnings = [], []
-        if self.watch.armed:
+        if self.watch.armed and not self.watch.attributed and not self.blame_unattributed:
+            problems = [p for p in self.watch.problems() if "written" in p]
+            warnings = self.watch.unattributed()
+        elif self.watch.armed:
             problems = self.watch.problems()
         elif not self.watch.available:
             warnings = ["the data files could not be watched here (no inotify): reads the script made itself "
@@ -355,6 +361,8 @@ def run_processes(cmd: list[str], env: dict, log: Path, rep: Repetition, timeout
     stray_since = None
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        if rep.watch is not None:
+            rep.watch.root = proc.pid  # the run's process tree: only its opens of the data count (fanotify)
         try:
             while proc.poll() is None:
                 time.sleep(0.2)
@@ -477,13 +485,10 @@ class Launch:
             elif kind in ("problem", "warning"):
                 console.print(f"  {label} {kind}: {event['message']}", markup=False)
 
-        # the host-side data watch cannot tell whose open it sees (inotify names no process): a `speedrun verify`
-        # hashing the data in another terminal looked like the script reading it. A sandboxed script sees only
-        # the files bound into its sandbox, so its runs are not blamed for opens the watch cannot attribute.
-        watched = None if self.sandbox else {**{p: "train" for p in self.train_files},
-                                             **{p: "val" for p in self.val_files}}
         rep_ref = Repetition(self.track, k, seed, self.nproc, self.run_dir, self.welcome, sink=sink, echo=echo,
-                             data_files=watched, harness=str(paths.PACKAGE_DIR))
+                             data_files={**{p: "train" for p in self.train_files}, **{p: "val" for p in self.val_files}},
+                             harness=str(paths.PACKAGE_DIR))
+        rep_ref.blame_unattributed = self.sandbox is None
         rep_ref.heartbeat = self.heartbeat
         cmd = self.sandbox.wrap(self.cmd, rep_ref.server.path) if self.sandbox else self.cmd
         status = console.status(escape(f"{label} starting"), spinner="dots")
