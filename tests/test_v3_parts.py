@@ -97,10 +97,10 @@ class FakeClock:
 class FakeReferee:
     """What heartbeat.judge uses of a Referee."""
 
-    def __init__(self, start_t, finish_t):
+    def __init__(self, start_t, finish_t, t0=100.0):
         from types import SimpleNamespace
 
-        self.start_t, self.events, self.problems = start_t, [], []
+        self.t0, self.start_t, self.events, self.problems = t0, start_t, [], []
         self.ranks = {0: SimpleNamespace(finish_t=finish_t)}
 
     def _t(self, t):
@@ -130,11 +130,16 @@ def test_a_heartbeat_gap_in_the_timed_run_is_a_problem_and_nowhere_else():
     heartbeat.judge(during, hb)
     assert [e["event"] for e in during.events] == ["launcher_stopped"] and during.events[0]["seconds"] == 5.0
     assert "the launcher was stopped for 5.0 s during the timed run" in during.problems[0]
-    before = FakeReferee(start_t=108.5, finish_t=110.0)  # the timed run began after the gap
-    heartbeat.judge(before, hb)
-    untimed = FakeReferee(start_t=None, finish_t=None)
-    heartbeat.judge(untimed, hb)
-    assert not before.problems and not untimed.problems
+    # every message sent while the launcher was stopped is stamped after the gap: a `start` too
+    swallowed = FakeReferee(start_t=108.5, finish_t=108.6)
+    heartbeat.judge(swallowed, hb)
+    assert swallowed.problems
+    later = FakeReferee(start_t=109.0, finish_t=110.0, t0=108.9)  # a later repetition
+    earlier = FakeReferee(start_t=100.5, finish_t=101.0)           # finished before the gap
+    untimed = FakeReferee(start_t=None, finish_t=None)             # no timed run to protect
+    for referee in (later, earlier, untimed):
+        heartbeat.judge(referee, hb)
+        assert not referee.problems
 
 
 def test_the_heartbeat_notices_a_real_sigstop():

@@ -8,7 +8,10 @@ namespace keeps the script from signalling the launcher, but the referee must no
 
 A thread of the launcher's own beats every `period` seconds on `time.monotonic()`; a gap between two beats
 longer than `limit` means the whole process did not run for that long (threads are stopped together). A gap
-that overlaps a repetition's timed run becomes a `launcher_stopped` event and a problem of that repetition.
+from the repetition's beginning to the end of its timed run becomes a `launcher_stopped` event and a problem
+of that repetition: not only one inside the span between the stamps of `start` and `finish`, since a `start`
+sent while the launcher was stopped is stamped only after it resumes, after the gap. (A gap before the timed
+run began cannot be told from one that swallowed it.)
 The clock is injectable so the rule can be tested without stopping anything.
 """
 
@@ -64,15 +67,16 @@ class Heartbeat:
 
 
 def judge(referee, heartbeat: Heartbeat, now: float | None = None) -> None:
-    """Make every gap of `heartbeat` that overlaps the repetition's timed run (from the referee's start to the
-    last rank's finish, or to now if it has not finished) an event and a problem of `referee`."""
+    """Make every gap of `heartbeat` from the repetition's beginning (`referee.t0`) to the end of its timed
+    run (the last rank's finish, or now if it has not finished) an event and a problem of `referee`; nothing
+    when the timed run never started."""
     if referee.start_t is None:
         return
     finished = [st.finish_t for st in referee.ranks.values() if st.finish_t is not None]
     end = max(finished) if finished and len(finished) == len(referee.ranks) else (now or heartbeat.clock())
-    for a, b in heartbeat.gaps_within(referee.start_t, end):
+    for a, b in heartbeat.gaps_within(referee.t0, end):
         seconds = b - a
         referee._emit("launcher_stopped", t=referee._t(a), seconds=round(seconds, 3))
         referee.problem(f"the launcher was stopped for {seconds:.1f} s during the timed run (its heartbeat, every "
                         f"{heartbeat.period:g} s, saw nothing from {referee._t(a):.2f} s to {referee._t(b):.2f} s): "
-                        f"the times it stamped then are not the ranks' times")
+                        f"the times it stamped are not the ranks' times")

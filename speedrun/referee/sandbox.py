@@ -112,15 +112,18 @@ def unsandboxed(reason: str) -> dict:
 
 def hidden_paths(run_dir: Path, extra: list[Path] = ()) -> list[Path]:
     """The directories the ranks must not see: the run directory, the checkout's data/, records/ and runs/,
-    and the configured data, records and runs directories. Only those that exist (or lie under /tmp, which is
-    a tmpfs anyway), never one holding the Python environment or the harness, parents first."""
+    the configured data, records and runs directories, and the user's cache (~/.cache: speedrun's and Hugging
+    Face's downloads; the ranks get a HOME of their own). Only those that exist (or lie under /tmp, which is a
+    tmpfs anyway), never one holding the Python environment or the harness, parents first."""
     from speedrun import paths
 
     wanted = [run_dir, *extra]
     root = paths.checkout()
     if root is not None:
         wanted += [root / "data", root / "records", root / "runs"]
-    for where in (paths.data_dir, paths.records_dir, paths.runs_dir):
+    if os.environ.get("HF_HOME"):
+        wanted.append(Path(os.environ["HF_HOME"]))
+    for where in (paths.data_dir, paths.records_dir, paths.runs_dir, paths.user_cache_dir, lambda: Path.home() / ".cache"):
         try:
             wanted.append(where())
         except Exception:  # an unusable setting hides nothing more
@@ -135,7 +138,8 @@ def hidden_paths(run_dir: Path, extra: list[Path] = ()) -> list[Path]:
             continue
         if p not in out:
             out.append(p)
-    return sorted(out, key=lambda p: len(p.parts))
+    out.sort(key=lambda p: len(p.parts))
+    return [p for i, p in enumerate(out) if not any(_inside(p, q) for q in out[:i])]  # a tmpfs covers its children
 
 
 def gpu_devices() -> list[str]:
