@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 import synthetic
 
-from speedrun.cli import main
 from speedrun.errors import SpeedrunError
 from speedrun.referee import sandbox
 
