@@ -97,13 +97,16 @@ V3_EXPECT = {
     "v3_seed_spread": r"seed|spread|identical|near-?identical|variance",
 }
 # cheats whose means the OS sandbox (speedrun.referee.sandbox, on by default) takes away: inside it there is no
-# launcher in /proc, no run directory and a fresh /tmp per repetition, so the cheat cannot act at all and its run
-# is honest. Sandboxed, such a cheat must be refused or never have acted (its own log line, given here, is
-# absent); launched with --no-sandbox, the referee's own detection must still refuse those in UNSANDBOXED.
-SANDBOX_DEFEATS = {"v3_sigstop_launcher": r"cheat: launcher \d+ was stopped",
-                   "v3_rewrite_sealed": r"cheat: rewrote run-1\.jsonl",
-                   "v3_tmpdir_weights": r"cheat: repetition 2 starts from"}
-UNSANDBOXED = {"v3_sigstop_launcher": r"launcher was stopped", "v3_rewrite_sealed": r"run-1\.jsonl"}
+# launcher in /proc, no run directory, a read-only harness, track and data (their folders' scratch markers are
+# not even visible) and a fresh /tmp per repetition, so the cheat cannot act and its run is as honest as its
+# other edits leave it. Sandboxed, such a cheat must not both qualify and achieve its claimed effect (its
+# keyword cannot be expected: nothing happened to name).
+SANDBOX_DEFEATS = {"forge_evidence", "edit_track", "edit_harness", "edit_data", "reuse_weights",
+                   "v3_sigstop_launcher", "v3_rewrite_sealed", "v3_tmpdir_weights"}
+# launched with --no-sandbox too, where the referee's own detection must still refuse them: (the cheat's own log
+# line, showing it acted; what the refusal must say)
+UNSANDBOXED = {"v3_sigstop_launcher": (r"cheat: launcher \d+ was stopped", r"launcher was stopped"),
+               "v3_rewrite_sealed": (r"cheat: rewrote run-1\.jsonl", r"run-1\.jsonl")}
 # honest variants (kind 8, false accusations): today's referee fails them, the v3 referee must let them qualify
 HONEST_V3 = {"v3_honest_outside_hash", "v3_honest_adamw_state"}
 ROOT = Path(__file__).resolve().parent.parent
@@ -413,8 +416,8 @@ def test_cheat_is_refused(name, pristine, honest, tmp_path, monkeypatch, capsys)
             "effect": effect, "launcher_crash": verdict.get("launcher_crash"), "seconds": round(seconds, 1)})
 
     assert "launcher_crash" not in verdict, f"{name}: the launcher crashed: {verdict['launcher_crash']}"
-    if name in SANDBOX_DEFEATS and verdict.get("qualifies"):
-        assert not re.search(SANDBOX_DEFEATS[name], logs), f"{name} acted from inside the sandbox and QUALIFIED"
+    if name in SANDBOX_DEFEATS and str(verdict.get("sandbox", "")).startswith("bwrap"):
+        assert not (verdict.get("qualifies") and effect_ok), f"{name} acted from inside the sandbox and QUALIFIED"
         return
     if os.environ.get("ADVERSARIAL_ASSERT_EFFECT"):
         assert effect_ok, f"{name}: the cheat did not achieve its claim: {effect}"
@@ -432,10 +435,10 @@ def test_unsandboxed_cheat_is_still_refused(name, pristine, honest, tmp_path, mo
     problems = list(verdict.get("problems") or [])
     logs = "\n".join(p.read_text(errors="replace") for p in sorted((ws / "out").glob("run-*.log")))
     report({"cheat": name, "sandbox": "none", "rc": rc, "qualifies": verdict.get("qualifies"), "problems": problems,
-            "acted": bool(re.search(SANDBOX_DEFEATS[name], logs)), "seconds": round(seconds, 1)})
-    assert re.search(SANDBOX_DEFEATS[name], logs), f"{name}: the cheat did not act even without the sandbox"
+            "acted": bool(re.search(UNSANDBOXED[name][0], logs)), "seconds": round(seconds, 1)})
+    assert re.search(UNSANDBOXED[name][0], logs), f"{name}: the cheat did not act even without the sandbox"
     assert not verdict.get("qualifies") and rc != 0, f"{name} QUALIFIED without the sandbox"
-    assert any(re.search(UNSANDBOXED[name], p, re.IGNORECASE) for p in problems), problems
+    assert any(re.search(UNSANDBOXED[name][1], p, re.IGNORECASE) for p in problems), problems
 
 
 @pytest.mark.parametrize("name", [pytest.param(name, marks=_skip(name)) for name in sorted(HONEST_V3)])
