@@ -142,6 +142,7 @@ class Track:
     # not stored (the launcher then computes the unigram level from the val tokens themselves)
     unigram_entropy: float | None = None
     entropy_floor: float | None = None
+    sd_floor: float | None = None  # the t-test never assumes a smaller sd (speedrun.judge.stats.sd_floor)
 
     # what the metric means, stated once: the rest of the package asks these instead of testing the name
     @property
@@ -264,7 +265,7 @@ def parse_track(raw: bytes | str, path: str | os.PathLike) -> Track:
 
     f = _Fields(path, doc)
     f.unknown({"name", "description", "metric", "target_val_loss", "val_tokens", "vocab_size", "bos_token",
-               "hardware", "data", "rule", "checks", "unigram_entropy", "entropy_floor"})
+               "hardware", "data", "rule", "checks", "unigram_entropy", "entropy_floor", "sd_floor"})
     name = f.get("name", str)
     if name != path.stem:
         raise f.fail("name", f"{name!r} does not match the file name {path.stem!r}")
@@ -323,6 +324,7 @@ def parse_track(raw: bytes | str, path: str | os.PathLike) -> Track:
         config_sha256=hashlib.sha256(raw).hexdigest(),
         unigram_entropy=f.positive("unigram_entropy", float, None),
         entropy_floor=f.positive("entropy_floor", float, None),
+        sd_floor=f.positive("sd_floor", float, None),
     )
 
 

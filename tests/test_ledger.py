@@ -227,3 +227,16 @@ def test_committed_tables_are_fresh(monkeypatch):
         monkeypatch.delenv(var, raising=False)
     stale = store.stale_tables()
     assert stale == [], f"generated tables are stale: {stale}; run `speedrun leaderboard --write`"
+
+
+def test_a_run_without_the_sandbox_verifies_but_is_never_a_record(world, tmp_path, capsys):
+    unboxed = tmp_path / "unboxed"
+    shutil.copytree(world["runs"]["fast"], unboxed)
+    manifest = json.loads((unboxed / "manifest.json").read_text())
+    assert manifest["sandbox"].startswith("bwrap ")  # the launcher's default
+    manifest.update(sandbox="none", sandbox_reason="--no-sandbox was given")
+    (unboxed / "manifest.json").write_text(json.dumps(manifest))
+    assert main(["verify", str(unboxed)]) == 0
+    assert "sandbox: none (--no-sandbox was given): this run can never be a record" in capsys.readouterr().out
+    with pytest.raises(SpeedrunError, match=r"ran without the OS sandbox \(sandbox: none \(--no-sandbox was given\)\)"):
+        compare.add_record(unboxed, "unboxed", ["@x"], root=tmp_path / "ledger")

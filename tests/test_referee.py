@@ -53,10 +53,93 @@ def launch(script: Path, out: Path, *extra: str, nproc: int = 2, runs: int = 1, 
                  "--out", str(out), *extra, *fast])
 
 
-def test_honest_submission_qualifies_and_leaves_complete_evidence(env, tmp_path):
+# the sandbox (speedrun.referee.sandbox) seen from inside: the honest run below prints what it finds, one
+# `PROBE key=value` line each
+PROBE = """
+import os as _os
+def _probe(key, value):
+    print(f"PROBE rank{run.rank} {key}={value}", flush=True)
+_launcher = int(_os.environ["PROBE_LAUNCHER_PID"])
+try:
+    _os.kill(_launcher, 0)
+    _probe("kill", "reached")
+except OSError as _exc:
+    _probe("kill", type(_exc).__name__)
+_me = bytes.fromhex(_os.environ["PROBE_LAUNCHER_CMDLINE"])
+_seen = False
+for _p in _os.listdir("/proc"):
+    if _p.isdigit():
+        try:
+            _seen = _seen or open(f"/proc/{_p}/cmdline", "rb").read() == _me
+        except OSError:
+            pass
+_probe("launcher_in_proc", _seen)
+_probe("tmp_before", sorted(_os.listdir("/tmp")))
+_probe("home_before", sorted(_os.listdir(_os.environ["HOME"])))
+for _d in ("/tmp", _os.environ["HOME"]):
+    open(_os.path.join(_d, f"left-by-{run.repetition}-{run.rank}"), "w").write("weights")
+_probe("run_dir", sorted(_os.listdir(run.run_dir)))
+_records = _os.environ["PROBE_RECORDS"]
+_probe("records", sorted(_os.listdir(_records)) if _os.path.isdir(_records) else "absent")
+try:
+    open(speedrun.__file__, "a").close()
+    _probe("harness", "writable")
+except OSError as _exc:
+    _probe("harness", type(_exc).__name__)
+_probe("uid", _os.getuid())
+"""
+
+
+OUTSIDE_HASH = """
+import hashlib, sys, time
+from pathlib import Path
+while True:
+    for path in sorted(Path(sys.argv[1]).rglob("*.bin")):
+        hashlib.sha256(path.read_bytes()).hexdigest()
+    time.sleep(0.5)
+"""
+
+
+def probes(log: Path) -> dict[str, str]:
+    out = {}
+    for line in log.read_text().splitlines():
+        if line.startswith("PROBE "):
+            key, _, value = line[6:].partition("=")
+            out[key] = value
+    return out
+
+
+def test_honest_submission_qualifies_and_leaves_complete_evidence(env, tmp_path, monkeypatch):
     out = tmp_path / "run"
-    assert launch(BASELINE, out, runs=2) == 0
+    script = variant(tmp_path, "api1_adamw_baseline", "run.start()\n", PROBE + "run.start()\n")
+    monkeypatch.setenv("PROBE_LAUNCHER_PID", str(os.getpid()))
+    monkeypatch.setenv("PROBE_LAUNCHER_CMDLINE", Path("/proc/self/cmdline").read_bytes().hex())
+    monkeypatch.setenv("PROBE_RECORDS", str(ROOT / "records"))
+    # meanwhile another process (a user's `speedrun verify` or sha256sum) reads the same data files: not the
+    # script's doing, so no problem for the run
+    hasher = subprocess.Popen([sys.executable, "-c", OUTSIDE_HASH, env["SPEEDRUN_DATA_DIR"]])
+    try:
+        assert launch(script, out, runs=2) == 0
+    finally:
+        hasher.kill()
+        hasher.wait()
     manifest = json.loads((out / "manifest.json").read_text())
+    # inside its sandbox the script could not reach the launcher, the evidence, the records, the harness, nor
+    # what repetition 1 left in /tmp and $HOME
+    assert manifest["sandbox"].startswith("bwrap ") and manifest["sandbox_uid"] == 65534
+    first, second = probes(out / "run-1.log"), probes(out / "run-2.log")
+    for seen in (first, second):
+        for r in (0, 1):
+            assert seen[f"rank{r} kill"] == "ProcessLookupError" and seen[f"rank{r} launcher_in_proc"] == "False"
+            assert seen[f"rank{r} run_dir"] == "['api1_adamw_baseline.py']", seen
+            assert seen[f"rank{r} records"] in ("[]", "absent") and seen[f"rank{r} harness"] == "OSError"
+            assert seen[f"rank{r} uid"] == "65534"
+    assert "left-by-1" not in second["rank0 tmp_before"] + second["rank1 tmp_before"]
+    assert second["rank0 home_before"] in ("[]", "['left-by-2-1']")
+    assert not list(out.glob("left-by-*")) and not list(Path(os.environ.get("HOME", "/root")).glob("left-by-*"))
+    assert verify.verify_run_dir(out, write=False)["sandbox"] == manifest["sandbox"]
+    assert all(r["events_sha256"] == rundir.sha256_file(out / f"run-{r['k']}.jsonl") for r in manifest["repetitions"])
+    assert manifest["end_check"]["problems"] == []
     assert manifest["track"]["name"] == "smoke" and manifest["nproc_per_node"] == 2 and manifest["refereed"]
     assert [r["status"] for r in manifest["repetitions"]] == ["ok", "ok"]
     assert manifest["seeds"] == [0, 1] and manifest["env"]["torch"]
@@ -89,6 +172,7 @@ def test_honest_submission_qualifies_and_leaves_complete_evidence(env, tmp_path)
     (out / "run-1.jsonl").write_text("\n".join(doctored) + "\n")
     v = verify.verify_run_dir(out)
     assert not v["qualifies"] and any("modified after the run" in p for p in v["problems"])
+    assert any("run-1.jsonl differs from the sha256 the launcher kept" in p for p in v["problems"])
     (out / "run-1.jsonl").write_text("\n".join(lines) + "\n")
     assert verify.verify_run_dir(out)["qualifies"]
     with open(out / manifest["script"]["name"], "a") as f:
@@ -156,12 +240,13 @@ def test_validation_batch_that_does_not_tile_is_an_error(env, tmp_path):
     assert "does not tile" in (out / "run-1.log").read_text()
 
 
-def test_ranks_that_train_apart_get_a_warning(env, tmp_path):
+def test_ranks_that_train_apart_are_a_problem(env, tmp_path):
     script = variant(tmp_path, "nosync", "if run.world_size > 1 else fwd", "if False else fwd")
     out = tmp_path / "run"
     launch(script, out, "--no-verify")
     v = verify.verify_run_dir(out)
-    assert any("model parameters differ after finish()" in w for w in v["warnings"]), v["warnings"]
+    assert not v["qualifies"]
+    assert any("model parameters differ after finish()" in p for p in v["problems"]), v["problems"]
 
 
 def test_plain_torchrun_is_unrefereed_and_never_qualifies(env, tmp_path, monkeypatch):

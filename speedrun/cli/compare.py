@@ -12,6 +12,8 @@ from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from speedrun.cli.console import add_sandbox_flag
+
     c = sub.add_parser("compare", help="run two scripts or records interleaved on this machine",
                        usage="speedrun compare A B --track T [options] [-- SCRIPT_ARGS...]",
                        epilog="Everything after `--` goes to both scripts untouched, e.g. `-- --steps 200`.")
@@ -23,6 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                              "current record's, else the count in the track's hardware)")
     c.add_argument("--out", type=Path)
     c.add_argument("--timeout", type=float)
+    add_sandbox_flag(c)
     c.set_defaults(func=_cmd_compare)
 
 
@@ -40,7 +43,7 @@ def _cmd_compare(args) -> int:
         nproc, source = compare.default_nproc(track, b)
         report.line(f"{nproc} process(es) per side, from {source} (--nproc to choose)")
     out = compare.compare(a, b, track, args.runs, nproc, args.out, script_args=list(getattr(args, "passthrough", [])),
-                          timeout=args.timeout, report=report,
+                          timeout=args.timeout, report=report, sandbox=args.sandbox,
                           progress=console.progress())
     result = rundir.read_json(out / compare.RESULT)
     return 0 if result["a_faster"] else 1

@@ -91,3 +91,9 @@ class DefaultsFormatter(argparse.HelpFormatter):
                 or not (action.option_strings or action.nargs in (argparse.OPTIONAL, argparse.ZERO_OR_MORE))):
             return text
         return f"{text} (default: %(default)s)"
+
+
+def add_sandbox_flag(parser) -> None:
+    """`--no-sandbox` for the commands that launch ranks (run, compare, replay)."""
+    parser.add_argument("--no-sandbox", dest="sandbox", action="store_false",
+                        help="run the ranks without the bubblewrap sandbox (such a run can never be a record)")

@@ -12,6 +12,8 @@ from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from speedrun.cli.console import add_sandbox_flag
+
     r = sub.add_parser("replay", help="re-run a record under this harness and hardware")
     r.add_argument("number", type=int)
     r.add_argument("--track", required=True)
@@ -21,6 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--nproc", type=int, help="processes (default: as recorded)")
     r.add_argument("--out", type=Path)
     r.add_argument("--timeout", type=float)
+    add_sandbox_flag(r)
     r.set_defaults(func=_cmd_replay)
 
 
@@ -61,10 +64,10 @@ def _cmd_replay(args) -> int:
     track = load_track(args.track)
     if args.steps:
         report = compare.prefix_replay(track, args.number, args.steps, args.nproc, args.out, args.timeout,
-                                       report=console.progress())
+                                       report=console.progress(), sandbox=args.sandbox)
         print_prefix_replay(report)
         return 0 if report["identical"] or not report["same_hardware"] else 1
     report = compare.replay(track, args.number, args.runs or track.rule.min_runs, args.nproc, args.out,
-                            args.timeout, report=console.progress())
+                            args.timeout, report=console.progress(), sandbox=args.sandbox)
     print_replay(report)
     return 0 if report["qualifies"] else 1

@@ -13,6 +13,8 @@ from speedrun.errors import SpeedrunError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from speedrun.cli.console import add_sandbox_flag
+
     from speedrun.referee import launcher
 
     p = sub.add_parser("run", help="launch a submission with torchrun under the referee, keep the evidence, verify",
@@ -29,6 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", help="data directory (default: see `speedrun --help`)")
     p.add_argument("--timeout", type=float, help="stop a repetition after this many seconds (default: none)")
     p.add_argument("--no-verify", action="store_true", help="skip the verdict at the end")
+    add_sandbox_flag(p)
     p.add_argument("--wandb", action="store_true", help="log to Weights & Biases (WANDB_MODE=offline works)")
     p.add_argument("--wandb-project", default="speedrun", help="(default: speedrun)")
     p.add_argument("--wandb-name", help="run name (default: <run dir>-<k>)")
@@ -66,7 +69,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     runs = args.runs or track.rule.min_runs
     run_dir = launcher.launch(args.script, track, args.nproc, runs, args.out, args.seed, script_args, rdzv,
                               data_dir=args.data_dir, timeout=args.timeout, wandb=wandb_options(args),
-                              report=console.progress())
+                              report=console.progress(), sandbox=args.sandbox)
     failed = [r["k"] for r in rundir.read_json(run_dir / rundir.MANIFEST)["repetitions"] if r["status"] != "ok"]
     if args.no_verify:
         return 1 if failed else 0

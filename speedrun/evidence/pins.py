@@ -7,7 +7,8 @@ A verdict is only as good as the code and data behind it. The launcher pins, for
 - the data files the ranks were given (train shards and val files).
 Each file is hashed from its own bytes once per run. Hashes are cached (per user, by real path) and reused
 only while the file's device, inode, size and mtime are unchanged; any change re-hashes. After each
-repetition the launcher re-checks every pin (`changed()`): a file edited during the run is a problem naming it.
+repetition the launcher re-checks every pin (`changed()`): a file edited during the run is a problem naming it;
+at the end of the run it re-reads every pinned file's bytes (`FreshHasher`: no stat-keyed cache on that path).
 `speedrun verify` compares a run's pins with what is installed now (`diff()`).
 """
 
@@ -76,6 +77,19 @@ class Hasher:
             self._dirty = False
         except OSError:
             pass  # an unwritable cache only costs a re-hash next time
+
+
+class FreshHasher(Hasher):
+    """sha256 from the file's bytes every time: no cache read or written (the end-of-run check)."""
+
+    def __init__(self):
+        self.path, self.cache, self._dirty = cache_path(), {}, False
+
+    def sha256(self, file: str | os.PathLike) -> str:
+        return sha256_file(os.path.realpath(file))
+
+    def flush(self) -> None:
+        pass
 
 
 def harness_files() -> list[Path]:

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING
 from speedrun.version import __version__
 from speedrun.evidence import hardware, rundir
 from speedrun.evidence import schema
+from speedrun.judge import integrity
 from speedrun.errors import SpeedrunError
 
 if TYPE_CHECKING:
@@ -456,6 +457,7 @@ class Judgement:
         values = [r[field_name] for r in good if r.get(field_name) is not None]
         mean, sd = stats.mean_sd(values)
         manifest = self.manifest
+        sandboxed, sandbox = integrity.sandbox_status(manifest)
         return {
             "run_dir": str(self.run_dir),
             "track": self.track.name,
@@ -474,6 +476,9 @@ class Judgement:
             "hardware": manifest.get("hardware"),
             "hardware_fingerprint": manifest.get("hardware_fingerprint"),
             "harness_version": manifest.get("harness_version"),
+            # only a sandboxed run can become a record (ledger.compare refuses the others)
+            "sandboxed": sandboxed,
+            "sandbox": sandbox,
             "harness": self.harness or {"run": manifest.get("harness_version"), "now": __version__, "differs": []},
             "verified_by": __version__,
             "verified_at": self.verified_at,
@@ -598,6 +603,8 @@ def judge(run_dir: str | Path, step: int | None = None, manifest: dict | None = 
         warnings += [f"repetition {r.k}: {w}" for w in r.warnings]
     if kind.referee:
         problems += identical_repetitions([r.to_dict() for r in results])
+        problems += integrity.evidence_problems(run_dir, manifest)
+        problems += integrity.plausibility(track, [r.to_dict() for r in results], events_by_k)
     for skipped in (manifest.get("skipped_files") or []) if kind.self_reported else []:
         warnings.append(f"{skipped.get('name')} was not imported: {skipped.get('reason')}")
     good = [r for r in results if r.good]
@@ -605,7 +612,8 @@ def judge(run_dir: str | Path, step: int | None = None, manifest: dict | None = 
     if kind.self_reported and judged_step is None and len(ends) > 1:
         warnings.append(f"the repetitions were judged at different steps ({', '.join(map(str, ends))}): a record "
                         f"is judged at one step for all its runs; declare it (import-log --step)")
-    target = stats.target_test([r.final_loss for r in good], track.target_val_loss, track.rule)
+    target = stats.target_test([r.final_loss for r in good], track.target_val_loss, track.rule,
+                               stats.sd_floor(track) if kind.referee else None)
     earliest = None
     if kind.self_reported and track.rule.test == "margin" and good and len(good) == len(results):
         earliest = stats.earliest_passing_step({r.k: vals_by_k[r.k] for r in good}, track.target_val_loss,

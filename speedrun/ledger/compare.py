@@ -53,9 +53,9 @@ def _metric(verdict: dict) -> list[float]:
 
 def compare(a: Path, b: Path, track: Track, runs: int = 3, nproc: int = 2, out: Path | None = None,
             seed: int = 0, script_args: list[str] | None = None, timeout: float | None = None,
-            report: Reporter = SILENT, progress: Reporter | None = None) -> Path:
+            report: Reporter = SILENT, progress: Reporter | None = None, sandbox: bool = True) -> Path:
     """Run A and B interleaved `runs` times each; write and return the comparison directory. `report` hears
-    what is compared and the result (`compare_lines`), `progress` (default: `report`) each repetition."""
+    what is compared and the result (`compare_lines`), `progress` (default: `report`) each repetition. `sandbox`: run the ranks in the OS sandbox."""
     from speedrun.judge import stats
     from speedrun.judge import verify
 
@@ -68,12 +68,14 @@ def compare(a: Path, b: Path, track: Track, runs: int = 3, nproc: int = 2, out: 
     out.mkdir(parents=True, exist_ok=True)
     progress = progress or report
     sides = {name: launcher.Launch(script, track, nproc, runs, rundir.compare_side(out, name), seed, script_args or [],
-                                   {}, timeout=timeout, report=progress)
+                                   {}, timeout=timeout, report=progress, sandbox=sandbox)
              for name, script in zip(rundir.COMPARE_SIDES, (a, b))}
     report.line(f"speedrun compare A={a} B={b} on track {track.name}: {runs} runs each, interleaved -> {out}")
     for k in range(1, runs + 1):
         for name in ("A", "B") if k % 2 else ("B", "A"):
             sides[name].repetition(k)
+    for job in sides.values():
+        job.close()
     verdicts = {name: verify.verify_run_dir(job.run_dir) for name, job in sides.items()}
     result = {
         "track": track.name,
@@ -146,7 +148,7 @@ def compare_lines(result: dict) -> list[str]:
 
 
 def prefix_replay(track: Track, number: int, steps: int, nproc: int | None = None, out: Path | None = None,
-                  timeout: float | None = None, report: Reporter = SILENT) -> dict:
+                  timeout: float | None = None, report: Reporter = SILENT, sandbox: bool = True) -> dict:
     """Re-run the first `steps` logged steps of record `number`'s first repetition (its recorded seed) and
     compare the logged train losses with the recorded ones: cheap, and exact on the same machine class.
     `report` hears the repetition's progress; the returned report says whether the steps match."""
@@ -160,8 +162,9 @@ def prefix_replay(track: Track, number: int, steps: int, nproc: int | None = Non
                             f"needs that many")
     job = launcher.Launch(rec.script, track, nproc or recorded.get("nproc_per_node", 1), 1,
                           str(out) if out else None, (recorded.get("seeds") or [0])[0], [], {}, timeout=timeout,
-                          stop_after_logs=steps, report=report)
+                          stop_after_logs=steps, report=report, sandbox=sandbox)
     job.repetition(1)
+    job.close()
     replayed = [e["scalars"] for e in rundir.read_events(rundir.events_path(job.run_dir, 1)).of("log")][:steps]
     diff = hardware.differences(recorded.get("hardware_fingerprint"), job.manifest.get("hardware_fingerprint"))
     return {"record": number, "run_dir": str(job.run_dir), "steps": steps, "recorded": logged,
@@ -170,7 +173,7 @@ def prefix_replay(track: Track, number: int, steps: int, nproc: int | None = Non
 
 
 def replay(track: Track, number: int, runs: int = 3, nproc: int | None = None, out: Path | None = None,
-           timeout: float | None = None, report: Reporter = SILENT) -> dict:
+           timeout: float | None = None, report: Reporter = SILENT, sandbox: bool = True) -> dict:
     """Re-run record `number` with its recorded seeds, verify it, and compare with the recorded run.
 
     On the same machine class (equal hardware fingerprints) and harness, a replay reproduces the recorded
@@ -184,7 +187,7 @@ def replay(track: Track, number: int, runs: int = 3, nproc: int | None = None, o
     nproc = nproc or recorded.get("nproc_per_node", 1)
     seed = (recorded.get("seeds") or [0])[0]
     run_dir = launcher.launch(rec.script, track, nproc, runs, str(out) if out else None, seed, [], {},
-                              timeout=timeout, report=report)
+                              timeout=timeout, report=report, sandbox=sandbox)
     judgement = verify.judge(run_dir)
     verdict = judgement.write()
     manifest = judgement.manifest
@@ -228,6 +231,14 @@ def comparison_plan(manifest: dict, prior: store.Record, runs: int) -> str:
     return f"timing it side by side with record #{prior.number}: {what}"
 
 
+def refuse_unsandboxed(run_dir: Path, verdict: dict) -> None:
+    """A record's ranks ran in the OS sandbox (`speedrun.referee.sandbox`): a run without it, or evidence that
+    does not say, is refused with one line."""
+    if not verdict.get("sandboxed"):
+        raise SpeedrunError(f"{run_dir} ran without the OS sandbox (sandbox: {verdict.get('sandbox', 'not recorded')}): "
+                            f"only sandboxed runs can be records; re-run it without --no-sandbox where bwrap works")
+
+
 def add_record(run_dir: Path, description: str, contributors: list[str], *, track_name: str | None = None,
                slug: str | None = None, compare_dir: Path | None = None, compare_runs: int = 3,
                systems_speedup: bool = False, step: int | None = None, root: Path | None = None,
@@ -259,6 +270,7 @@ def add_record(run_dir: Path, description: str, contributors: list[str], *, trac
         raise SpeedrunError(f"{run_dir} holds self-reported (imported) evidence; only refereed runs can be records")
     if verdict["problems"]:
         raise SpeedrunError(f"{run_dir} is not verified: {verdict['problems'][0]}")
+    refuse_unsandboxed(run_dir, verdict)
     if systems_speedup and not track.checks.systems_speedup_without_loss_test:
         raise SpeedrunError(f"track {track.name} does not accept systems speedups without the loss test")
     if not verdict["target"]["passed"] and not systems_speedup:

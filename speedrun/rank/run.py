@@ -459,7 +459,7 @@ def _digest(model, optimizers) -> str:
     def add(name: str, value) -> None:
         h.update(name.encode())
         if isinstance(value, torch.Tensor):
-            t = value.detach().cpu().contiguous()
+            t = value.detach().cpu().contiguous().reshape(-1)  # 1-d: a 0-dim state (AdamW's `step`) cannot be viewed as bytes
             h.update(str(t.dtype).encode())
             h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
         elif isinstance(value, dict):

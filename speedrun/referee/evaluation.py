@@ -27,6 +27,7 @@ own (tier 2).
 
 from __future__ import annotations
 
+import contextlib
 import random
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -52,6 +53,43 @@ class Batch:
 
     def call(self, logits_fn: Callable) -> torch.Tensor:
         return logits_fn(self.inputs) if self.cu_seqlens is None else logits_fn(self.inputs, self.cu_seqlens)
+
+
+def _script_modes() -> list[str]:
+    """The torch function / dispatch modes in force now (none of the referee's own), described."""
+    found = []
+    if torch._C._len_torch_function_stack() > 0:
+        found.append("a torch function mode (TorchFunctionMode)")
+    if torch._C._len_torch_dispatch_stack() > 0:
+        found.append("a torch dispatch mode (TorchDispatchMode)")
+    return found
+
+
+def plain_logits(logits) -> torch.Tensor:
+    """The logits as a plain `torch.Tensor` the referee's arithmetic can trust, or a SpeedrunError naming why
+    not: a tensor subclass (its `__torch_function__` would run the script's code inside `logsumexp`), or a
+    function / dispatch mode of the script's still in force (it would see, and could rewrite, every operation
+    the referee makes). Called on whatever `logits_fn` returned, before any arithmetic; the rank reports the
+    error and the launcher makes it a problem."""
+    if not isinstance(logits, torch.Tensor):
+        raise SpeedrunError(f"logits_fn must return a tensor, got {type(logits).__name__}")
+    if type(logits) is not torch.Tensor:
+        raise SpeedrunError(f"logits_fn returned a {type(logits).__module__}.{type(logits).__qualname__}, a "
+                            f"torch.Tensor subclass: the referee computes the loss only from plain tensors")
+    modes = _script_modes()
+    if modes:
+        raise SpeedrunError(f"logits_fn ran under {' and '.join(modes)} of the script's: the referee's arithmetic "
+                            f"must not run through the script's code")
+    return logits
+
+
+@contextlib.contextmanager
+def referee_arithmetic():
+    """No torch function or dispatch mode, whoever pushed it, sees the referee's own operations."""
+    from torch.utils._python_dispatch import _disable_current_modes
+
+    with torch._C.DisableTorchFunction(), _disable_current_modes():
+        yield
 
 
 def token_nll(logits: torch.Tensor, targets: torch.Tensor, vocab_size: int) -> torch.Tensor:
@@ -176,21 +214,22 @@ def measure(logits_fn: Callable, n_batches: int, rows: int, seq_len: int, flat: 
             pieces = (_extra_rows(plan, own_piece, val_piece, unigram) if b < 0
                       else [val_piece(own_piece(b, i)) for i in range(rows)])
             batch = make_batch(pieces)
-            logits = batch.call(logits_fn)
-            nll = token_nll(logits, batch.targets, vocab_size)
-            if b < 0:
-                extra_nll = nll.detach().float().cpu()
-                for p, positions in enumerate(plan.positions):
-                    extra_dist[p] = _distribution(_row(logits, p, seq_len, flat)[positions])
-            else:
-                shape, dtype = list(logits.shape), str(logits.dtype)
-                total += nll.double().sum().cpu()
-                tokens += nll.numel()
-                for i in range(rows):
-                    for p in wanted.get((b, i), ()):
-                        kept_nll[p] = _row(nll, i, seq_len, flat).detach().float().cpu()
-                        if p < len(plan.positions):
-                            kept_dist[p] = _distribution(_row(logits, i, seq_len, flat)[plan.positions[p]])
+            logits = plain_logits(batch.call(logits_fn))
+            with referee_arithmetic():
+                nll = token_nll(logits, batch.targets, vocab_size)
+                if b < 0:
+                    extra_nll = nll.detach().float().cpu()
+                    for p, positions in enumerate(plan.positions):
+                        extra_dist[p] = _distribution(_row(logits, p, seq_len, flat)[positions])
+                else:
+                    shape, dtype = list(logits.shape), str(logits.dtype)
+                    total += nll.double().sum().cpu()
+                    tokens += nll.numel()
+                    for i in range(rows):
+                        for p in wanted.get((b, i), ()):
+                            kept_nll[p] = _row(nll, i, seq_len, flat).detach().float().cpu()
+                            if p < len(plan.positions):
+                                kept_dist[p] = _distribution(_row(logits, i, seq_len, flat)[plan.positions[p]])
             del logits, nll
     if not torch.isfinite(total):
         raise SpeedrunError("the model's val loss is not finite (non-finite logits?)")
@@ -217,5 +256,7 @@ def measure(logits_fn: Callable, n_batches: int, rows: int, seq_len: int, flat: 
 def start_loss(logits_fn: Callable, batch: Batch, vocab_size: int) -> tuple[float, int]:
     """Sum and count of per-token losses on one batch (the start check's fixed val subset)."""
     with torch.no_grad():
-        nll = token_nll(batch.call(logits_fn), batch.targets, vocab_size)
-        return float(nll.double().sum()), nll.numel()
+        logits = plain_logits(batch.call(logits_fn))
+        with referee_arithmetic():
+            nll = token_nll(logits, batch.targets, vocab_size)
+            return float(nll.double().sum()), nll.numel()

@@ -7,6 +7,12 @@ writes `manifest.json`. For each repetition it opens the referee channel (`speed
 `run-K.jsonl` and `run-K.log`, re-checks the pins, and records the exit code, process wallclock and status.
 Finally it calls `speedrun verify` on the directory.
 
+Each repetition's ranks run in an OS sandbox (`speedrun.referee.sandbox`, bubblewrap; `--no-sandbox` or a
+missing bwrap runs them without one, which the manifest says and which no record accepts). The launcher keeps
+every sealed `run-K.jsonl`'s sha256 in the manifest and, at the end of the run, re-checks them and re-reads
+every pinned file (`Launch.close`). A heartbeat thread (`speedrun.referee.heartbeat`) notices the launcher
+being stopped during a timed run.
+
 It never hangs on a broken submission: a rank that never connects, a rank whose process ended while the
 others wait (e.g. died mid-validation), or a run past `--timeout` is stopped with the reason in the verdict.
 A deterministic failure of repetition 1 (a syntax error before launch, an import error, a crash before
@@ -175,6 +181,10 @@ class Repetition:
         self._deliverer = threading.Thread(target=self._deliver, name="speedrun-events", daemon=True)
         self._deliverer.start()
         self.stopped_early: str | None = None
+        self.heartbeat = None  # the launcher's (speedrun.referee.heartbeat), judged at close
+        # an open of a data file that the watch cannot attribute to a process (inotify): the run's doing, unless
+        # its ranks are sandboxed (then a `speedrun verify` in another terminal hashing the data is as likely)
+        self.blame_unattributed = True
         self._watch_report: tuple[list[str], list[str]] | None = None
 
     def _handle(self, cid: int, msg, t: float, error: str | None) -> None:
@@ -222,7 +232,10 @@ class Repetition:
             return self._watch_report or ([], [])
         self.watch.stop()
         problems, warnings = [], []
-        if self.watch.armed:
+        if self.watch.armed and not self.watch.attributed and not self.blame_unattributed:
+            problems = [p for p in self.watch.problems() if "written" in p]
+            warnings = self.watch.unattributed()
+        elif self.watch.armed:
             problems = self.watch.problems()
         elif not self.watch.available:
             warnings = ["the data files could not be watched here (no inotify): reads the script made itself "
@@ -234,6 +247,10 @@ class Repetition:
         seen, unwatched = self.stop_watch()
         extra, warnings = list(extra) + seen, [*warnings, *unwatched]
         with self.server.locked():
+            if self.heartbeat is not None:
+                from speedrun.referee import heartbeat
+
+                heartbeat.judge(self.referee, self.heartbeat)
             if self.log.tampered():
                 extra.append(f"{self.log.path.name} was modified by someone other than the launcher while the "
                              f"repetition ran (the launcher rewrote it from its own record)")
@@ -281,15 +298,26 @@ def descendants(pid: int | None = None) -> set[int]:
     return out
 
 
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().decode(errors="replace").rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except (OSError, IndexError):
+        return True
+
+
 def kill_leftovers(before: set[int]) -> list[int]:
-    """Kill the descendants that appeared since `before` (what a repetition left behind); returns their pids."""
-    left = sorted(descendants() - before)
-    for pid in left:
+    """Kill the descendants that appeared since `before` (what a repetition left behind); returns the pids of
+    those that were still running (an exited process waiting to be reaped, such as the sandbox's init handed to
+    this subreaper as it ends, is reaped, not counted)."""
+    new = sorted(descendants() - before)
+    left = [pid for pid in new if not _zombie(pid)]
+    for pid in new:
         try:
             os.kill(pid, signal.SIGKILL)
         except OSError:
             pass
-    for pid in left:
+    for pid in new:
         try:
             os.waitpid(pid, 0)
         except OSError:
@@ -321,6 +349,8 @@ def run_processes(cmd: list[str], env: dict, log: Path, rep: Repetition, timeout
     stray_since = None
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        if rep.watch is not None:
+            rep.watch.root = proc.pid  # the run's process tree: only its opens of the data count (fanotify)
         try:
             while proc.poll() is None:
                 time.sleep(0.2)
@@ -364,9 +394,11 @@ class Launch:
 
     def __init__(self, script: Path, track, nproc: int, runs: int, out: str | Path | None, seed: int,
                  script_args: list[str], rdzv: dict, data_dir: str | None = None, timeout: float | None = None,
-                 wandb: dict | None = None, stop_after_logs: int | None = None, report: Reporter = SILENT):
+                 wandb: dict | None = None, stop_after_logs: int | None = None, report: Reporter = SILENT,
+                 sandbox: bool = True):
         from speedrun.data import check, streams
         from speedrun.evidence import pins
+        from speedrun.referee import sandbox as sandboxes
 
         if not script.is_file():
             raise SpeedrunError(f"{script}: no such script")
@@ -387,11 +419,20 @@ class Launch:
         self.seeds = [seed + k for k in range(runs)]
         self.pins = pins.pin_run(track, self.train_files + self.val_files)
         self.manifest = build_manifest(track, copy, self.cmd, nproc, self.nnodes, runs, self.seeds, self.pins)
+        if sandbox:
+            self.sandbox, why = sandboxes.prepare(self.run_dir, copy, self.train_files + self.val_files,
+                                                  hide=[self.data_dir] if self.data_dir else [])
+        else:
+            self.sandbox, why = None, "--no-sandbox was given"
+        self.manifest.update(self.sandbox.record() if self.sandbox else sandboxes.unsandboxed(why))
         self.welcome = {"track_toml": Path(track.path).read_text(), "track_path": str(track.path),
                         "train_files": [str(p) for p in self.train_files], "val_files": [str(p) for p in self.val_files],
                         "no_data_level": no_data_level(track, self.val_files), "run_dir": str(self.run_dir.resolve())}
         self.stopped_reason: str | None = None
         rundir.write_json_atomic(self.run_dir / rundir.MANIFEST, self.manifest)
+        from speedrun.referee.heartbeat import Heartbeat
+
+        self.heartbeat = Heartbeat().start()
         from speedrun.judge import verify# noqa: F401  (imported before any submission runs: a .pyc it could
         #   plant later would not be loaded)
 
@@ -439,10 +480,13 @@ class Launch:
         rep_ref = Repetition(self.track, k, seed, self.nproc, self.run_dir, self.welcome, sink=sink, echo=echo,
                              data_files={**{p: "train" for p in self.train_files}, **{p: "val" for p in self.val_files}},
                              harness=str(paths.PACKAGE_DIR))
+        rep_ref.blame_unattributed = self.sandbox is None
+        rep_ref.heartbeat = self.heartbeat
+        cmd = self.sandbox.wrap(self.cmd, rep_ref.server.path) if self.sandbox else self.cmd
         before = descendants()
         try:
             with report.status(f"{label} starting") as status:
-                code, wall, reasons = run_processes(self.cmd, self._rank_env(rep_ref.server.path),
+                code, wall, reasons = run_processes(cmd, self._rank_env(rep_ref.server.path),
                                                     rundir.log_path(self.run_dir, k), rep_ref, self.timeout,
                                                     status_line=lambda s: status.update(f"{label}  {s}"),
                                                     stop_after_logs=self.stop_after_logs)
@@ -486,6 +530,24 @@ class Launch:
             sink.finish(rep["status"])
         return self._record(rep)
 
+    def close(self) -> list[str]:
+        """The end of the run: every repetition's evidence is still what the launcher sealed, and every pinned
+        file's bytes are read again (no stat-keyed cache: a file rewritten with its old size and mtime is
+        still seen). What differs is kept in the manifest (`end_check`) for the verdict."""
+        from speedrun.evidence import pins
+
+        if self.heartbeat is not None:
+            self.heartbeat.stop()
+        problems = []
+        for rep in self.manifest["repetitions"]:
+            digest, path = rep.get("events_sha256"), rundir.events_path(self.run_dir, rep["k"])
+            if digest and (not path.exists() or rundir.sha256_file(path) != digest):
+                problems.append(f"{path.name} changed after the launcher sealed it, before the run ended")
+        problems += pins.changed(self.pins, pins.FreshHasher())
+        self.manifest["end_check"] = {"problems": problems, "events_rehashed": True, "pins_rehashed": True}
+        rundir.write_json_atomic(self.run_dir / rundir.MANIFEST, self.manifest)
+        return problems
+
     @staticmethod
     def _deterministic(rep: Repetition, error: str | None) -> bool:
         """Would the same failure happen again? An import/syntax/name error, or no rank reaching init()."""
@@ -495,6 +557,9 @@ class Launch:
         return not ranks or all(st.seed is None for st in ranks)
 
     def _record(self, rep: dict) -> dict:
+        events = rundir.events_path(self.run_dir, rep["k"])
+        if events.exists():  # sealed: kept to re-check at the end of the run, and by `speedrun verify`
+            rep["events_sha256"] = rundir.sha256_file(events)
         self.manifest["repetitions"].append(rep)
         rundir.write_json_atomic(self.run_dir / rundir.MANIFEST, self.manifest)
         return rep
@@ -502,13 +567,16 @@ class Launch:
 
 def launch(script: Path, track, nproc: int, runs: int, out: str | None, seed: int, script_args: list[str],
            rdzv: dict, data_dir: str | None = None, timeout: float | None = None, wandb: dict | None = None,
-           report: Reporter = SILENT) -> Path:
+           report: Reporter = SILENT, sandbox: bool = True) -> Path:
     """Run the script `runs` times, telling `report` how it goes; returns the run directory (verification is
     separate)."""
-    job = Launch(script, track, nproc, runs, out, seed, script_args, rdzv, data_dir, timeout, wandb, report=report)
+    job = Launch(script, track, nproc, runs, out, seed, script_args, rdzv, data_dir, timeout, wandb, report=report,
+                 sandbox=sandbox)
     report.line(f"speedrun run {script.name} on track {track.name}: {runs} x {nproc} proc -> {job.run_dir}")
     for k in range(1, runs + 1):
         job.repetition(k)
+    for problem in job.close():
+        report.line(f"  {job.run_dir.name} problem: {problem}")
     return job.run_dir
 
 
@@ -537,6 +605,9 @@ class Standalone:
         local = env.local_world_size(world_size)
         self.manifest = build_manifest(track, copy, [sys.executable, *sys.argv], local, 1, 1, [seed],
                                        pins.pin_run(track, train + val), refereed=False)
+        from speedrun.referee import sandbox
+
+        self.manifest.update(sandbox.unsandboxed("launched by plain torchrun: the ranks run as they were started"))
         welcome = {"track_toml": Path(track.path).read_text(), "track_path": str(track.path),
                    "train_files": [str(p) for p in train], "val_files": [str(p) for p in val],
                    "no_data_level": no_data_level(track, val), "run_dir": str(self.run_dir.resolve())}

@@ -478,8 +478,8 @@ class Referee:
             for r, d in digests.items():
                 groups.setdefault(d, []).append(r)
             shown = " vs ".join("ranks " + ",".join(map(str, g)) for g in groups.values())
-            self._emit("warning", message=f"the ranks' model parameters differ after finish() ({shown}): were the "
-                                          f"gradients synchronised (DDP or an all-reduce)?")
+            self.problem(f"the ranks' model parameters differ after finish() ({shown}): were the gradients "
+                         f"synchronised (DDP or an all-reduce)?")
         finished = bool(states) and len(states) == expected and all(s.finish_t is not None for s in states)
         summary = {"finished": finished, "timed_s": None, "steps": None, "final_loss": self.last_loss}
         if finished and self.start_t is not None:
@@ -491,6 +491,8 @@ class Referee:
                        ranks=[{"rank": s.rank, "t": self._t(s.finish_t), "batches": s.finish_steps,
                                "tokens": s.tokens} for s in states])
             summary.update(timed_s=round(timed, 4), steps=steps)
+            if not steps:
+                self.problem("the timed run took no training step")
         self.closed = True
         self.log.seal()
         summary["problems"] = list(self.problems)

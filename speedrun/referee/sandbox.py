@@ -1,0 +1,186 @@
+"""The OS sandbox every repetition's ranks run in (bubblewrap), and the launcher's fallback when there is none.
+
+Why: the referee's figures come from the launcher's process, but a script running with the launcher's
+rights could still reach it from outside Python: signal it (a stopped launcher stamps a whole timed run at
+one instant), rewrite the evidence of an earlier repetition in the run directory, keep weights in $TMPDIR or
+$HOME for the next repetition, read the records or other data. The sandbox takes those away. The launcher
+wraps the torchrun invocation of a repetition in ONE sandbox per node, so the node's ranks share a network
+namespace whose only interface is loopback (enough for gloo/NCCL rendezvous on one node). Inside:
+
+- the root file system read-only (the Python environment and the harness as installed);
+- a private /proc in its own PID namespace (`--unshare-pid`): the launcher is neither visible nor signalable;
+  `--die-with-parent` (the sandbox ends with the launcher) and `--new-session` (no terminal to inject into);
+- /dev minimal, plus the GPU device nodes `/dev/nvidia*` where they exist;
+- a fresh tmpfs /tmp, HOME and working directory per repetition (nothing survives into the next one);
+- tmpfs over the run directory, the checkout's data/, records/ and runs/ and the configured data and runs
+  directories: no evidence, no records, no data but
+- exactly what the ranks need, bound back on top: the script copy (read-only, at its path in the run
+  directory), the channel's socket (the socket file alone, not its directory), and, for now, the track's data files (read-only, same paths).
+  TODO(referee agent, issue 17): once the agent serves batches and computes the loss outside the rank, the
+  data files are no longer bound here.
+
+The ranks run as uid 65534 (nobody) where the files they need are readable so (one probe per launch checks
+it), else as the caller's uid inside the user namespace, still on a read-only root. Where bwrap is missing or
+its probe fails, the run goes on unsandboxed and the manifest says `"sandbox": "none"` with the reason; such
+a run never qualifies for a record (`speedrun.ledger.compare.add_record`).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+NOBODY = 65534
+PROBE_TIMEOUT_S = 20.0
+NONE = "none"
+HOME = "/tmp/home"
+SOCKET_PLACEHOLDER = "<the referee's socket>"
+# the namespaces and process rules, always
+ISOLATION = ["--unshare-all", "--die-with-parent", "--new-session"]
+
+
+def _version(exe: str) -> str:
+    try:
+        out = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=PROBE_TIMEOUT_S).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+    words = out.split()
+    return words[-1] if words else "?"
+
+
+def _inside(path: Path, outer: Path) -> bool:
+    try:
+        path.relative_to(outer)
+        return True
+    except ValueError:
+        return False
+
+
+@dataclass
+class Sandbox:
+    """One launch's sandbox: the bwrap executable and the mounts that do not change between repetitions."""
+
+    exe: str
+    version: str
+    hide: list[Path] = field(default_factory=list)     # tmpfs over each (parents before children)
+    files: list[tuple[Path, Path]] = field(default_factory=list)   # read-only binds: (source, destination)
+    uid: int | None = NOBODY                           # None: the caller's uid inside the user namespace
+    devices: list[str] = field(default_factory=list)   # /dev/nvidia* bound into /dev
+
+    @property
+    def label(self) -> str:
+        return f"bwrap {self.version}"
+
+    def _uid_args(self) -> list[str]:
+        return ["--uid", str(self.uid), "--gid", str(self.uid)] if self.uid is not None else []
+
+    def mounts(self, socket: str | os.PathLike | None = None) -> list[str]:
+        """bwrap's mount arguments, in order: later mounts sit on top of earlier ones."""
+        args = ["--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev"]
+        for dev in self.devices:
+            args += ["--dev-bind", dev, dev]
+        args += ["--tmpfs", "/tmp"]
+        for hidden in self.hide:
+            args += ["--tmpfs", str(hidden)]
+        for source, dest in self.files:
+            args += ["--ro-bind", str(source), str(dest)]
+        if socket is not None:  # the file alone: the ranks connect to it, and can put nothing beside it
+            args += ["--bind", str(socket), str(socket)]
+        args += ["--dir", HOME, "--chdir", HOME, "--setenv", "HOME", HOME, "--setenv", "TMPDIR", "/tmp"]
+        return args
+
+    def wrap(self, command: list[str], socket: str | os.PathLike | None = None) -> list[str]:
+        """`command` (the torchrun invocation of one repetition) run inside the sandbox, with the channel's
+        `socket` bound in."""
+        return [self.exe, *ISOLATION, *self._uid_args(), *self.mounts(socket), "--", *command]
+
+    def record(self) -> dict:
+        """What the manifest keeps: the label, the uid inside, and the mounts (the socket, which is new for
+        every repetition, as a placeholder)."""
+        return {"sandbox": self.label, "sandbox_uid": self.uid,
+                "sandbox_mounts": [*ISOLATION, *self._uid_args(), *self.mounts(SOCKET_PLACEHOLDER)]}
+
+
+def unsandboxed(reason: str) -> dict:
+    return {"sandbox": NONE, "sandbox_reason": reason}
+
+
+def hidden_paths(run_dir: Path, extra: list[Path] = ()) -> list[Path]:
+    """The directories the ranks must not see: the run directory, the checkout's data/, records/ and runs/,
+    the configured data, records and runs directories, and the user's cache (~/.cache: speedrun's and Hugging
+    Face's downloads; the ranks get a HOME of their own). Only those that exist (or lie under /tmp, which is a
+    tmpfs anyway), never one holding the Python environment or the harness, parents first."""
+    from speedrun import paths
+
+    wanted = [run_dir, *extra]
+    root = paths.checkout()
+    if root is not None:
+        wanted += [root / "data", root / "records", root / "runs"]
+    if os.environ.get("HF_HOME"):
+        wanted.append(Path(os.environ["HF_HOME"]))
+    for where in (paths.data_dir, paths.records_dir, paths.runs_dir, paths.user_cache_dir, lambda: Path.home() / ".cache"):
+        try:
+            wanted.append(where())
+        except Exception:  # an unusable setting hides nothing more
+            continue
+    needed = [Path(p).resolve() for p in (sys.prefix, sys.base_prefix, paths.PACKAGE_DIR, Path(sys.executable).parent)]
+    out: list[Path] = []
+    for p in wanted:
+        p = Path(os.path.realpath(p))
+        if p == Path("/") or any(_inside(n, p) for n in needed):
+            continue
+        if not (p.is_dir() or _inside(p, Path("/tmp"))):
+            continue
+        if p not in out:
+            out.append(p)
+    out.sort(key=lambda p: len(p.parts))
+    return [p for i, p in enumerate(out) if not any(_inside(p, q) for q in out[:i])]  # a tmpfs covers its children
+
+
+def gpu_devices() -> list[str]:
+    return sorted(glob.glob("/dev/nvidia*"))
+
+
+def _probe(exe: str, uid: int | None, readable: list[Path]) -> str | None:
+    """None when bwrap starts a sandbox like the run's here (as `uid`, with `readable` readable), else why not."""
+    test = ["sh", "-c", 'for f; do test -r "$f" || { echo "cannot read $f" >&2; exit 1; }; done', "sh",
+            *map(str, readable)]
+    uid_args = ["--uid", str(uid), "--gid", str(uid)] if uid is not None else []
+    binds = [arg for p in readable for arg in ("--ro-bind", str(p), str(p))]  # as the run binds them: over /tmp
+    cmd = [exe, *ISOLATION, *uid_args, "--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp",
+           *binds, "--", *test]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=PROBE_TIMEOUT_S)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"bwrap could not be run ({exc})"
+    if done.returncode != 0:
+        why = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
+        return f"bwrap's probe failed: {why}"
+    return None
+
+
+def prepare(run_dir: Path, script_copy: Path, data_files: list[Path], hide: list[Path] = (),
+            exe: str | None = None) -> tuple[Sandbox | None, str | None]:
+    """The sandbox for a launch, or (None, the reason there is none). One probe: as nobody with every file the
+    ranks need readable, else as the caller's uid."""
+    exe = exe or shutil.which("bwrap")
+    if not exe:
+        return None, "bwrap (bubblewrap) is not installed"
+    files = [(Path(os.path.realpath(script_copy)), Path(script_copy))]
+    files += [(Path(os.path.realpath(p)), Path(p)) for p in data_files]
+    readable = [Path(sys.executable), Path(__file__)] + [src for src, _ in files]
+    # not the hidden ones: the probe's sandbox has no tmpfs over them
+    why = _probe(exe, NOBODY, readable)
+    uid: int | None = NOBODY
+    if why is not None:
+        uid = None
+        why_root = _probe(exe, None, [])
+        if why_root is not None:
+            return None, why_root
+    return Sandbox(exe, _version(exe), hide=hidden_paths(run_dir, list(hide)), files=files, uid=uid,
+                   devices=gpu_devices()), None

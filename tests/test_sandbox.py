@@ -1,0 +1,81 @@
+"""The ranks' OS sandbox (speedrun.referee.sandbox): its command line, what a script sees from inside it,
+and the record of a run without it (never a record).
+
+What a script sees from inside is probed by test_referee.py's first test (its 2-rank honest run, sandboxed by
+default, carries the probe: one launch for both, to keep the suite short).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import synthetic
+
+from speedrun.errors import SpeedrunError
+from speedrun.referee import sandbox
+
+ROOT = Path(__file__).resolve().parent.parent
+BASELINE = ROOT / "tests" / "fixtures" / "api1_adamw_baseline.py"
+FAST = ["--", "--steps", "4", "--warmup-steps", "1", "--dim", "32", "--layers", "1", "--heads", "2"]
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    for k, v in synthetic.make_track(tmp_path / "track").items():
+        monkeypatch.setenv(k, v)
+    return tmp_path
+
+
+def test_the_command_line_isolates_and_binds_only_what_the_ranks_need(tmp_path):
+    box = sandbox.Sandbox("/usr/bin/bwrap", "0.8.0", hide=[Path("/x/runs"), Path("/x/runs/r1")],
+                          files=[(Path("/x/runs/r1/t.py"), Path("/x/runs/r1/t.py")),
+                                 (Path("/blobs/ab"), Path("/x/data/val.bin"))], devices=["/dev/nvidia0"])
+    cmd = box.wrap(["python", "-m", "torch.distributed.run", "x"], socket="/tmp/speedrun-referee-1/referee.sock")
+    assert cmd[0] == "/usr/bin/bwrap" and cmd[-4:] == ["python", "-m", "torch.distributed.run", "x"]
+    head = cmd[:cmd.index("--")]
+    for flag in ("--unshare-all", "--die-with-parent", "--new-session"):
+        assert flag in head
+    assert "--share-net" not in head
+    assert head[head.index("--uid") + 1] == "65534"
+    pairs = [tuple(head[i:i + 3]) for i in range(len(head) - 2)]
+    assert ("--ro-bind", "/", "/") in pairs and ("--dev-bind", "/dev/nvidia0", "/dev/nvidia0") in pairs
+    order = [head.index(x) for x in ("/proc", "--tmpfs", "/x/runs", "/x/runs/r1", "/blobs/ab",
+                                     "/tmp/speedrun-referee-1/referee.sock")]
+    assert order == sorted(order)  # binds lie on top of the tmpfs mounts, parents before children
+    assert ("--ro-bind", "/blobs/ab", "/x/data/val.bin") in pairs
+    assert ("--bind", "/tmp/speedrun-referee-1/referee.sock", "/tmp/speedrun-referee-1/referee.sock") in pairs
+    assert ("--setenv", "HOME", sandbox.HOME) in pairs
+    record = box.record()
+    assert record["sandbox"] == "bwrap 0.8.0" and sandbox.SOCKET_PLACEHOLDER in record["sandbox_mounts"]
+
+
+def test_hidden_paths_never_cover_the_environment_or_the_harness(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPEEDRUN_RUNS_DIR", "/")
+    monkeypatch.setenv("SPEEDRUN_DATA_DIR", str(ROOT.parent))
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    hidden = sandbox.hidden_paths(run_dir)
+    assert Path(os.path.realpath(run_dir)) in hidden
+    assert Path("/") not in hidden and ROOT.parent not in hidden
+
+
+def test_without_bwrap_the_run_says_so(tmp_path, monkeypatch):
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    box, why = sandbox.prepare(tmp_path, Path(__file__), [])
+    assert box is None and "not installed" in why
+    box, why = sandbox.prepare(tmp_path, Path(__file__), [], exe="/bin/false")
+    assert box is None and "probe failed" in why
+
+
+def test_an_unsandboxed_run_is_recorded_and_can_never_be_a_record(env, tmp_path):
+    from speedrun.ledger import compare
+    from speedrun.referee import launcher
+    from speedrun.tracks import load_track
+
+    job = launcher.Launch(BASELINE, load_track("smoke"), 1, 1, tmp_path / "run", 0, FAST[1:], {}, sandbox=False)
+    assert job.manifest["sandbox"] == "none" and job.manifest["sandbox_reason"] == "--no-sandbox was given"
+    verdict = {"sandboxed": False, "sandbox": "none (--no-sandbox was given)"}
+    with pytest.raises(SpeedrunError, match="sandbox"):
+        compare.refuse_unsandboxed(tmp_path / "run", verdict)
