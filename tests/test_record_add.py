@@ -2,7 +2,8 @@
 
 The runs are copies of the tiny track's two committed records (real evidence, made by the launcher), and
 record #2's own side-by-side comparison stands in for a new one, so nothing is launched here; the launched
-paths are in tests/test_ledger.py.
+paths are in tests/test_ledger.py. The records were made before the OS sandbox existed, so each copy's
+manifest is marked as a sandboxed run's (what the launcher writes) unless a test is about that mark.
 """
 
 from __future__ import annotations
@@ -21,12 +22,15 @@ RECORDS = Path(__file__).resolve().parent.parent / "records" / "tiny"
 ADAMW, MUON = RECORDS / "001_adamw-baseline", RECORDS / "002_muon-baseline"
 
 
-def as_run(record: Path, out: Path) -> Path:
-    """A record's evidence laid out as the run directory it came from."""
+def as_run(record: Path, out: Path, sandbox: str | None = "bwrap (test)") -> Path:
+    """A record's evidence laid out as the run directory it came from (its manifest saying `sandbox`)."""
     out.mkdir(parents=True)
     for p in record.iterdir():
         if p.name not in ("record.toml", rundir.VERDICT, rundir.COMPARE):
             shutil.copy2(p, out / p.name)
+    if sandbox is not None:
+        manifest = json.loads((out / rundir.MANIFEST).read_text())
+        (out / rundir.MANIFEST).write_text(json.dumps(dict(manifest, sandbox=sandbox)))
     return out
 
 
@@ -61,7 +65,7 @@ def test_a_faster_script_becomes_the_next_record_through_its_comparison(ledger, 
     assert (ledger / "tiny" / "002_muon" / rundir.COMPARE).is_file()
 
 
-@pytest.mark.parametrize("case", ["again", "problem", "arguments", "other track", "not faster"])
+@pytest.mark.parametrize("case", ["again", "problem", "arguments", "other track", "not faster", "unsandboxed"])
 def test_each_refusal_names_why_and_leaves_the_ledger_untouched(ledger, tmp_path, case):
     compare.add_record(as_run(ADAMW, tmp_path / "a"), "AdamW baseline", ["@me"], root=ledger)
     before = ledger_state(ledger)
@@ -81,6 +85,8 @@ def test_each_refusal_names_why_and_leaves_the_ledger_untouched(ledger, tmp_path
     elif case == "other track":
         run, why = as_run(MUON, tmp_path / "other"), "not gpt2-small"
         kwargs["track_name"] = "gpt2-small"
+    elif case == "unsandboxed":
+        run, why = as_run(MUON, tmp_path / "bare", sandbox=None), "without the OS sandbox"
     else:  # record #2's comparison, read the other way round: the prior would have to be the Muon script
         run, why = as_run(MUON, tmp_path / "slow"), "side B is not record #1's script"
         side_by_side = tmp_path / "cmp"
