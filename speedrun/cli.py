@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "import-log": ("speedrun.legacy", "import modded-nanogpt logs as self-reported run evidence"),
     "plot": ("speedrun.plots", "plot val loss of run directories, or the record progression of a track"),
     "new": ("speedrun.starter", "write a commented starter submission NAME.py for a track"),
+    "ladder": ("speedrun.ladder_cli", "tune methods per size under the referee; speed-up and crossover"),
 }
 
 
