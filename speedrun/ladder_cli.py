@@ -32,11 +32,14 @@ def register(subparsers) -> None:
     p.add_argument("--out", type=Path, help="ladder directory (default: <runs>/ladders/<spec name>)")
     p.add_argument("--executor", choices=("local", "slurm"), default="local",
                    help="local: points as processes here; slurm: one submitit job per point")
-    p.add_argument("--parallel", type=int, help="local: points at a time (default: cores // nproc, at least 1)")
+    p.add_argument("--parallel", type=int, default=1,
+                   help="local: points at a time; above 1 only where points read separate copies of the data "
+                        "(the referee charges another point's reads of the data files to the running script)")
     p.add_argument("--slurm-partition", help="slurm: partition")
     p.add_argument("--slurm-timeout-min", type=int, default=60, help="slurm: minutes per job")
     p.add_argument("--slurm-gpus", action="store_true", help="slurm: ask for nproc GPUs per job")
     p.add_argument("--slurm-array-parallelism", type=int, help="slurm: jobs running at once")
+    p.add_argument("--slurm-exclusive", action="store_true", help="slurm: a node per job (see --parallel)")
     p.add_argument("--submitit-cluster", choices=("slurm", "local", "debug"), default="slurm",
                    help=argparse.SUPPRESS)   # submitit's local/debug executors: the tests' way to run the slurm path
     p.add_argument("--plan", action="store_true", help="list the points the next wave would run, run nothing")
@@ -96,7 +99,7 @@ def print_report(report: dict, console) -> None:
             if c:
                 speed = _iv(c["speedup"], ".2f") + ("*" if c["extrapolated"] else "")
             table.add_row(size["size"] if first else "", f"{size['params']:,}" if first else "",
-                          m["method"], f"{m['budget']:g} ({m['tokens']:,})", _hp(m["best"]) + edge,
+                          m["method"], f"{m['budget']:g} ({_num(m['tokens'], ',')})", _hp(m["best"]) + edge,
                           _iv(m["loss"], ".4f"), str(len(m["confirm_losses"])) + ("" if m["complete"] else " (incomplete)"),
                           _iv(c["gap"], "+.4f") if c else "", speed)
             first = False
@@ -159,9 +162,15 @@ def cmd_ladder(args: argparse.Namespace) -> int:
         if args.executor == "slurm":
             ex = executors.SubmititExecutor(root / "submitit", spec.nproc, cluster=args.submitit_cluster,
                                             timeout_min=args.slurm_timeout_min, partition=args.slurm_partition,
-                                            gpus=args.slurm_gpus, parallelism=args.slurm_array_parallelism)
+                                            gpus=args.slurm_gpus, parallelism=args.slurm_array_parallelism,
+                                            extra={"slurm_exclusive": True}
+                                            if args.slurm_exclusive else None)
         else:
             ex = executors.LocalExecutor(spec.nproc, args.parallel)
+            if ex.oversubscribed():
+                console.print(f"warning: {ex.parallel} points x {spec.nproc} ranks is more than this machine's "
+                              f"{executors.usable_cores()} cores: they slow each other down", style="yellow",
+                              markup=False)
         console.print(f"ladder {spec.name}: {len(spec.sizes)} sizes x {len(spec.methods)} methods on track "
                       f"{spec.track}, {spec.nproc} rank(s) a point, executor {args.executor}"
                       + (f" ({ex.parallel} at a time)" if args.executor == "local" else "") + f" -> {root}",

@@ -124,7 +124,8 @@ def speedup(method_losses: Sequence[float], method_tokens: float, curve: dict[fl
     in the same order (validations of one run per seed), resampled together."""
     m = np.asarray([v for v in method_losses if _finite(v)], dtype=float)
     tokens = sorted(curve)
-    if m.size == 0 or len(tokens) < 2 or any(not curve[t] for t in tokens):
+    if m.size == 0 or len(tokens) < 2 or any(not curve[t] for t in tokens) or not _finite(method_tokens) \
+            or method_tokens <= 0:
         return SpeedupEstimate(None, None, None, False, None, 1.0)
     cols = [np.asarray(curve[t], dtype=float) for t in tokens]
     mean_curve = [(t, float(c.mean())) for t, c in zip(tokens, cols)]

@@ -5,10 +5,15 @@ the referee either way), and completion is read from the point's directory, neve
 job that dies, a Ctrl-C or a cancelled Slurm array loses at most the points that were running, and the next
 `speedrun ladder` starts exactly those again.
 
-- `LocalExecutor`: as many points at a time as the machine's cores allow for `nproc` ranks each (one at a
-  time on 2 cores with 2 ranks). Ctrl-C stops the running points' process groups and re-raises.
+- `LocalExecutor`: one point at a time, each on `nproc` ranks (the spec's). Points must not overlap on one
+  machine: the referee watches the track's data files while a point runs, and another point's ranks opening
+  them would be charged to this point's script (its repetition then counts as failed), besides the points
+  slowing each other. `parallel` > 1 is for machines whose points read separate data copies. Ctrl-C stops
+  the running point's process group and re-raises.
 - `SubmititExecutor`: one submitit job per point (`cluster="slurm"` for Slurm; submitit's `"local"` and
-  `"debug"` executors run the same path on this machine, which is how the tests check it).
+  `"debug"` executors run the same path on this machine, which is how the tests check it). For the same
+  reason as above, give each job a node of its own (`slurm_exclusive`)
+  unless the nodes' data directories are separate (`--slurm-exclusive`).
 """
 
 from __future__ import annotations
@@ -57,12 +62,17 @@ def usable_cores() -> int:
 
 
 class LocalExecutor:
-    """Points as child processes of this one, `parallel` at a time (default: cores // nproc, at least one)."""
+    """Points as child processes of this one, `parallel` at a time (default one: see the module's note)."""
 
     name = "local"
 
     def __init__(self, nproc: int, parallel: int | None = None):
-        self.parallel = max(1, parallel or usable_cores() // max(1, nproc))
+        self.nproc = nproc
+        self.parallel = max(1, parallel or 1)
+
+    def oversubscribed(self) -> bool:
+        """More ranks at once than this machine has cores."""
+        return self.parallel * self.nproc > usable_cores()
 
     def run(self, jobs: Sequence[Job], on_done: Callable[[str, int], None] | None = None) -> list[int]:
         codes: list[int] = [0] * len(jobs)

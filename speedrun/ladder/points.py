@@ -159,7 +159,9 @@ def _digest(run_dir: Path) -> dict:
 
 
 def read_result(root: Path, point: Point) -> PointResult:
-    """A complete point's result: verified once (its `verdict.json`), then read from the ladder's digest."""
+    """A complete point's result: verified once (its `verdict.json`), then read from the ladder's digest.
+    The runner verifies each point as soon as it completes: the verdict compares the harness the run pinned
+    with the one installed, so verifying after the harness changed would fail every earlier point."""
     folder = point_dir(root, point)
     digest_path = folder / RESULT
     if digest_path.is_file():

@@ -41,7 +41,7 @@ class MethodResult:
     method: str
     budget: float
     steps: int
-    tokens: int
+    tokens: int | None              # train tokens of one run, as the referee counted them (else from the spec)
     complete: bool                  # tuning and confirmation all done
     best: dict[str, Any] | None     # the setting chosen on the tuning seeds
     at_edge: list[str]              # chosen values that sit at an edge of the search space
@@ -123,10 +123,18 @@ def _method_result(spec: LadderSpec, cell: Cell) -> MethodResult:
     measured = {r.params for r in list(cell.tuned.values()) + list(cell.confirmed.values()) if r.params}
     complete = cell.best is not None and len(confirmed) == len(spec.confirm_seeds)
     return MethodResult(cell.method, cell.budget, spec.budget.steps(cell.budget, size.params),
-                        spec.budget.tokens(cell.budget, size.params), complete, cell.best,
+                        _tokens(spec, cell), complete, cell.best,
                         estimate.at_edge(cell.best or {}, method.search), tuning,
                         [p.seed for p, _ in confirmed], losses, _iv(estimate.mean_ci(losses)),
                         measured.pop() if len(measured) == 1 else None)
+
+
+def _tokens(spec: LadderSpec, cell: Cell) -> int | None:
+    """Train tokens of the cell's runs: the referee's count (all runs of a cell serve the same), else the spec's."""
+    counted = sorted({r.tokens for r in list(cell.confirmed.values()) + list(cell.tuned.values()) if r.tokens})
+    if counted:
+        return counted[-1]
+    return spec.budget.tokens(cell.budget, spec.size(cell.size).params) or None
 
 
 def _curve(spec: LadderSpec, cells: list[Cell], size: str) -> tuple[dict[float, list[float]], bool]:
@@ -136,8 +144,9 @@ def _curve(spec: LadderSpec, cells: list[Cell], size: str) -> tuple[dict[float, 
         curve: dict[float, list[float]] = {}
         for c in base:
             losses = [r.loss for r in c.confirmed.values() if r.ok]
-            if losses and len(losses) == len(c.confirmed):
-                curve[float(spec.budget.tokens(c.budget, spec.size(size).params))] = losses
+            tokens = _tokens(spec, c)
+            if losses and len(losses) == len(c.confirmed) and tokens:
+                curve[float(tokens)] = losses
         return curve, False
     longest = max(base, key=lambda c: c.budget, default=None)
     if longest is None or not longest.confirmed:
@@ -176,7 +185,7 @@ def build_report(spec: LadderSpec, cells: list[Cell], n_boot: int = 2000) -> Lad
                 continue
             base = base_by_budget.get(m.budget)
             gap = estimate.diff_ci(m.confirm_losses, base.confirm_losses) if base else estimate.Estimate(None, None, None)
-            s = estimate.speedup(m.confirm_losses, m.tokens, curve, paired=paired, n_boot=n_boot)
+            s = estimate.speedup(m.confirm_losses, m.tokens or math.nan, curve, paired=paired, n_boot=n_boot)
             comparisons.append(Comparison(m.method, m.budget, _iv(gap), Interval(s.value, s.lo, s.hi),
                                           s.baseline_tokens, s.extrapolated, s.undefined_share))
             boot.setdefault((m.method, m.budget), []).append((size.params, s.value, s.replicates))

@@ -130,12 +130,23 @@ def run_ladder(spec: LadderSpec, root: Path, executor, on_wave: Callable[[Progre
             on_wave(Progress(wave, todo, len(results)))
         if not todo or dry_run:
             return all_cells
-        jobs = []
+        jobs, by_label = [], {}
         for point in todo:
             P.clear_incomplete(root, point)
             log = root / "logs" / f"{point.name}.log"
             jobs.append((point.label(), P.command(spec, root, point), log))
-        executor.run(jobs, on_point)
+            by_label[point.label()] = point
+
+        def finished(label: str, code: int) -> None:
+            # verified at once: the verdict checks the harness files against those installed now, which is
+            # only meaningful right after the run (the digest is then kept, whatever changes later)
+            point = by_label.get(label)
+            if point is not None and P.is_complete(root, point):
+                done(point)
+            if on_point:
+                on_point(label, code)
+
+        executor.run(jobs, finished)
         missing = [p for p in todo if not P.is_complete(root, p)]
         if missing:
             # a point whose run never recorded its repetition (the launcher failed outright): do not loop on it
