@@ -26,8 +26,11 @@ from speedrun.errors import SpeedrunError
 def register(subparsers) -> None:
     from speedrun.cli import DefaultsFormatter
 
+    class Formatter(argparse.RawDescriptionHelpFormatter, DefaultsFormatter):
+        pass
+
     p = subparsers.add_parser("ladder", help="tune methods per size under the referee; speed-up and crossover",
-                              description=__doc__, formatter_class=DefaultsFormatter)
+                              description=__doc__, formatter_class=Formatter)
     p.add_argument("spec", help="ladder spec: a .toml path, or a name in configs/ladders/")
     p.add_argument("--out", type=Path, help="ladder directory (default: <runs>/ladders/<spec name>)")
     p.add_argument("--executor", choices=("local", "slurm"), default="local",

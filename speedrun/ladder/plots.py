@@ -60,7 +60,8 @@ def plot_loss(report: dict, out: Path) -> Path:
     ax.set_ylabel("tuned final val loss (nats/token)")
     ax.set_title(f"{report['name']}: tuned loss vs size (95% t-intervals over fresh seeds)", fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
     fig.tight_layout()
     path = out / "loss_vs_size.png"
     fig.savefig(path, dpi=120)
@@ -109,7 +110,8 @@ def plot_speedup(report: dict, out: Path) -> Path:
     ax.set_ylabel("data-equivalent speed-up")
     ax.set_title(f"{report['name']}: speed-up vs size (95% bootstrap over seeds)", fontsize=9)
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
     fig.tight_layout()
     path = out / "speedup_vs_size.png"
     fig.savefig(path, dpi=120)
@@ -148,7 +150,8 @@ def plot_sensitivity(report: dict, out: Path) -> Path:
         ax.set_ylabel("final val loss (tuning seeds)")
         ax.set_title(f"{method}, budget {budget:g}", fontsize=9)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     fig.tight_layout()
     path = out / "lr_sensitivity.png"
     fig.savefig(path, dpi=120)

@@ -168,6 +168,8 @@ def read_result(root: Path, point: Point) -> PointResult:
         d = evidence.read_json(digest_path)
     else:
         d = _digest(folder)
-        evidence.write_json_atomic(digest_path, d)
+        if "with a different harness" not in (d.get("problem") or ""):
+            # kept only when this harness could judge it: a point read by another version stays undecided
+            evidence.write_json_atomic(digest_path, d)
     return PointResult(point, d["ok"], d["loss"], d["params"], d["tokens"], d["timed_s"],
                        [tuple(c) for c in d.get("curve") or []], d.get("problem"))
