@@ -195,7 +195,7 @@ def synthetic_spec(params):
 
 def test_speedup_and_crossover_recover_a_known_crossover():
     spec = synthetic_spec([1e5, 2e5, 4.5e5, 9e5])
-    rep = report.build_report(spec, synthetic_cells(spec, true_speedup), n_boot=400)
+    rep = report.build_report(spec, synthetic_cells(spec, true_speedup), n_boot=300)
     speedups = {s.size: s.comparisons[0].speedup for s in rep.sizes}
     for size in rep.sizes:
         s = speedups[size.size]

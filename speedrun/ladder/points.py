@@ -4,7 +4,9 @@ Why a point is a directory named by its identity: resuming needs no database. A 
 budget, hyper-parameters, seed); its run directory under `<ladder>/points/` is named from exactly that, so a
 re-run of the same spec finds it. A point is complete when its `manifest.json` records its repetition (ok or
 failed: a diverged learning rate is a result, not something to retry); a directory without that record was
-interrupted (Ctrl-C, a killed job) and is cleared and run again. Results are read from the run's own
+interrupted (Ctrl-C, a killed job) and is cleared and run again. The fixed overrides of sizes and methods
+are not part of a point's name (a spec can gain sizes, values and seeds and keep its points): after changing
+one that alters training, use a new ladder directory. Results are read from the run's own
 evidence through the project's verifier (`speedrun.verify`), so a ladder number is a refereed number: a
 repetition with any problem counts as failed.
 """
