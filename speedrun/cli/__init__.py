@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "import-log": ("speedrun.cli.import_log", "import modded-nanogpt logs as self-reported run evidence"),
     "plot": ("speedrun.cli.plot", "plot val loss of run directories, or the record progression of a track"),
     "new": ("speedrun.cli.new", "write a commented starter submission NAME.py for a track"),
+    "ladder": ("speedrun.cli.ladder", "tune methods per size under the referee; speed-up and crossover"),
 }
 
 
