@@ -12,6 +12,9 @@ must qualify under the same conditions.
                                   show that they are real
     ADVERSARIAL_REPORT=FILE       append one JSON line per launch (exit code, verdict, effect, seconds)
     ADVERSARIAL_ALL=1             also launch the EXTENDED cheats (second variants of covered classes)
+    ADVERSARIAL_V3=1              also launch the V3 cheats (tests/cheats/v3_*.py: attacks on the tier-1 referee's
+                                  residual risks, which the v3 sandbox must refuse) and the V3 honest variants
+                                  (v3_honest_*.py: honest runs today's referee blames or crashes, which must qualify)
 """
 
 from __future__ import annotations
@@ -65,9 +68,40 @@ EXPECT = {
 EXTENDED = {"loader_counter_reset", "reuse_weights", "patch_referee", "shadow_track", "val_unaudited",
             "edit_harness", "edit_data", "rank1_bad_shape", "train_in_thread"}
 
+# the v3 cheats: each gets through today's referee (or gains while refused for something else); the v3 referee
+# (OS sandbox, referee agents outside the script's process) must refuse them with a problem matching these.
+# Launched only with ADVERSARIAL_V3=1 until that referee exists.
+V3_EXPECT = {
+    # 1. forged results through the harness's own objects
+    "v3_forge_val_end": r"forged|not (measured|computed) by the referee|below the (track's )?entropy floor|"
+                        r"referee channel|only the (bootstrap|referee)",
+    "v3_pause_clock": r"forged|referee channel|validation (began|ended) without|clock|paused",
+    # 2. reading the evaluator's frames
+    "v3_frame_peek": r"causal|frame|introspect|evaluator|sandbox",
+    # 3. val rows handed out before the score is taken
+    "v3_stash_val_rows": r"causal|val (rows|tokens|data) (kept|stashed|reused|remembered)|memori[sz]|"
+                         r"validation .*(state|memory)|sandbox",
+    # 4. data outside the loader
+    "v3_preloaded_train": r"train (file|shard|data|tokens)|outside the loader|memory map|pre-?trained|start check",
+    "v3_batch_tokens_assign": r"batch_tokens|shape|tokens served|more (rows|tokens) than",
+    "v3_start_flag": r"start check|pre-?trained|before start|untimed training",
+    # 5. acting on the launcher and files
+    "v3_sigstop_launcher": r"SIGSTOP|stopped|suspended|signal|launcher|clock",
+    "v3_rewrite_sealed": r"run-1\.jsonl|seal|modified|forged|earlier repetition",
+    "v3_tmpdir_weights": r"TMPDIR|temporary|earlier repetition|pre-?trained|outside the run directory|start check",
+    # 6. work while the clock is paused
+    "v3_thread_during_val": r"thread|during (a )?validation|while the clock (is|was) paused|paused",
+    # 7. bending the referee's arithmetic
+    "v3_tensor_subclass": r"subclass|torch_function|plain tensor|logits must be a torch\.Tensor",
+    "v3_val_memmap": r"val (file|shard|data|tokens)|memory map|read_shard",
+    "v3_seed_spread": r"seed|spread|identical|near-?identical|variance",
+}
+# honest variants (kind 8, false accusations): today's referee fails them, the v3 referee must let them qualify
+HONEST_V3 = {"v3_honest_outside_hash", "v3_honest_adamw_state"}
 ROOT = Path(__file__).resolve().parent.parent
 CHEATS_DIR = Path(__file__).resolve().parent / "cheats"
-CHEATS = sorted(p.stem for p in CHEATS_DIR.glob("*.py") if not p.name.startswith("_"))
+CHEATS = sorted(p.stem for p in CHEATS_DIR.glob("*.py") if not p.name.startswith("_") and p.stem not in HONEST_V3)
+V3_ON = bool(os.environ.get("ADVERSARIAL_V3"))
 BASE = "tests/fixtures/api1_muon_baseline.py"  # the default BASE of a spec (tests/cheats/_common.py)
 RECORD = "records/tiny/002_muon-baseline/train.py"  # the current record, API 2
 FAST = ["--steps", "6", "--dim", "32", "--layers", "1", "--heads", "2"]
@@ -198,7 +232,10 @@ def judge_effect(effects, verdict: dict, honest: dict, logs: str, seconds: float
     identical_runs    two or more repetitions with exactly the same final loss
     later_run_better r  the last repetition's final loss <= r x the first's
     log REGEX         the runs' logs match REGEX
-    finishes_within s   the launch returned within s seconds (no hang)"""
+    finishes_within s   the launch returned within s seconds (no hang)
+    run_loss_below (k, r)  repetition k's final loss <= r x the honest final loss
+    near_identical_runs r  two or more repetitions, not all identical, whose final losses differ by at most
+                      r x their mean (a spread too small to come from the seeds)"""
     losses, timed = _numbers(verdict, "final_loss"), _numbers(verdict, "timed_s")
     h_loss = (_numbers(honest["verdict"], "final_loss") or [None])[0]
     h_timed = (_numbers(honest["verdict"], "timed_s") or [None])[0]
@@ -217,6 +254,17 @@ def judge_effect(effects, verdict: dict, honest: dict, logs: str, seconds: float
         elif kind == "later_run_better":
             ok = len(losses) >= 2 and losses[-1] <= value * losses[0]
             text = f"final losses by repetition {[round(x, 3) for x in losses]} (claim: last <= {value}x first)"
+        elif kind == "run_loss_below":
+            k, r = value
+            mine = _numbers({"repetitions": [x for x in verdict.get("repetitions") or [] if x.get("k") == k]},
+                            "final_loss")
+            ok = bool(mine and h_loss and mine[0] <= r * h_loss)
+            text = (f"repetition {k}'s final loss {[round(x, 3) for x in mine]} vs honest {h_loss and round(h_loss, 3)} "
+                    f"(claim <= {r}x); all repetitions {[round(x, 4) for x in losses]}")
+        elif kind == "near_identical_runs":
+            spread = (max(losses) - min(losses)) / (sum(losses) / len(losses)) if losses else None
+            ok = len(losses) >= 2 and len(set(losses)) > 1 and spread <= value
+            text = f"final losses of the repetitions {losses}: relative spread {spread} (claim: > 0 and <= {value})"
         elif kind == "log":
             ok = re.search(value, logs) is not None
             text = f"log {'shows' if ok else 'does not show'} /{value}/"
@@ -244,9 +292,10 @@ def honest(pristine, tmp_path_factory) -> dict:
 
 
 def test_every_cheat_has_a_keyword_and_applies():
-    assert set(EXPECT) == set(CHEATS), "EXPECT and tests/cheats/ must name the same cheats"
+    assert not set(EXPECT) & set(V3_EXPECT), "a cheat is in EXPECT or in V3_EXPECT, not both"
+    assert set(EXPECT) | set(V3_EXPECT) == set(CHEATS), "EXPECT, V3_EXPECT and tests/cheats/ must name the same cheats"
     assert len(CHEATS) >= 14
-    for name in CHEATS:
+    for name in CHEATS + sorted(HONEST_V3):
         spec = load_spec(name)
         assert spec.__doc__ and spec.__doc__.strip(), f"{name}: the docstring names the attack class"
         assert spec.EFFECT, f"{name}: a cheat claims an effect"
@@ -266,12 +315,50 @@ def test_current_record_qualifies_under_the_same_conditions(pristine, tmp_path, 
     assert rc == 0 and verdict["qualifies"] and verdict["problems"] == [], verdict.get("problems")
 
 
-@pytest.mark.parametrize("name", [pytest.param(name, marks=pytest.mark.skipif(
-    name in EXTENDED and not os.environ.get("ADVERSARIAL_ALL"), reason="extended set: ADVERSARIAL_ALL=1"))
-    for name in CHEATS])
-def test_cheat_is_refused(name, pristine, honest, tmp_path, monkeypatch, capsys):
-    spec = load_spec(name)
-    ws = workspace(pristine, tmp_path / "ws", monkeypatch)
+def _skip(name: str):
+    if name in V3_EXPECT or name in HONEST_V3:
+        return pytest.mark.skipif(not V3_ON, reason="v3 set: ADVERSARIAL_V3=1")
+    return pytest.mark.skipif(name in EXTENDED and not os.environ.get("ADVERSARIAL_ALL"),
+                              reason="extended set: ADVERSARIAL_ALL=1")
+
+
+def start_during_run(command: str, out: Path, timeout: float = 120.0):
+    """A spec's DURING_RUN: `command` (Python source) run as a process of its own, outside the launcher and the
+    ranks, as soon as repetition 1's ranks have called speedrun.init() (the data watch is armed by then).
+    Returns a function that waits for it and gives (exit code or None, output)."""
+    import subprocess
+    import threading
+
+    result: dict = {}
+
+    def go() -> None:
+        deadline = time.monotonic() + timeout
+        events = out / "run-1.jsonl"
+        while time.monotonic() < deadline:
+            try:
+                if b'"event":"init"' in events.read_bytes():
+                    break
+            except OSError:
+                pass
+            time.sleep(0.02)
+        else:
+            result["rc"], result["out"] = None, "the run never reached init()"
+            return
+        done = subprocess.run([sys.executable, "-c", command], capture_output=True, text=True, timeout=timeout)
+        result["rc"], result["out"] = done.returncode, (done.stdout + done.stderr)[-2000:]
+
+    thread = threading.Thread(target=go, daemon=True)
+    thread.start()
+
+    def wait() -> tuple[int | None, str]:
+        thread.join(timeout)
+        return result.get("rc"), result.get("out", "still running")
+    return wait
+
+
+def launch_spec(name: str, spec, ws: Path, tmp_path: Path) -> tuple[int, dict, float, str | None]:
+    """Launch a spec's script as the spec says (track copy, harness copy, repetitions, a process during the run);
+    returns (exit code, verdict, seconds, the DURING_RUN process's report or None)."""
     script = tmp_path / f"{name}.py"
     script.write_text(apply(spec, name))
     track = "smoke"
@@ -290,14 +377,27 @@ def test_cheat_is_refused(name, pristine, honest, tmp_path, monkeypatch, capsys)
         shutil.copytree(Path(speedrun.__file__).resolve().parent, site / "speedrun",
                         ignore=shutil.ignore_patterns("__pycache__"))
         (site / ".adversarial-scratch").touch()
-
+    during = start_during_run(spec.DURING_RUN, ws / "out") if getattr(spec, "DURING_RUN", None) else None
     rc, verdict, seconds = launch(script, ws / "out", track=track, runs=getattr(spec, "RUNS", 1), harness=site)
+    side = None
+    if during is not None:
+        side_rc, side_out = during()
+        side = f"exit {side_rc}: {side_out.strip()}"
+    return rc, verdict, seconds, side
+
+
+@pytest.mark.parametrize("name", [pytest.param(name, marks=_skip(name)) for name in CHEATS])
+def test_cheat_is_refused(name, pristine, honest, tmp_path, monkeypatch, capsys):
+    spec = load_spec(name)
+    ws = workspace(pristine, tmp_path / "ws", monkeypatch)
+    rc, verdict, seconds, _ = launch_spec(name, spec, ws, tmp_path)
     problems = list(verdict.get("problems") or [])
     captured = capsys.readouterr()
     problems += [line for line in captured.err.splitlines() if line.startswith("speedrun: error:")]
     logs = "\n".join(p.read_text(errors="replace") for p in sorted((ws / "out").glob("run-*.log")))
     effect_ok, effect = judge_effect(getattr(spec, "EFFECT", []), verdict, honest, logs, seconds)
-    matched = any(re.search(EXPECT[name], p, re.IGNORECASE) for p in problems)
+    expect = {**EXPECT, **V3_EXPECT}[name]
+    matched = any(re.search(expect, p, re.IGNORECASE) for p in problems)
     report({"cheat": name, "rc": rc, "qualifies": verdict.get("qualifies"), "problems": problems,
             "warnings": verdict.get("warnings"), "keyword_matched": matched, "effect_ok": effect_ok,
             "effect": effect, "launcher_crash": verdict.get("launcher_crash"), "seconds": round(seconds, 1)})
@@ -307,4 +407,25 @@ def test_cheat_is_refused(name, pristine, honest, tmp_path, monkeypatch, capsys)
         assert effect_ok, f"{name}: the cheat did not achieve its claim: {effect}"
     assert not verdict.get("qualifies"), f"{name} QUALIFIED; its effect: {effect}"
     assert rc != 0, f"{name}: refused in the verdict but the launch exited 0"
-    assert matched, f"{name}: refused, but no problem matches /{EXPECT[name]}/: {problems}"
+    assert matched, f"{name}: refused, but no problem matches /{expect}/: {problems}"
+
+
+@pytest.mark.parametrize("name", [pytest.param(name, marks=_skip(name)) for name in sorted(HONEST_V3)])
+def test_v3_honest_variant_qualifies(name, pristine, tmp_path, monkeypatch, capsys):
+    """Kind 8, false accusations: an honest script (or an honest run with something outside it going on) must
+    qualify with no problem. Today's referee blames or crashes these."""
+    spec = load_spec(name)
+    ws = workspace(pristine, tmp_path / "ws", monkeypatch)
+    rc, verdict, seconds, side = launch_spec(name, spec, ws, tmp_path)
+    problems = list(verdict.get("problems") or [])
+    captured = capsys.readouterr()
+    problems += [line for line in captured.err.splitlines() if line.startswith("speedrun: error:")]
+    errors = [r.get("error") for r in verdict.get("repetitions") or [] if r.get("error")]
+    report({"honest": name, "rc": rc, "qualifies": verdict.get("qualifies"), "problems": problems,
+            "errors": errors, "during_run": side, "final_loss": _numbers(verdict, "final_loss"),
+            "timed_s": _numbers(verdict, "timed_s"), "seconds": round(seconds, 1)})
+    assert "launcher_crash" not in verdict, f"{name}: the launcher crashed: {verdict['launcher_crash']}"
+    if side is not None:
+        assert side.startswith("exit 0"), f"{name}: the process beside the run failed: {side}"
+    assert rc == 0 and verdict.get("qualifies") and problems == [], \
+        f"{name}: an honest run was refused: {problems} {errors}"
