@@ -152,7 +152,28 @@ def measure(logits_fn: Callable, n_batches: int, rows: int, seq_len: int, flat: 
             own_piece: Callable[[int, int], int], val_piece: Callable[[int], np.ndarray],
             make_batch: Callable[[Sequence[np.ndarray]], Batch], vocab_size: int, n_pieces: int,
             plan: ProbePlan | None = None, unigram: np.ndarray | None = None) -> Measurement:
+    """`measuring()` driven by a logits_fn in this process (the unrefereed path and the tests)."""
+    steps = measuring(n_batches, rows, seq_len, flat, own_piece, val_piece, make_batch, vocab_size, n_pieces,
+                      plan, unigram)
+    logits = None
+    with torch.no_grad():
+        while True:
+            try:
+                batch = steps.send(logits)
+            except StopIteration as done:
+                return done.value
+            logits = batch.call(logits_fn)
+
+
+def measuring(n_batches: int, rows: int, seq_len: int, flat: bool,
+              own_piece: Callable[[int, int], int], val_piece: Callable[[int], np.ndarray],
+              make_batch: Callable[[Sequence[np.ndarray]], Batch], vocab_size: int, n_pieces: int,
+              plan: ProbePlan | None = None, unigram: np.ndarray | None = None):
     """Run one validation: this rank's canonical batches, with one extra batch among them.
+
+    A generator, so the agent can hand each batch's inputs to a rank and wait for the logits: it yields each
+    `Batch` in order and takes its logits through `send()`; its return value (`StopIteration.value`) is the
+    `Measurement`. Everything it keeps (targets, the plan, which batch is the extra one) stays in its frame.
 
     Canonical batch b holds pieces own_piece(b, 0..rows-1); the extra batch is `plan.at`-th and looks like
     any other (real val text up to each cut, the same shape, the same call). `unigram`: the val tokens'
@@ -171,12 +192,12 @@ def measure(logits_fn: Callable, n_batches: int, rows: int, seq_len: int, flat: 
     total = torch.zeros((), dtype=torch.float64)
     tokens = 0
     shape, dtype = None, None
-    with torch.no_grad():
-        for b in order:
-            pieces = (_extra_rows(plan, own_piece, val_piece, unigram) if b < 0
-                      else [val_piece(own_piece(b, i)) for i in range(rows)])
-            batch = make_batch(pieces)
-            logits = batch.call(logits_fn)
+    for b in order:
+        pieces = (_extra_rows(plan, own_piece, val_piece, unigram) if b < 0
+                  else [val_piece(own_piece(b, i)) for i in range(rows)])
+        batch = make_batch(pieces)
+        logits = yield batch
+        with torch.no_grad():
             nll = token_nll(logits, batch.targets, vocab_size)
             if b < 0:
                 extra_nll = nll.detach().float().cpu()
