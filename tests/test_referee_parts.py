@@ -45,22 +45,47 @@ val_files = ["v.bin"]
 train_pattern = "t_{:06d}.bin"
 train_range = [1, 1]
 """
-WELCOME = {"track_toml": TRACK, "track_path": "unit.toml", "train_files": [], "val_files": [], "no_data_level": 4.0,
-           "run_dir": ""}
 LOADER = {"batch_tokens": 1024, "seq_len": 128, "accum_steps": 2, "layout": "rows", "align_to_bos": False,
           "max_doc_len": None}
-PROBE = {"rows": 4, "nll_diff": 0.0, "dist_diff": 0.0, "logits_shape": [4, 128, 64], "logits_dtype": "torch.float32",
-         "canary_tokens": 200, "canary_nll_sum": 200 * 4.3, "canary_nll_sq": 200 * (4.3 ** 2 + 1.0)}
+VAL = {"batch_tokens": 1024, "seq_len": 128, "layout": "rows"}
+
+
+def unit_data(folder: Path) -> dict:
+    """Shards for the unit track (train 64k tokens, val: 4096 scored + 4096 monitor + spare) and its welcome."""
+    from speedrun.data import streams
+
+    rng = np.random.default_rng(3)
+    streams.write_shard(folder / "t_000001.bin", rng.integers(0, 64, 65536))
+    streams.write_shard(folder / "v.bin", rng.integers(0, 64, 2 * 4096 + 100))
+    return {"track_toml": TRACK, "track_path": "unit.toml", "train_files": [str(folder / "t_000001.bin")],
+            "val_files": [str(folder / "v.bin")], "no_data_level": 4.0, "run_dir": ""}
+
+
+def uniform(inputs):
+    """Logits of a model that knows nothing (loss ln 64 = 4.159 on every token)."""
+    return torch.zeros(*inputs.shape, 64)
+
+
+def peeking(inputs):
+    """Sees the next token: position t gets a bonus on inputs[t + 1] (not causal)."""
+    return torch.zeros(*inputs.shape, 64).scatter_(-1, torch.roll(inputs, -1, dims=-1)[..., None], 8.0)
 
 
 class Judge:
-    """A Referee for 2 ranks fed by hand: `say(rank, kind, t, **fields)`."""
+    """A Referee and its rank agents for 2 ranks, fed by hand as the ranks' bootstraps would:
+    `say(rank, kind, t, **fields)` sends one line and returns the answer to it (requests) or None."""
 
-    def __init__(self, tmp_path: Path, world: int = 2, seed: int = 5):
-        self.track = tracks.parse_track(TRACK, "unit.toml")
+    def __init__(self, tmp_path: Path, world: int = 2, seed: int = 5, track: str = TRACK):
+        from speedrun.referee.shared import SharedBuffer
+
+        self.welcome = dict(unit_data(tmp_path), track_toml=track)
+        self.track = tracks.parse_track(track, "unit.toml")
         self.log = repetition.EventLog(tmp_path / "run-1.jsonl")
-        self.ref = repetition.Referee(self.track, 1, seed, world, self.log, 0.0, WELCOME)
+        self.ref = repetition.Referee(self.track, 1, seed, world, self.log, 0.0, self.welcome)
         self.path = tmp_path / "run-1.jsonl"
+        self.buffers: dict = {}
+        self.mapped = SharedBuffer
+        self.later: dict = {}  # answers that came for another request (a validation's loss, sent to every rank)
         for r in range(world):
             ((to, reply),) = self.ref.handle(r, {"m": "hello", "rank": r, "world_size": world, "local_rank": r,
                                                  "pid": 1, "api": 2, "harness": ""}, 0.0, None)
@@ -68,32 +93,73 @@ class Judge:
         answers = [self.ref.handle(r, {"m": "preloaded"}, 0.05, None) for r in range(world)]
         assert answers[:-1] == [[]] * (world - 1) and answers[-1] == [(r, {"go": True}) for r in range(world)]
 
-    def say(self, rank: int, kind: str, t: float, **fields) -> None:
-        self.ref.handle(rank, {"m": kind, **fields}, t, None)
+    def say(self, rank: int, kind: str, t: float, **fields):
+        answer = None
+        for to, reply in self.ref.handle(rank, {"m": kind, **fields}, t, None):
+            if to == rank and answer is None:
+                answer = reply
+            else:
+                self.later[to] = reply
+        return answer
 
-    def everyone(self, kind: str, t: float, **fields) -> None:
-        for r in sorted(self.ref.ranks):
-            self.say(r, kind, t, **fields)
+    def everyone(self, kind: str, t: float, **fields) -> list:
+        return [self.say(r, kind, t, **fields) for r in sorted(self.ref.ranks)]
+
+    def buffer(self, path: str):
+        if path not in self.buffers:
+            self.buffers[path] = self.mapped(path)
+        return self.buffers[path]
+
+    def batch(self, answer: dict):
+        """The (inputs, targets) a `next` answer handed out, read from shared memory as a rank would."""
+        host = self.buffer(answer["buf"]).tensor(torch.int64, (2, answer["k"], answer["T"]), answer["offset"])
+        return host[0].clone(), host[1].clone()
+
+    def inputs(self, answer: dict):
+        return self.buffer(answer["buf"]).tensor(torch.int64, tuple(answer["shape"]), answer["offset"]).clone()
+
+    def logits(self, rank: int, t: float, logits) -> dict:
+        nbytes = logits.numel() * logits.element_size()
+        got = self.say(rank, "val_buffer", t, nbytes=nbytes)
+        self.buffer(got["buf"]).tensor(logits.dtype, tuple(logits.shape)).copy_(logits)
+        return {"buf": got["buf"], "shape": list(logits.shape), "dtype": str(logits.dtype)}
+
+    def start(self, rank: int, t: float, fn=uniform, inductor=()) -> dict:
+        a = self.say(rank, "start_check", t - 0.01, **VAL)
+        meta = self.logits(rank, t - 0.01, fn(self.inputs(a)))
+        return self.say(rank, "start", t, inductor=list(inductor), logits=meta, detail="ok")
 
     def honest_until_start(self, seed: int = 5) -> None:
         self.everyone("script", 0.1)
         self.everyone("init", 0.2, api_version=2, device="cpu", device_name="cpu", seed=seed, world_size=2)
-        self.everyone("loader", 0.3, **LOADER)
+        assert self.everyone("loader", 0.3, **LOADER) == [{"ok": True}] * 2
         self.everyone("warmup_begin", 0.4)
         self.everyone("batch", 0.5)
         self.everyone("warmup_end", 0.6, seconds=0.1, digest_before="a", digest_after="a", restored=True)
-        self.everyone("start_check", 0.7, loss_sum=4.2 * 512, tokens=512, detail="ok")
 
-    def steps(self, n: int, t: float) -> None:
-        for _ in range(n * LOADER["accum_steps"]):
-            self.everyone("batch", t)
+    def steps(self, n: int, t: float) -> list:
+        return [self.everyone("next", t) for _ in range(n * LOADER["accum_steps"])]
 
-    def validate(self, begin: dict, end: dict, step: int, loss: float = 4.5, **probe) -> None:
-        for r in sorted(self.ref.ranks):
-            self.say(r, "val_begin", begin[r], step=step)
-        for r in sorted(self.ref.ranks):
-            self.say(r, "val_end", end[r], step=step, loss_sum=loss * 2048, tokens=2048, batch_tokens=1024,
-                     seq_len=128, layout="rows", probe=dict(PROBE, **probe), error=None)
+    def validate(self, begin: dict, end: dict, step: int, fn=uniform, shape=VAL) -> dict:
+        """Every rank validates (`fn` gives the logits), the first batch asked for at begin[rank] and the last
+        logits handed back at end[rank]. Returns rank -> the final answer (the loss)."""
+        done = {}
+        for r in sorted(begin):
+            assert self.say(r, "val_begin", begin[r], step=step, **shape)["ok"]
+            a = self.say(r, "val_next", begin[r], logits=None, error=None)
+            while a is not None and not a.get("done"):
+                meta = self.logits(r, begin[r], fn(self.inputs(a)))
+                a = self.say(r, "val_next", end[r], logits=meta, error=None)
+            done[r] = a
+        return {r: a or self.later.pop(r, None) for r, a in done.items()}
+
+    def finish(self, t: float, fn=uniform) -> dict:
+        answers = self.everyone("finish", t, inductor=[])
+        scoring = [r for r, a in zip(sorted(self.ref.ranks), answers) if a.get("score")]
+        if scoring:
+            shape = {k: answers[scoring[0]][k] for k in ("batch_tokens", "seq_len", "layout")}
+            return self.validate({r: t + 1 for r in scoring}, {r: t + 2 for r in scoring}, None, fn, shape)
+        return {}
 
     def close(self, code: int = 0) -> dict:
         return self.ref.close(code)
@@ -105,42 +171,45 @@ class Judge:
 def test_an_honest_repetition_is_timed_by_the_launcher_clock(tmp_path):
     j = Judge(tmp_path)
     j.honest_until_start()
-    j.say(0, "start", 1.0, inductor=[])
-    j.say(1, "start", 1.2, inductor=[])
+    assert j.start(0, 1.0) == {"ok": True} and j.start(1, 1.2) == {"ok": True}
     j.steps(3, 2.0)
     # rank 0 validates from 5.0 to 7.0, rank 1 from 5.5 to 6.5: the clock pauses only while both do
-    j.validate({0: 5.0, 1: 5.5}, {0: 7.0, 1: 6.5}, step=3)
+    losses = j.validate({0: 5.0, 1: 5.5}, {0: 7.0, 1: 6.5}, step=3)
+    assert losses[0]["loss"] == losses[1]["loss"] == pytest.approx(np.log(64))
     j.say(0, "log", 7.1, step=3, scalars={"train_loss": 4.0})
-    j.say(0, "finish", 8.0, inductor=[])
-    j.say(1, "finish", 8.5, inductor=[])
+    final = j.finish(8.0)  # the monitor split was measured: finish() asks for the scored validation
+    assert final[0]["split"] == final[1]["split"] == "scored"
     summary = j.close()
     assert summary["problems"] == [] and summary["status"] == "ok" and summary["steps"] == 3
-    assert summary["timed_s"] == pytest.approx(8.5 - 1.0 - 1.0)
+    assert summary["timed_s"] == pytest.approx(8.0 - 1.0 - 1.0)
     events = j.events()
     assert events.seal_ok
-    val = events.last("val")
-    assert val["timed_s"] == pytest.approx(5.5 - 1.0) and val["seconds"] == pytest.approx(1.0)
-    assert val["loss"] == pytest.approx(4.5) and val["tokens"] == 4096 and val["batches"] == 3
-    assert all(r["probe"]["passed"] for r in val["ranks"])
-    assert events.last("start")["start_loss"] == pytest.approx(4.2)
+    monitor, scored = events.of("val")
+    assert monitor["split"] == "monitor" and scored["split"] == "scored"
+    assert monitor["timed_s"] == pytest.approx(5.5 - 1.0) and monitor["seconds"] == pytest.approx(1.0)
+    assert monitor["untimed_s"] == pytest.approx(1.0) and monitor["charged_s"] == 0
+    assert monitor["loss"] == pytest.approx(np.log(64)) and monitor["tokens"] == 4096 and monitor["batches"] == 3
+    assert scored["tokens"] == 4096 and scored["timed_s"] == pytest.approx(6.0)
+    assert all(r["probe"]["passed"] for v in (monitor, scored) for r in v["ranks"])
+    assert events.last("start")["start_loss"] == pytest.approx(np.log(64))
     assert events.last("log")["scalars"] == {"train_loss": 4.0}
     assert events.last("finish")["tokens"] == 3 * 1024
 
 
 @pytest.mark.parametrize("case, expected", [
-    ("batch_before_start", "rank 1 took a training batch before start\\(\\) outside warmup"),
-    ("batch_in_validation", "rank 0 took a training batch during a validation"),
-    ("refused", "rank 1 asked for a training batch during a validation \\(refused\\)"),
+    ("batch_before_start", "rank 1 asked for a training batch before start\\(\\) outside warmup"),
+    ("batch_in_validation", "rank 0 asked for a training batch during a validation \\(refused\\)"),
+    ("batch_after_finish", "rank 1 asked for a training batch after finish\\(\\) \\(refused\\)"),
+    ("reported_batch", "rank 0 reported a training batch the referee did not serve"),
     ("seed", "rank 1 runs with seed 9, but the launcher chose seed 5"),
-    ("short_val", "rank 1: validation at step 3 covered 1024 tokens, its share .* is 2048"),
-    ("probe", "rank 0: causality probe failed at validation step 3: outputs before the cut moved by 0.5"),
-    ("canary", "rank 1: causality probe failed at validation step 3: loss 0.500 on 200 tokens drawn at random"),
-    ("start_below", "untimed training: at start\\(\\) the model's val loss .* is 1.0000, below the no-data level"),
+    ("forged_val_end", "rank 1 sent a garbled message on the referee channel \\(unknown message kind 'val_end'\\)"),
+    ("probe", "rank 0: causality probe failed at validation step 3: outputs before the cut moved by"),
+    ("canary", "rank 1: causality probe failed at validation step 3: loss .* on \\d+ tokens drawn at random"),
+    ("start_below", "untimed training: at start\\(\\) the model's val loss .* below the no-data level"),
     ("inductor", "torch._inductor.config differs from its defaults at start\\(\\) \\(coordinate_descent_tuning\\)"),
     ("trained_after_val", "rank 0 trained after its last validation"),
     ("open", "rank 1 opened the val file v.bin itself"),
     ("loader_rank", "ranks disagree on the train loader's shapes"),
-    ("seq_len", "seq_len 512 is above track unit's limit 256"),
 ])
 def test_each_rule_break_is_a_problem_naming_it(tmp_path, case, expected):
     j = Judge(tmp_path)
@@ -148,34 +217,46 @@ def test_each_rule_break_is_a_problem_naming_it(tmp_path, case, expected):
     for r in (0, 1):
         j.say(r, "init", 0.2, api_version=2, device="cpu", device_name="cpu",
               seed=9 if case == "seed" and r == 1 else 5, world_size=2)
-    config = dict(LOADER, seq_len=512, batch_tokens=2048) if case == "seq_len" else LOADER
-    j.say(0, "loader", 0.3, **config)
-    j.say(1, "loader", 0.3, **(dict(config, accum_steps=1) if case == "loader_rank" else config))
+    j.say(0, "loader", 0.3, **LOADER)
+    j.say(1, "loader", 0.3, **(dict(LOADER, accum_steps=1) if case == "loader_rank" else LOADER))
     if case == "batch_before_start":
-        j.say(1, "batch", 0.4)
+        assert "error" in j.say(1, "next", 0.4)
     if case == "open":
         j.say(1, "open", 0.4, path="/data/v.bin", what="val")
-    low = case == "start_below"
-    j.everyone("start_check", 0.7, loss_sum=(1.0 if low else 4.2) * 512, tokens=512, detail="ok")
-    j.say(0, "start", 1.0, inductor=["coordinate_descent_tuning"] if case == "inductor" else [])
-    j.say(1, "start", 1.0, inductor=[])
+    j.start(0, 1.0, fn=peeking if case == "start_below" else uniform,
+            inductor=["coordinate_descent_tuning"] if case == "inductor" else [])
+    j.start(1, 1.0)
     j.steps(3, 2.0)
-    for r in (0, 1):
-        j.say(r, "val_begin", 5.0, step=3)
+    if case == "reported_batch":
+        j.say(0, "batch", 4.0)
     if case == "batch_in_validation":
-        j.say(0, "batch", 5.1)
-    if case == "refused":
-        j.say(1, "refused", 5.1, reason="during a validation")
-    for r in (0, 1):
-        probe = dict(PROBE, nll_diff=0.5) if case == "probe" and r == 0 else PROBE
-        if case == "canary" and r == 1:
-            probe = dict(PROBE, canary_nll_sum=200 * 0.5, canary_nll_sq=200 * 0.3)
-        tokens = 1024 if case == "short_val" and r == 1 else 2048
-        j.say(r, "val_end", 6.0, step=3, loss_sum=4.5 * tokens, tokens=tokens, batch_tokens=1024, seq_len=128,
-              layout="rows", probe=probe, error=None)
+        assert j.say(0, "val_begin", 5.0, step=3, **VAL)["ok"]
+        j.say(0, "val_next", 5.0, logits=None, error=None)
+        assert "error" in j.say(0, "next", 5.1)
+        j.say(0, "val_next", 5.2, logits=None, error="given up")
+    else:
+        calls = [0]
+
+        def fn(inputs):
+            calls[0] += 1
+            if case == "probe" and calls[0] > 2:  # rank 0's model changes during the validation
+                return uniform(inputs) + 0.3 * calls[0] * torch.nn.functional.one_hot(inputs, 64)
+            return peeking(inputs) if case == "canary" else uniform(inputs)
+
+        for r in (0, 1):
+            assert j.say(r, "val_begin", 5.0, step=3, **VAL)["ok"]
+            a = j.say(r, "val_next", 5.0, logits=None, error=None)
+            while a is not None and not a.get("done"):
+                use = fn if (case == "probe" and r == 0) or (case == "canary" and r == 1) else uniform
+                a = j.say(r, "val_next", 6.0, logits=j.logits(r, 5.5, use(j.inputs(a))), error=None)
+    if case == "forged_val_end":
+        j.say(1, "val_end", 6.0, step=3, loss_sum=0.1, tokens=2048, batch_tokens=1024, seq_len=128,
+              layout="rows", probe={}, error=None)
     if case == "trained_after_val":
-        j.say(0, "batch", 6.5)
-    j.everyone("finish", 7.0, inductor=[])
+        j.say(0, "next", 6.5)
+    j.finish(7.0)
+    if case == "batch_after_finish":
+        assert "error" in j.say(1, "next", 9.5)
     problems = j.close()["problems"]
     assert any(__import__("re").search(expected, p) for p in problems), problems
     assert [e["message"] for e in j.events().of("problem")] == problems
