@@ -484,3 +484,129 @@ def test_rank_exit_keeps_atexit_hooks_and_unflushed_files(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 3 and proc.stdout == "unflushed", proc.stderr
     assert (tmp_path / "left-open.txt").read_text() == "kept" * 1000 and (tmp_path / "hook.txt").read_text() == "ran"
+
+
+# --- the referee agent (speedrun.referee.agent) --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("layout, align, accum", [("rows", False, 2), ("flat", True, 1), ("rows", True, 4)])
+def test_agent_serves_exactly_the_canonical_stream_and_counts_it(tmp_path, layout, align, accum):
+    """Each rank's batches through shared memory are `streams.serve`'s, byte for byte (the records' replay
+    rests on it); the referee counts steps and tokens from what it served, not from what a rank says."""
+    from speedrun.data import streams
+
+    j = Judge(tmp_path)
+    j.honest_until_start()
+    config = dict(LOADER, layout=layout, align_to_bos=align, accum_steps=accum)
+    assert j.everyone("loader", 0.65, **config) == [{"ok": True}] * 2
+    j.start(0, 1.0)
+    j.start(1, 1.0)
+    stream = streams.TrainStream(j.welcome["train_files"], 63)
+    for step in range(3):
+        want = stream.next_step(1024, 128, align_to_bos=align)
+        for micro in range(accum):
+            for r in (0, 1):
+                a = j.say(r, "next", 2.0)
+                expected = streams.serve(want, r, 2, accum, micro, layout)
+                k, T = a["k"], a["T"]
+                host = j.buffer(a["buf"]).tensor(torch.int64, (2, k, T), a["offset"])
+                assert torch.equal(host[0].reshape(expected[0].shape), expected[0])
+                assert torch.equal(host[1].reshape(expected[1].shape), expected[1])
+                if layout == "flat":
+                    cu = j.buffer(a["buf"]).tensor(torch.int32, (a["cu"],), a["offset"] + 16 * k * T)
+                    assert torch.equal(cu, expected[2])
+    assert all(st.steps == 3 and st.tokens == 3 * 1024 for st in j.ref.ranks.values())
+
+
+def test_the_shape_is_the_agents_state_set_only_by_a_request_it_checks(tmp_path):
+    j = Judge(tmp_path)
+    j.honest_until_start()
+    j.start(0, 1.0)
+    j.start(1, 1.0)
+    first = j.say(0, "next", 2.0)
+    assert "error" in j.say(0, "loader", 2.1, **dict(LOADER, batch_tokens=8192))  # in the middle of a step
+    assert "seq_len 512" in j.say(1, "loader", 2.1, **dict(LOADER, seq_len=512))["error"]  # the track's limit
+    j.say(0, "next", 2.2)
+    j.say(1, "next", 2.2)
+    j.say(1, "next", 2.2)
+    # a rank can only ask; the agent serves what it recorded (k pieces of this rank's share of 1024 tokens)
+    assert first["k"] * first["T"] == 1024 // (2 * 2)
+    assert j.everyone("loader", 2.3, **dict(LOADER, batch_tokens=2048)) == [{"ok": True}] * 2
+    assert j.say(0, "next", 2.4)["k"] == 2048 // (2 * 2 * 128)
+    assert [st.tokens for st in j.ref.ranks.values()] == [1024, 1024]
+    assert [e["batch_tokens"] for e in j.events().of("loader")] == [1024, 2048]
+
+
+def test_validations_hand_out_inputs_only_and_monitor_rows_until_the_end(tmp_path):
+    """Intermediate validations and the start check show the script monitor rows only (val tokens after the
+    scored ones); the scored rows appear first in the validation finish() asks for; no answer ever holds a
+    target the inputs do not already show."""
+    from speedrun.data import shards
+
+    val = np.asarray(shards.read_shard(unit_data(tmp_path)["val_files"][0])).astype(np.int64)
+    j = Judge(tmp_path)
+    j.honest_until_start()
+    seen: list = []
+
+    def watching(inputs):
+        seen.append(inputs.clone())
+        return uniform(inputs)
+
+    j.start(0, 1.0, fn=watching)
+    j.start(1, 1.0, fn=watching)
+    j.steps(1, 2.0)
+    j.validate({0: 3.0, 1: 3.0}, {0: 4.0, 1: 4.0}, step=1, fn=watching)
+    early = torch.cat([x.reshape(-1, 128) for x in seen])
+    scored_rows = {tuple(val[i:i + 128]) for i in range(0, 4096, 128)}
+    monitor_rows = {tuple(val[4096 + i:4096 + i + 128]) for i in range(0, 4096, 128)}
+    rows = [tuple(r.tolist()) for r in early]
+    assert not scored_rows & set(rows) and monitor_rows <= set(rows)
+    seen.clear()
+    j.finish(5.0, fn=watching)
+    rows = {tuple(r.tolist()) for r in torch.cat([x.reshape(-1, 128) for x in seen])}
+    assert scored_rows <= rows
+    assert "error" in j.say(0, "next", 9.0)  # the loader is closed after the scored validation
+    assert j.close()["problems"] == ["rank 0 asked for a training batch after finish() (refused)"]
+
+
+def test_tracks_without_val_tokens_after_the_scored_ones_keep_v2_validations(tmp_path):
+    """The tiny track's val shard holds its scored tokens only: no monitor split, every validation measures
+    the scored tokens (as in v2) and finish() needs no validation of its own."""
+    from speedrun.data import streams
+
+    from speedrun.referee import agent
+
+    streams.write_shard(tmp_path / "v.bin", np.arange(4096 + 1) % 64)
+    track = tracks.parse_track(TRACK, "unit.toml")
+    data = agent.AgentData(track, [], [str(tmp_path / "v.bin")])
+    assert data.monitor == 0
+    declared = tracks.parse_track(TRACK + "[val]\nmonitor_tokens = 5000\n", "unit.toml")
+    with pytest.raises(SpeedrunError, match="monitor_tokens = 5000"):
+        agent.monitor_tokens(declared, [str(tmp_path / "v.bin")])
+
+
+def test_validation_time_beyond_its_budget_counts_as_timed(tmp_path):
+    budgeted = TRACK + "[budget]\nval_fraction = 0.25\nval_free = 1\npre_start_s = 0.5\n"
+    # the first validation is free; later ones are untimed while the budgeted ones fit in 25% of the timed s
+    j = Judge(tmp_path, track=budgeted)
+    j.honest_until_start()
+    j.start(0, 1.0)
+    j.start(1, 1.0)
+    j.steps(1, 2.0)
+    j.validate({0: 3.0, 1: 3.0}, {0: 13.0, 1: 13.0}, step=1)   # free: 10 s off the clock
+    j.steps(1, 14.0)
+    j.validate({0: 15.0, 1: 15.0}, {0: 17.0, 1: 17.0}, step=2)  # 4 s timed so far: 1 s of budget, 1 s charged
+    final = j.finish(18.0)
+    assert final
+    summary = j.close()
+    events = j.events()
+    first, second, scored = events.of("val")
+    assert (first["untimed_s"], first["charged_s"]) == (10.0, 0.0)
+    budget = events.last("budget")  # 0.8 s before start outside the 0.2 s warm-up: 0.3 s over its budget
+    assert budget["pre_start_s"] == pytest.approx(1.0 - 0.0 - 0.2) and budget["charged_s"] == pytest.approx(0.3)
+    # 4.3 s timed when the second began (0.3 s charged): a quarter of it, 1.075 s, untimed; the rest charged
+    assert second["timed_s"] == pytest.approx(4.3) and second["untimed_s"] == pytest.approx(1.075)
+    assert second["charged_s"] == pytest.approx(0.925)
+    assert summary["timed_s"] == pytest.approx(18.0 - 1.0 - 10.0 - 1.075 + 0.3)
+    assert events.last("finish")["charged_s"] == pytest.approx(1.225)
+    assert events.last("finish")["val_untimed_s"] == pytest.approx(11.075)

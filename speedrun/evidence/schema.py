@@ -85,7 +85,8 @@ EVENTS: dict[str, dict[str, Any]] = {
     "train": {"batches": int, "timed_s": NUM, "tokens": int},
     # split: "scored" (the track's val tokens) or "monitor" (intermediate validations on val tokens after them);
     # untimed_s / charged_s: its seconds off the clock and counted as timed; val_budget_s: what is left of the
-    # validation budget (val_fraction x timed seconds, less the untimed validation seconds so far)
+    # validation budget (val_fraction x timed seconds, less the untimed seconds of validations after the
+    # `val_free` first ones)
     "val": {"step": OPT_INT, "batches": int, "timed_s": NUM, "loss": NUM, "tokens": int, "seconds": NUM,
             "ranks": list, "split": str, "untimed_s": NUM, "charged_s": NUM, "val_budget_s": NUM},
     # time outside the clock before start(), and its budgets (the track's [budget]); charged_s counts as timed

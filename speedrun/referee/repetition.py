@@ -142,7 +142,8 @@ class Referee:
         self._agent_data = None      # shared by the rank agents; made at the first hello
         self._out: list[tuple[int, dict]] = []   # answers that wait for every rank (a validation's loss)
         self._awaiting: dict[int, int] = {}      # rank -> connection waiting for its validation's loss
-        self.val_untimed = 0.0       # validation seconds taken off the clock so far (within the budget)
+        self.val_untimed = 0.0       # validation seconds taken off the clock so far
+        self.val_budgeted = 0.0      # the part of them after the `val_free` first validations (the budget's use)
         self.charged = 0.0           # seconds outside the clock beyond their budgets, counted as timed
 
     # --- helpers ---------------------------------------------------------------------------------------------
@@ -498,7 +499,7 @@ class Referee:
         self._emit("val", step=step, batches=entries[0]["steps"], timed_s=round(timed_s, 4), loss=loss,
                    tokens=tokens, seconds=round(seconds, 4), t=self._t(t_begin), ranks=ranks, split=split,
                    untimed_s=round(off, 4), charged_s=round(charged, 4),
-                   val_budget_s=round(max(0.0, self.track.budget.val_fraction * timed_s - self.val_untimed), 4))
+                   val_budget_s=round(max(0.0, self.track.budget.val_fraction * timed_s - self.val_budgeted), 4))
         for rank, cid in sorted(self._awaiting.items()):
             self._out.append((cid, {"done": True, "loss": loss, "split": split}))
         self._awaiting.clear()
@@ -511,7 +512,8 @@ class Referee:
         if index <= budget.val_free:
             off = seconds
         else:
-            off = min(seconds, max(0.0, budget.val_fraction * timed_s - self.val_untimed))
+            off = min(seconds, max(0.0, budget.val_fraction * timed_s - self.val_budgeted))
+            self.val_budgeted += off
         self.val_untimed += off
         self.charged += seconds - off
         return off, seconds - off
