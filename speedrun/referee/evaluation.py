@@ -21,8 +21,9 @@ The submission hands the referee a function from inputs to logits; everything el
   call; its place and contents are drawn from the operating system's randomness, not from the run's seed.
 
 Nothing here reads files: the caller supplies `val_piece(index)` (the canonical val pieces) and
-`make_batch(pieces)` (a batch in the submission's layout), so the same code can later run in a process of its
-own (tier 2).
+`make_batch(pieces)` (a batch in the submission's layout). `measuring()` is a generator that yields each batch
+and takes its logits, so the referee agent (`speedrun.referee.agent`) runs it in the launcher's process and
+only each batch's inputs go to the rank: the targets, the plan and the batch order never do.
 """
 
 from __future__ import annotations
