@@ -289,6 +289,8 @@ class Agent:
                                  "warmup": "validate() inside warmup()", "finished": "validate() after finish()"}
                                 .get(phase, f"validate() {REFUSALS.get(phase, 'now')}"))
         bt, sl, layout = msg["batch_tokens"], msg["seq_len"], msg["layout"]
+        # the shape must tile the scored tokens, which finish() will measure at it: say so at the first validation
+        self.data.val_stream("scored", bt, sl, self.st.rank, self.world_size, layout)
         if split == "monitor" and self.data.monitor < bt:
             split = "scored"
             self.referee.warn_once(f"the track's monitor split ({self.data.monitor} val tokens) holds no whole "
