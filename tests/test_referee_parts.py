@@ -610,3 +610,29 @@ def test_validation_time_beyond_its_budget_counts_as_timed(tmp_path):
     assert summary["timed_s"] == pytest.approx(18.0 - 1.0 - 10.0 - 1.075 + 0.3)
     assert events.last("finish")["charged_s"] == pytest.approx(1.225)
     assert events.last("finish")["val_untimed_s"] == pytest.approx(11.075)
+
+
+def test_shared_buffers_and_ipc_handles_carry_tensors_only(tmp_path):
+    """A buffer the agent creates is the same memory in the rank's mapping; a CUDA IPC handle text can only
+    rebuild a tensor with torch's own function (a pickle naming anything else is refused unread)."""
+    import base64
+    import pickle
+
+    from speedrun.referee import shared
+
+    made = shared.SharedBuffer.create(10_000)
+    seen = shared.SharedBuffer(made.path)
+    assert made.size == seen.size == 12288 and oct(os.stat(made.path).st_mode & 0o777) == "0o600"
+    made.tensor(torch.float32, (3, 4), 64).copy_(torch.arange(12.0).view(3, 4))
+    assert torch.equal(seen.tensor(torch.float32, (3, 4), 64), torch.arange(12.0).view(3, 4))
+    with pytest.raises(SpeedrunError, match="outside"):
+        seen.tensor(torch.float32, (4096,), 0)
+    seen.close()
+    made.close()
+    assert not os.path.exists(made.path)
+    evil = base64.b64encode(pickle.dumps(("rebuild_cuda_tensor", (os.system, ("true",))))).decode()
+    with pytest.raises(pickle.UnpicklingError, match="posix.system is not allowed"):
+        shared.from_ipc_handle(evil)
+    other = base64.b64encode(pickle.dumps(("eval", ()))).decode()
+    with pytest.raises(SpeedrunError, match="rebuild_cuda_tensor"):
+        shared.from_ipc_handle(other)
