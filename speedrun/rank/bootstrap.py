@@ -161,9 +161,11 @@ class Session:
 
         buf = self._buffers.get(path)
         if buf is None:
-            for old in self._buffers.values():  # the agent replaced it (a larger shape): ours is unlinked
-                old.close()
-            self._buffers = {}
+            if len(self._buffers) >= 4:  # the agent replaced one (a larger shape): drop the oldest mapping
+                for event in self._copies:  # once no copy reads from it any more
+                    event.synchronize()
+                self._copies = []
+                self._buffers.pop(next(iter(self._buffers))).close()
             buf = self._buffers[path] = SharedBuffer(path)
             if self.device.type == "cuda":
                 buf.pin()

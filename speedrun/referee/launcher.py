@@ -491,7 +491,8 @@ class Launch:
                 self.stopped_reason = f"repetition 1 failed before training could start ({rep['error']})"
         else:
             loss = summary["final_loss"]
-            console.print(f"  {label} val loss {loss:.4f}  timed {summary['timed_s']:.2f} s  steps "
+            loss = "-" if loss is None else f"{loss:.4f}"  # finished without a validation: no loss to show
+            console.print(f"  {label} val loss {loss}  timed {summary['timed_s']:.2f} s  steps "
                           f"{summary['steps']}  (process {wall:.1f} s)", markup=False)
         if sink is not None:
             sink.finish(rep["status"])
