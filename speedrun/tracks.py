@@ -161,9 +161,10 @@ class ValSplit:
     many val tokens right after the scored ones the intermediate validations measure instead, so the scored
     rows are first handed to the script at the final validation (`finish()`). None (the default, and what every
     committed track file says by saying nothing): as many as the val shard holds after the scored ones, at most
-    `val_tokens`, decided by the referee from the shard (`speedrun.referee.agent.monitor_tokens`). 0, or a shard
-    with nothing after the scored tokens (the tiny track's): no monitor split, every validation measures the
-    scored tokens, as in v2, and the evidence says so."""
+    `val_tokens`, and none if fewer than val_tokens // 16 are there; decided by the referee from the shard
+    (`speedrun.referee.agent.monitor_tokens`). 0, or a shard with (almost) nothing after the scored ones (the
+    tiny track's: 2,048 tokens after 262,144): no monitor split, every validation measures the scored tokens
+    as in v2, and each `val` event says which split it measured."""
 
     monitor_tokens: int | None = None
 

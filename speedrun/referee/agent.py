@@ -37,6 +37,7 @@ import numpy as np
 
 from speedrun.errors import SpeedrunError
 
+MONITOR_MIN = 16               # a default monitor split holds at least val_tokens // MONITOR_MIN tokens
 RING = 4                        # train micro-batch slots per rank: the rank waits for a slot's copy RING-1 later
 REQUESTS = ("loader", "next", "warmup_begin", "start_check", "start", "val_begin", "val_next", "val_buffer",
             "finish")
@@ -47,14 +48,16 @@ REFUSALS = {"val": "during a validation", "scoring": "after finish()", "finished
 
 def monitor_tokens(track, val_files) -> int:
     """The monitor split's size: the track's `[val] monitor_tokens`, else every val token after the scored
-    ones (the last needs one more token as its target), at most as many as the scored set."""
+    ones (the last needs one more token as its target), at most as many as the scored set, and none when
+    fewer than a sixteenth of the scored set are there (a monitor that small measures noise: the tiny track's
+    val shard holds 2,048 tokens after its 262,144 scored ones, so tiny validates as in v2)."""
     from speedrun.data import shards
 
     declared = track.val_split.monitor_tokens
     held = sum(shards.shard_tokens(p) for p in val_files)
     after = max(0, held - track.val_tokens - 1)
     if declared is None:
-        return min(after, track.val_tokens)
+        return min(after, track.val_tokens) if after >= track.val_tokens // MONITOR_MIN else 0
     if declared > after:
         raise SpeedrunError(f"track {track.name}: [val] monitor_tokens = {declared}, but the val shards hold only "
                             f"{after} tokens after the {track.val_tokens} scored ones")
@@ -244,7 +247,7 @@ class Agent:
         if self.st.phase not in ("init", "ready"):
             raise SpeedrunError("start() called twice" if self.st.start_t else "start() out of order")
         bt, sl, layout = msg["batch_tokens"], msg["seq_len"], msg["layout"]
-        split = self._split()
+        split = self._split() if self.data.monitor >= bt else "scored"
         s = self.data.val_stream(split, bt, sl, self.st.rank, self.world_size, layout)
         self.start_batch = self._make_batch([s.val_piece(i) for i in s.pieces_of(0)], layout)
         return self._hand_inputs(self.start_batch)
