@@ -460,7 +460,7 @@ def test_the_data_watch_sees_reads_that_raise_no_audit_event(tmp_path):
 
 
 def test_step_numbers_from_numpy_or_torch_become_plain_ints():
-    from speedrun import spec
+    from speedrun.rank import run as spec  # _as_step lives with Run since layout v2
 
     assert [spec._as_step(s) for s in (None, 7, np.int64(8), torch.tensor(9), 10.0)] == [None, 7, 8, 9, 10]
     assert json.dumps({"step": spec._as_step(np.int32(3))}) == '{"step": 3}'
