@@ -143,6 +143,15 @@ class Track:
     unigram_entropy: float | None = None
     entropy_floor: float | None = None
     sd_floor: float | None = None  # the t-test never assumes a smaller sd (speedrun.judge.stats.sd_floor)
+    val_split: "ValSplit" = None  # set in __post_init__ when not given (every existing track file omits it)
+    budget: "Budget" = None
+
+    def __post_init__(self):
+        if self.val_split is None:
+            object.__setattr__(self, "val_split", ValSplit())
+        if self.budget is None:
+            object.__setattr__(self, "budget", Budget())
+
 
     # what the metric means, stated once: the rest of the package asks these instead of testing the name
     @property
@@ -160,6 +169,37 @@ class Track:
     def metric_field(self) -> str:
         """The field of a judged repetition (and of its `val`/`finish` events) that holds the metric."""
         return "timed_s" if self.timed else "batches"
+
+
+@dataclass(frozen=True)
+class ValSplit:
+    """`[val]`: which val tokens intermediate validations measure (the *monitor split*).
+
+    The scored tokens are always the first `val_tokens` of the val shard(s), as before. `monitor_tokens`: how
+    many val tokens right after the scored ones the intermediate validations measure instead, so the scored
+    rows are first handed to the script at the final validation (`finish()`). None (the default, and what every
+    committed track file says by saying nothing): as many as the val shard holds after the scored ones, at most
+    `val_tokens`, and none if fewer than val_tokens // 16 are there; decided by the referee from the shard
+    (`speedrun.referee.agent.monitor_tokens`). 0, or a shard with (almost) nothing after the scored ones (the
+    tiny track's: 2,048 tokens after 262,144): no monitor split, every validation measures the scored tokens
+    as in v2, and each `val` event says which split it measured."""
+
+    monitor_tokens: int | None = None
+
+
+@dataclass(frozen=True)
+class Budget:
+    """`[budget]`: how much time outside the clock a run may take; beyond it, the time counts as timed.
+
+    `val_fraction`: validations pause the clock while all the untimed validation seconds stay within this
+    fraction of the timed seconds so far; `val_free`: the first this many validations are untimed whatever
+    they take; `pre_start_s`: seconds from a rank's first line to `start()`, outside `warmup()`; `warmup_s`:
+    seconds inside `warmup()`. Defaults apply to every track file that does not say otherwise."""
+
+    val_fraction: float = 0.5
+    val_free: int = 4
+    pre_start_s: float = 300.0
+    warmup_s: float = 1800.0
 
 
 # --- loading and validation -------------------------------------------------------------------------------
@@ -265,7 +305,7 @@ def parse_track(raw: bytes | str, path: str | os.PathLike) -> Track:
 
     f = _Fields(path, doc)
     f.unknown({"name", "description", "metric", "target_val_loss", "val_tokens", "vocab_size", "bos_token",
-               "hardware", "data", "rule", "checks", "unigram_entropy", "entropy_floor", "sd_floor"})
+               "hardware", "data", "rule", "checks", "unigram_entropy", "entropy_floor", "sd_floor", "val", "budget"})
     name = f.get("name", str)
     if name != path.stem:
         raise f.fail("name", f"{name!r} does not match the file name {path.stem!r}")
@@ -308,6 +348,20 @@ def parse_track(raw: bytes | str, path: str | os.PathLike) -> Track:
         max_seq_len=cf.get("max_seq_len", int, 0),
     )
 
+    vf = f.table_of("val")
+    vf.unknown({"monitor_tokens"})
+    monitor = vf.get("monitor_tokens", int, None)
+    if monitor is not None and monitor < 0:
+        raise vf.fail("monitor_tokens", f"must be 0 or more, got {monitor}")
+    bf = f.table_of("budget")
+    bf.unknown({"val_fraction", "val_free", "pre_start_s", "warmup_s"})
+    free = bf.get("val_free", int, Budget.val_free)
+    if free < 0:
+        raise bf.fail("val_free", f"must be 0 or more, got {free}")
+    budget = Budget(val_fraction=bf.positive("val_fraction", float, Budget.val_fraction), val_free=free,
+                    pre_start_s=bf.positive("pre_start_s", float, Budget.pre_start_s),
+                    warmup_s=bf.positive("warmup_s", float, Budget.warmup_s))
+
     return Track(
         name=name,
         description=f.get("description", str, ""),
@@ -325,6 +379,8 @@ def parse_track(raw: bytes | str, path: str | os.PathLike) -> Track:
         unigram_entropy=f.positive("unigram_entropy", float, None),
         entropy_floor=f.positive("entropy_floor", float, None),
         sd_floor=f.positive("sd_floor", float, None),
+        val_split=ValSplit(monitor_tokens=monitor),
+        budget=budget,
     )
 
 

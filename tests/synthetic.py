@@ -49,7 +49,8 @@ def make_track(root: Path, name: str = "smoke", vocab: int = 512, val_tokens: in
         require_logits=str(require_logits).lower(), rule=rule))
     folder = root / "data" / f"{name}-data"
     rng = np.random.default_rng(0)
-    streams.write_shard(folder / f"{name}_val_000000.bin", rng.integers(0, vocab, val_tokens + 1000))
+    # the scored val tokens, then as many again for the referee's monitor split (intermediate validations)
+    streams.write_shard(folder / f"{name}_val_000000.bin", rng.integers(0, vocab, 2 * val_tokens + 1000))
     for i in (1, 2):
         streams.write_shard(folder / f"{name}_train_{i:06d}.bin", rng.integers(0, vocab, train_tokens))
     return {"SPEEDRUN_TRACKS_DIR": str(root / "tracks"), "SPEEDRUN_DATA_DIR": str(root / "data"),

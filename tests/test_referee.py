@@ -156,9 +156,17 @@ def test_honest_submission_qualifies_and_leaves_complete_evidence(env, tmp_path,
     assert val["tokens"] == 16384 and val["batches"] == 6 and len(val["ranks"]) == 2
     assert all(r["probe"]["passed"] and r["probe"]["rows"] > 0 for r in val["ranks"])
     assert val["loss"] == pytest.approx(sum(r["loss_sum"] for r in val["ranks"]) / 16384, rel=1e-12)
+    # intermediate validations measure the monitor split (val tokens after the scored ones); the scored tokens
+    # are first measured by the validation finish() asks for, after the clock stopped
+    monitor = [v for v in events.of("val") if v["split"] == "monitor"]
+    assert val["split"] == "scored" and len(monitor) == 1 and monitor[0]["step"] == val["step"] == 6
+    assert monitor[0]["tokens"] == 16384 and monitor[0]["loss"] != val["loss"]
     start, finish = events.last("start"), events.last("finish")
     assert start["start_loss"] >= start["no_data_level"] - 1e-9
-    assert finish["timed_s"] == pytest.approx(finish["t"] - start["t"] - val["seconds"], abs=1e-3)
+    assert finish["timed_s"] == pytest.approx(finish["t"] - start["t"] - monitor[0]["untimed_s"], abs=1e-3)
+    assert val["t"] > finish["t"] and val["timed_s"] == pytest.approx(finish["timed_s"], abs=1e-3)
+    budget = events.last("budget")
+    assert budget["charged_s"] == 0 and budget["pre_start_budget_s"] == 300 and finish["charged_s"] == 0
     verdict = json.loads((out / "verdict.json").read_text())
     assert verdict["qualifies"] and verdict["problems"] == [] and verdict["throughput"]["tokens_per_s"] > 0
     assert schema.check(verdict, schema.VERDICT_FIELDS, "verdict") is None

@@ -45,22 +45,47 @@ val_files = ["v.bin"]
 train_pattern = "t_{:06d}.bin"
 train_range = [1, 1]
 """
-WELCOME = {"track_toml": TRACK, "track_path": "unit.toml", "train_files": [], "val_files": [], "no_data_level": 4.0,
-           "run_dir": ""}
 LOADER = {"batch_tokens": 1024, "seq_len": 128, "accum_steps": 2, "layout": "rows", "align_to_bos": False,
           "max_doc_len": None}
-PROBE = {"rows": 4, "nll_diff": 0.0, "dist_diff": 0.0, "logits_shape": [4, 128, 64], "logits_dtype": "torch.float32",
-         "canary_tokens": 200, "canary_nll_sum": 200 * 4.3, "canary_nll_sq": 200 * (4.3 ** 2 + 1.0)}
+VAL = {"batch_tokens": 1024, "seq_len": 128, "layout": "rows"}
+
+
+def unit_data(folder: Path) -> dict:
+    """Shards for the unit track (train 64k tokens, val: 4096 scored + 4096 monitor + spare) and its welcome."""
+    from speedrun.data import streams
+
+    rng = np.random.default_rng(3)
+    streams.write_shard(folder / "t_000001.bin", rng.integers(0, 64, 65536))
+    streams.write_shard(folder / "v.bin", rng.integers(0, 64, 2 * 4096 + 100))
+    return {"track_toml": TRACK, "track_path": "unit.toml", "train_files": [str(folder / "t_000001.bin")],
+            "val_files": [str(folder / "v.bin")], "no_data_level": 4.0, "run_dir": ""}
+
+
+def uniform(inputs):
+    """Logits of a model that knows nothing (loss ln 64 = 4.159 on every token)."""
+    return torch.zeros(*inputs.shape, 64)
+
+
+def peeking(inputs):
+    """Sees the next token: position t gets a bonus on inputs[t + 1] (not causal)."""
+    return torch.zeros(*inputs.shape, 64).scatter_(-1, torch.roll(inputs, -1, dims=-1)[..., None], 8.0)
 
 
 class Judge:
-    """A Referee for 2 ranks fed by hand: `say(rank, kind, t, **fields)`."""
+    """A Referee and its rank agents for 2 ranks, fed by hand as the ranks' bootstraps would:
+    `say(rank, kind, t, **fields)` sends one line and returns the answer to it (requests) or None."""
 
-    def __init__(self, tmp_path: Path, world: int = 2, seed: int = 5):
-        self.track = tracks.parse_track(TRACK, "unit.toml")
+    def __init__(self, tmp_path: Path, world: int = 2, seed: int = 5, track: str = TRACK):
+        from speedrun.referee.shared import SharedBuffer
+
+        self.welcome = dict(unit_data(tmp_path), track_toml=track)
+        self.track = tracks.parse_track(track, "unit.toml")
         self.log = rundir.EventWriter(tmp_path / "run-1.jsonl")
-        self.ref = repetition.Referee(self.track, 1, seed, world, self.log, 0.0, WELCOME)
+        self.ref = repetition.Referee(self.track, 1, seed, world, self.log, 0.0, self.welcome)
         self.path = tmp_path / "run-1.jsonl"
+        self.buffers: dict = {}
+        self.mapped = SharedBuffer
+        self.later: dict = {}  # answers that came for another request (a validation's loss, sent to every rank)
         for r in range(world):
             ((to, reply),) = self.ref.handle(r, {"m": "hello", "rank": r, "world_size": world, "local_rank": r,
                                                  "pid": 1, "api": 2, "harness": ""}, 0.0, None)
@@ -68,32 +93,73 @@ class Judge:
         answers = [self.ref.handle(r, {"m": "preloaded"}, 0.05, None) for r in range(world)]
         assert answers[:-1] == [[]] * (world - 1) and answers[-1] == [(r, {"go": True}) for r in range(world)]
 
-    def say(self, rank: int, kind: str, t: float, **fields) -> None:
-        self.ref.handle(rank, {"m": kind, **fields}, t, None)
+    def say(self, rank: int, kind: str, t: float, **fields):
+        answer = None
+        for to, reply in self.ref.handle(rank, {"m": kind, **fields}, t, None):
+            if to == rank and answer is None:
+                answer = reply
+            else:
+                self.later[to] = reply
+        return answer
 
-    def everyone(self, kind: str, t: float, **fields) -> None:
-        for r in sorted(self.ref.ranks):
-            self.say(r, kind, t, **fields)
+    def everyone(self, kind: str, t: float, **fields) -> list:
+        return [self.say(r, kind, t, **fields) for r in sorted(self.ref.ranks)]
+
+    def buffer(self, path: str):
+        if path not in self.buffers:
+            self.buffers[path] = self.mapped(path)
+        return self.buffers[path]
+
+    def batch(self, answer: dict):
+        """The (inputs, targets) a `next` answer handed out, read from shared memory as a rank would."""
+        host = self.buffer(answer["buf"]).tensor(torch.int64, (2, answer["k"], answer["T"]), answer["offset"])
+        return host[0].clone(), host[1].clone()
+
+    def inputs(self, answer: dict):
+        return self.buffer(answer["buf"]).tensor(torch.int64, tuple(answer["shape"]), answer["offset"]).clone()
+
+    def logits(self, rank: int, t: float, logits) -> dict:
+        nbytes = logits.numel() * logits.element_size()
+        got = self.say(rank, "val_buffer", t, nbytes=nbytes)
+        self.buffer(got["buf"]).tensor(logits.dtype, tuple(logits.shape)).copy_(logits)
+        return {"buf": got["buf"], "shape": list(logits.shape), "dtype": str(logits.dtype)}
+
+    def start(self, rank: int, t: float, fn=uniform, inductor=()) -> dict:
+        a = self.say(rank, "start_check", t - 0.01, **VAL)
+        meta = self.logits(rank, t - 0.01, fn(self.inputs(a)))
+        return self.say(rank, "start", t, inductor=list(inductor), logits=meta, detail="ok")
 
     def honest_until_start(self, seed: int = 5) -> None:
         self.everyone("script", 0.1)
         self.everyone("init", 0.2, api_version=2, device="cpu", device_name="cpu", seed=seed, world_size=2)
-        self.everyone("loader", 0.3, **LOADER)
+        assert self.everyone("loader", 0.3, **LOADER) == [{"ok": True}] * 2
         self.everyone("warmup_begin", 0.4)
         self.everyone("batch", 0.5)
         self.everyone("warmup_end", 0.6, seconds=0.1, digest_before="a", digest_after="a", restored=True)
-        self.everyone("start_check", 0.7, loss_sum=4.2 * 512, tokens=512, detail="ok")
 
-    def steps(self, n: int, t: float) -> None:
-        for _ in range(n * LOADER["accum_steps"]):
-            self.everyone("batch", t)
+    def steps(self, n: int, t: float) -> list:
+        return [self.everyone("next", t) for _ in range(n * LOADER["accum_steps"])]
 
-    def validate(self, begin: dict, end: dict, step: int, loss: float = 4.5, **probe) -> None:
-        for r in sorted(self.ref.ranks):
-            self.say(r, "val_begin", begin[r], step=step)
-        for r in sorted(self.ref.ranks):
-            self.say(r, "val_end", end[r], step=step, loss_sum=loss * 2048, tokens=2048, batch_tokens=1024,
-                     seq_len=128, layout="rows", probe=dict(PROBE, **probe), error=None)
+    def validate(self, begin: dict, end: dict, step: int, fn=uniform, shape=VAL) -> dict:
+        """Every rank validates (`fn` gives the logits), the first batch asked for at begin[rank] and the last
+        logits handed back at end[rank]. Returns rank -> the final answer (the loss)."""
+        done = {}
+        for r in sorted(begin):
+            assert self.say(r, "val_begin", begin[r], step=step, **shape)["ok"]
+            a = self.say(r, "val_next", begin[r], logits=None, error=None)
+            while a is not None and not a.get("done"):
+                meta = self.logits(r, begin[r], fn(self.inputs(a)))
+                a = self.say(r, "val_next", end[r], logits=meta, error=None)
+            done[r] = a
+        return {r: a or self.later.pop(r, None) for r, a in done.items()}
+
+    def finish(self, t: float, fn=uniform) -> dict:
+        answers = self.everyone("finish", t, inductor=[])
+        scoring = [r for r, a in zip(sorted(self.ref.ranks), answers) if a.get("score")]
+        if scoring:
+            shape = {k: answers[scoring[0]][k] for k in ("batch_tokens", "seq_len", "layout")}
+            return self.validate({r: t + 1 for r in scoring}, {r: t + 2 for r in scoring}, None, fn, shape)
+        return {}
 
     def close(self, code: int = 0) -> dict:
         return self.ref.close(code)
@@ -105,42 +171,45 @@ class Judge:
 def test_an_honest_repetition_is_timed_by_the_launcher_clock(tmp_path):
     j = Judge(tmp_path)
     j.honest_until_start()
-    j.say(0, "start", 1.0, inductor=[])
-    j.say(1, "start", 1.2, inductor=[])
+    assert j.start(0, 1.0) == {"ok": True} and j.start(1, 1.2) == {"ok": True}
     j.steps(3, 2.0)
     # rank 0 validates from 5.0 to 7.0, rank 1 from 5.5 to 6.5: the clock pauses only while both do
-    j.validate({0: 5.0, 1: 5.5}, {0: 7.0, 1: 6.5}, step=3)
+    losses = j.validate({0: 5.0, 1: 5.5}, {0: 7.0, 1: 6.5}, step=3)
+    assert losses[0]["loss"] == losses[1]["loss"] == pytest.approx(np.log(64))
     j.say(0, "log", 7.1, step=3, scalars={"train_loss": 4.0})
-    j.say(0, "finish", 8.0, inductor=[])
-    j.say(1, "finish", 8.5, inductor=[])
+    final = j.finish(8.0)  # the monitor split was measured: finish() asks for the scored validation
+    assert final[0]["split"] == final[1]["split"] == "scored"
     summary = j.close()
     assert summary["problems"] == [] and summary["status"] == "ok" and summary["steps"] == 3
-    assert summary["timed_s"] == pytest.approx(8.5 - 1.0 - 1.0)
+    assert summary["timed_s"] == pytest.approx(8.0 - 1.0 - 1.0)
     events = j.events()
     assert events.seal_ok
-    val = events.last("val")
-    assert val["timed_s"] == pytest.approx(5.5 - 1.0) and val["seconds"] == pytest.approx(1.0)
-    assert val["loss"] == pytest.approx(4.5) and val["tokens"] == 4096 and val["batches"] == 3
-    assert all(r["probe"]["passed"] for r in val["ranks"])
-    assert events.last("start")["start_loss"] == pytest.approx(4.2)
+    monitor, scored = events.of("val")
+    assert monitor["split"] == "monitor" and scored["split"] == "scored"
+    assert monitor["timed_s"] == pytest.approx(5.5 - 1.0) and monitor["seconds"] == pytest.approx(1.0)
+    assert monitor["untimed_s"] == pytest.approx(1.0) and monitor["charged_s"] == 0
+    assert monitor["loss"] == pytest.approx(np.log(64)) and monitor["tokens"] == 4096 and monitor["batches"] == 3
+    assert scored["tokens"] == 4096 and scored["timed_s"] == pytest.approx(6.0)
+    assert all(r["probe"]["passed"] for v in (monitor, scored) for r in v["ranks"])
+    assert events.last("start")["start_loss"] == pytest.approx(np.log(64))
     assert events.last("log")["scalars"] == {"train_loss": 4.0}
     assert events.last("finish")["tokens"] == 3 * 1024
 
 
 @pytest.mark.parametrize("case, expected", [
-    ("batch_before_start", "rank 1 took a training batch before start\\(\\) outside warmup"),
-    ("batch_in_validation", "rank 0 took a training batch during a validation"),
-    ("refused", "rank 1 asked for a training batch during a validation \\(refused\\)"),
+    ("batch_before_start", "rank 1 asked for a training batch before start\\(\\) outside warmup"),
+    ("batch_in_validation", "rank 0 asked for a training batch during a validation \\(refused\\)"),
+    ("batch_after_finish", "rank 1 asked for a training batch after finish\\(\\) \\(refused\\)"),
+    ("reported_batch", "rank 0 reported a training batch the referee did not serve"),
     ("seed", "rank 1 runs with seed 9, but the launcher chose seed 5"),
-    ("short_val", "rank 1: validation at step 3 covered 1024 tokens, its share .* is 2048"),
-    ("probe", "rank 0: causality probe failed at validation step 3: outputs before the cut moved by 0.5"),
-    ("canary", "rank 1: causality probe failed at validation step 3: loss 0.500 on 200 tokens drawn at random"),
-    ("start_below", "untimed training: at start\\(\\) the model's val loss .* is 1.0000, below the no-data level"),
+    ("forged_val_end", "rank 1 sent a garbled message on the referee channel \\(unknown message kind 'val_end'\\)"),
+    ("probe", "rank 0: causality probe failed at validation step 3: outputs before the cut moved by"),
+    ("canary", "rank 1: causality probe failed at validation step 3: loss .* on \\d+ tokens drawn at random"),
+    ("start_below", "untimed training: at start\\(\\) the model's val loss .* below the no-data level"),
     ("inductor", "torch._inductor.config differs from its defaults at start\\(\\) \\(coordinate_descent_tuning\\)"),
     ("trained_after_val", "rank 0 trained after its last validation"),
     ("open", "rank 1 opened the val file v.bin itself"),
     ("loader_rank", "ranks disagree on the train loader's shapes"),
-    ("seq_len", "seq_len 512 is above track unit's limit 256"),
 ])
 def test_each_rule_break_is_a_problem_naming_it(tmp_path, case, expected):
     j = Judge(tmp_path)
@@ -148,34 +217,46 @@ def test_each_rule_break_is_a_problem_naming_it(tmp_path, case, expected):
     for r in (0, 1):
         j.say(r, "init", 0.2, api_version=2, device="cpu", device_name="cpu",
               seed=9 if case == "seed" and r == 1 else 5, world_size=2)
-    config = dict(LOADER, seq_len=512, batch_tokens=2048) if case == "seq_len" else LOADER
-    j.say(0, "loader", 0.3, **config)
-    j.say(1, "loader", 0.3, **(dict(config, accum_steps=1) if case == "loader_rank" else config))
+    j.say(0, "loader", 0.3, **LOADER)
+    j.say(1, "loader", 0.3, **(dict(LOADER, accum_steps=1) if case == "loader_rank" else LOADER))
     if case == "batch_before_start":
-        j.say(1, "batch", 0.4)
+        assert "error" in j.say(1, "next", 0.4)
     if case == "open":
         j.say(1, "open", 0.4, path="/data/v.bin", what="val")
-    low = case == "start_below"
-    j.everyone("start_check", 0.7, loss_sum=(1.0 if low else 4.2) * 512, tokens=512, detail="ok")
-    j.say(0, "start", 1.0, inductor=["coordinate_descent_tuning"] if case == "inductor" else [])
-    j.say(1, "start", 1.0, inductor=[])
+    j.start(0, 1.0, fn=peeking if case == "start_below" else uniform,
+            inductor=["coordinate_descent_tuning"] if case == "inductor" else [])
+    j.start(1, 1.0)
     j.steps(3, 2.0)
-    for r in (0, 1):
-        j.say(r, "val_begin", 5.0, step=3)
+    if case == "reported_batch":
+        j.say(0, "batch", 4.0)
     if case == "batch_in_validation":
-        j.say(0, "batch", 5.1)
-    if case == "refused":
-        j.say(1, "refused", 5.1, reason="during a validation")
-    for r in (0, 1):
-        probe = dict(PROBE, nll_diff=0.5) if case == "probe" and r == 0 else PROBE
-        if case == "canary" and r == 1:
-            probe = dict(PROBE, canary_nll_sum=200 * 0.5, canary_nll_sq=200 * 0.3)
-        tokens = 1024 if case == "short_val" and r == 1 else 2048
-        j.say(r, "val_end", 6.0, step=3, loss_sum=4.5 * tokens, tokens=tokens, batch_tokens=1024, seq_len=128,
-              layout="rows", probe=probe, error=None)
+        assert j.say(0, "val_begin", 5.0, step=3, **VAL)["ok"]
+        j.say(0, "val_next", 5.0, logits=None, error=None)
+        assert "error" in j.say(0, "next", 5.1)
+        j.say(0, "val_next", 5.2, logits=None, error="given up")
+    else:
+        calls = [0]
+
+        def fn(inputs):
+            calls[0] += 1
+            if case == "probe" and calls[0] > 2:  # rank 0's model changes during the validation
+                return uniform(inputs) + 0.3 * calls[0] * torch.nn.functional.one_hot(inputs, 64)
+            return peeking(inputs) if case == "canary" else uniform(inputs)
+
+        for r in (0, 1):
+            assert j.say(r, "val_begin", 5.0, step=3, **VAL)["ok"]
+            a = j.say(r, "val_next", 5.0, logits=None, error=None)
+            while a is not None and not a.get("done"):
+                use = fn if (case == "probe" and r == 0) or (case == "canary" and r == 1) else uniform
+                a = j.say(r, "val_next", 6.0, logits=j.logits(r, 5.5, use(j.inputs(a))), error=None)
+    if case == "forged_val_end":
+        j.say(1, "val_end", 6.0, step=3, loss_sum=0.1, tokens=2048, batch_tokens=1024, seq_len=128,
+              layout="rows", probe={}, error=None)
     if case == "trained_after_val":
-        j.say(0, "batch", 6.5)
-    j.everyone("finish", 7.0, inductor=[])
+        j.say(0, "next", 6.5)
+    j.finish(7.0)
+    if case == "batch_after_finish":
+        assert "error" in j.say(1, "next", 9.5)
     problems = j.close()["problems"]
     assert any(__import__("re").search(expected, p) for p in problems), problems
     assert [e["message"] for e in j.events().of("problem")] == problems
@@ -403,3 +484,155 @@ def test_rank_exit_keeps_atexit_hooks_and_unflushed_files(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 3 and proc.stdout == "unflushed", proc.stderr
     assert (tmp_path / "left-open.txt").read_text() == "kept" * 1000 and (tmp_path / "hook.txt").read_text() == "ran"
+
+
+# --- the referee agent (speedrun.referee.agent) --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("layout, align, accum", [("rows", False, 2), ("flat", True, 1), ("rows", True, 4)])
+def test_agent_serves_exactly_the_canonical_stream_and_counts_it(tmp_path, layout, align, accum):
+    """Each rank's batches through shared memory are `streams.serve`'s, byte for byte (the records' replay
+    rests on it); the referee counts steps and tokens from what it served, not from what a rank says."""
+    from speedrun.data import streams
+
+    j = Judge(tmp_path)
+    j.honest_until_start()
+    config = dict(LOADER, layout=layout, align_to_bos=align, accum_steps=accum)
+    assert j.everyone("loader", 0.65, **config) == [{"ok": True}] * 2
+    j.start(0, 1.0)
+    j.start(1, 1.0)
+    stream = streams.TrainStream(j.welcome["train_files"], 63)
+    for step in range(3):
+        want = stream.next_step(1024, 128, align_to_bos=align)
+        for micro in range(accum):
+            for r in (0, 1):
+                a = j.say(r, "next", 2.0)
+                expected = streams.serve(want, r, 2, accum, micro, layout)
+                k, T = a["k"], a["T"]
+                host = j.buffer(a["buf"]).tensor(torch.int64, (2, k, T), a["offset"])
+                assert torch.equal(host[0].reshape(expected[0].shape), expected[0])
+                assert torch.equal(host[1].reshape(expected[1].shape), expected[1])
+                if layout == "flat":
+                    cu = j.buffer(a["buf"]).tensor(torch.int32, (a["cu"],), a["offset"] + 16 * k * T)
+                    assert torch.equal(cu, expected[2])
+    assert all(st.steps == 3 and st.tokens == 3 * 1024 for st in j.ref.ranks.values())
+
+
+def test_the_shape_is_the_agents_state_set_only_by_a_request_it_checks(tmp_path):
+    j = Judge(tmp_path)
+    j.honest_until_start()
+    j.start(0, 1.0)
+    j.start(1, 1.0)
+    first = j.say(0, "next", 2.0)
+    assert "error" in j.say(0, "loader", 2.1, **dict(LOADER, batch_tokens=8192))  # in the middle of a step
+    assert "seq_len 512" in j.say(1, "loader", 2.1, **dict(LOADER, seq_len=512))["error"]  # the track's limit
+    j.say(0, "next", 2.2)
+    j.say(1, "next", 2.2)
+    j.say(1, "next", 2.2)
+    # a rank can only ask; the agent serves what it recorded (k pieces of this rank's share of 1024 tokens)
+    assert first["k"] * first["T"] == 1024 // (2 * 2)
+    assert j.everyone("loader", 2.3, **dict(LOADER, batch_tokens=2048)) == [{"ok": True}] * 2
+    assert j.say(0, "next", 2.4)["k"] == 2048 // (2 * 2 * 128)
+    assert [st.tokens for st in j.ref.ranks.values()] == [1024, 1024]
+    assert [e["batch_tokens"] for e in j.events().of("loader")] == [1024, 2048]
+
+
+def test_validations_hand_out_inputs_only_and_monitor_rows_until_the_end(tmp_path):
+    """Intermediate validations and the start check show the script monitor rows only (val tokens after the
+    scored ones); the scored rows appear first in the validation finish() asks for; no answer ever holds a
+    target the inputs do not already show."""
+    from speedrun.data import shards
+
+    val = np.asarray(shards.read_shard(unit_data(tmp_path)["val_files"][0])).astype(np.int64)
+    j = Judge(tmp_path)
+    j.honest_until_start()
+    seen: list = []
+
+    def watching(inputs):
+        seen.append(inputs.clone())
+        return uniform(inputs)
+
+    j.start(0, 1.0, fn=watching)
+    j.start(1, 1.0, fn=watching)
+    j.steps(1, 2.0)
+    j.validate({0: 3.0, 1: 3.0}, {0: 4.0, 1: 4.0}, step=1, fn=watching)
+    early = torch.cat([x.reshape(-1, 128) for x in seen])
+    scored_rows = {tuple(val[i:i + 128]) for i in range(0, 4096, 128)}
+    monitor_rows = {tuple(val[4096 + i:4096 + i + 128]) for i in range(0, 4096, 128)}
+    rows = [tuple(r.tolist()) for r in early]
+    assert not scored_rows & set(rows) and monitor_rows <= set(rows)
+    seen.clear()
+    j.finish(5.0, fn=watching)
+    rows = {tuple(r.tolist()) for r in torch.cat([x.reshape(-1, 128) for x in seen])}
+    assert scored_rows <= rows
+    assert "error" in j.say(0, "next", 9.0)  # the loader is closed after the scored validation
+    assert j.close()["problems"] == ["rank 0 asked for a training batch after finish() (refused)"]
+
+
+def test_tracks_without_val_tokens_after_the_scored_ones_keep_v2_validations(tmp_path):
+    """The tiny track's val shard holds its scored tokens only: no monitor split, every validation measures
+    the scored tokens (as in v2) and finish() needs no validation of its own."""
+    from speedrun.data import streams
+
+    from speedrun.referee import agent
+
+    streams.write_shard(tmp_path / "v.bin", np.arange(4096 + 1) % 64)
+    track = tracks.parse_track(TRACK, "unit.toml")
+    data = agent.AgentData(track, [], [str(tmp_path / "v.bin")])
+    assert data.monitor == 0
+    declared = tracks.parse_track(TRACK + "[val]\nmonitor_tokens = 5000\n", "unit.toml")
+    with pytest.raises(SpeedrunError, match="monitor_tokens = 5000"):
+        agent.monitor_tokens(declared, [str(tmp_path / "v.bin")])
+
+
+def test_validation_time_beyond_its_budget_counts_as_timed(tmp_path):
+    budgeted = TRACK + "[budget]\nval_fraction = 0.25\nval_free = 1\npre_start_s = 0.5\n"
+    # the first validation is free; later ones are untimed while the budgeted ones fit in 25% of the timed s
+    j = Judge(tmp_path, track=budgeted)
+    j.honest_until_start()
+    j.start(0, 1.0)
+    j.start(1, 1.0)
+    j.steps(1, 2.0)
+    j.validate({0: 3.0, 1: 3.0}, {0: 13.0, 1: 13.0}, step=1)   # free: 10 s off the clock
+    j.steps(1, 14.0)
+    j.validate({0: 15.0, 1: 15.0}, {0: 17.0, 1: 17.0}, step=2)  # 4 s timed so far: 1 s of budget, 1 s charged
+    final = j.finish(18.0)
+    assert final
+    summary = j.close()
+    events = j.events()
+    first, second, scored = events.of("val")
+    assert (first["untimed_s"], first["charged_s"]) == (10.0, 0.0)
+    budget = events.last("budget")  # 0.8 s before start outside the 0.2 s warm-up: 0.3 s over its budget
+    assert budget["pre_start_s"] == pytest.approx(1.0 - 0.0 - 0.2) and budget["charged_s"] == pytest.approx(0.3)
+    # 4.3 s timed when the second began (0.3 s charged): a quarter of it, 1.075 s, untimed; the rest charged
+    assert second["timed_s"] == pytest.approx(4.3) and second["untimed_s"] == pytest.approx(1.075)
+    assert second["charged_s"] == pytest.approx(0.925)
+    assert summary["timed_s"] == pytest.approx(18.0 - 1.0 - 10.0 - 1.075 + 0.3)
+    assert events.last("finish")["charged_s"] == pytest.approx(1.225)
+    assert events.last("finish")["val_untimed_s"] == pytest.approx(11.075)
+
+
+def test_shared_buffers_and_ipc_handles_carry_tensors_only(tmp_path):
+    """A buffer the agent creates is the same memory in the rank's mapping; a CUDA IPC handle text can only
+    rebuild a tensor with torch's own function (a pickle naming anything else is refused unread)."""
+    import base64
+    import pickle
+
+    from speedrun.referee import shared
+
+    made = shared.SharedBuffer.create(10_000)
+    seen = shared.SharedBuffer(made.path)
+    assert made.size == seen.size == 12288 and oct(os.stat(made.path).st_mode & 0o777) == "0o600"
+    made.tensor(torch.float32, (3, 4), 64).copy_(torch.arange(12.0).view(3, 4))
+    assert torch.equal(seen.tensor(torch.float32, (3, 4), 64), torch.arange(12.0).view(3, 4))
+    with pytest.raises(SpeedrunError, match="outside"):
+        seen.tensor(torch.float32, (4096,), 0)
+    seen.close()
+    made.close()
+    assert not os.path.exists(made.path)
+    evil = base64.b64encode(pickle.dumps(("rebuild_cuda_tensor", (os.system, ("true",))))).decode()
+    with pytest.raises(pickle.UnpicklingError, match="posix.system is not allowed"):
+        shared.from_ipc_handle(evil)
+    other = base64.b64encode(pickle.dumps(("eval", ()))).decode()
+    with pytest.raises(SpeedrunError, match="rebuild_cuda_tensor"):
+        shared.from_ipc_handle(other)

@@ -533,7 +533,7 @@ class ValStream:
 
     def __init__(self, paths: Sequence[str | os.PathLike], val_tokens: int, batch_tokens: int, seq_len: int,
                  rank: int = 0, world_size: int = 1, layout: str = "rows", device="cpu", *,
-                 bos_token: int | None = None, max_seq_len: int = 0):
+                 bos_token: int | None = None, max_seq_len: int = 0, start: int = 0):
         what = "val stream"
         self.k = check_shape(batch_tokens, seq_len, world_size, 1, max_seq_len=max_seq_len, what=what)
         val_tokens = _positive(val_tokens, "val_tokens", what)
@@ -554,10 +554,12 @@ class ValStream:
         self.device, self.bos_token = device, bos_token
         self._shards = [np.asarray(read_shard(p)) for p in self.paths]  # plain ndarrays: faster slicing
         self._offsets = np.cumsum([0] + [len(s) for s in self._shards])
-        if self._offsets[-1] < val_tokens + 1:
+        self.start = int(start)  # the split's first token in the concatenated shards (a monitor split's > 0)
+        if self._offsets[-1] < self.start + val_tokens + 1:
             raise SpeedrunError(
                 f"{what}: {', '.join(str(p) for p in self.paths)} hold {int(self._offsets[-1])} tokens; "
-                f"{val_tokens} val tokens need {val_tokens + 1} (inputs plus the last target)")
+                f"{val_tokens} val tokens from token {self.start} need {self.start + val_tokens + 1} "
+                f"(inputs plus the last target)")
 
     def __len__(self) -> int:
         return self.val_tokens // self.batch_tokens
@@ -591,7 +593,7 @@ class ValStream:
         """Canonical val piece `index` (0 <= index < num_pieces): seq_len + 1 tokens from index*seq_len."""
         if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not 0 <= index < self.num_pieces:
             raise SpeedrunError(f"val stream: piece {index!r} is outside [0, {self.num_pieces})")
-        return self.window(int(index) * self.seq_len, self.seq_len + 1)
+        return self.window(self.start + int(index) * self.seq_len, self.seq_len + 1)
 
     def pieces_of(self, val_step: int) -> range:
         """The global val piece indices this rank gets at val step `val_step`."""
@@ -602,5 +604,5 @@ class ValStream:
     def __iter__(self) -> Iterator[tuple]:
         for val_step in range(len(self)):
             first = self.pieces_of(val_step)[0]
-            window = self.window(first * self.seq_len, self.k * self.seq_len + 1)
+            window = self.window(self.start + first * self.seq_len, self.k * self.seq_len + 1)
             yield _from_window(window, self.k, self.seq_len, self.layout, self.device, self.bos_token)

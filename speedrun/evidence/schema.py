@@ -2,9 +2,9 @@
 
 Three boundaries:
 1. The referee channel (rank process -> launcher, one JSON object per line over a Unix socket): `MESSAGES`.
-   The launcher answers only `hello` (with a welcome: the repetition's seed and number, the track file, the
-   data files, the no-data level and the run directory) and `preloaded` (with `{"go": true}`, once every
-   local rank has mapped the data).
+   The launcher answers `hello` (with a `welcome`), `preloaded` (with `{"go": true}`, once every local rank
+   is ready) and each of `REQUESTS`, which the rank's referee agent grants or refuses (`{"error": ...}`).
+   Bytes (batches, logits) never travel here: they go through shared memory (`speedrun.referee.shared`).
 2. The events of one repetition, written by the launcher to `run-K.jsonl` (one JSON object per line, sealed):
    `EVENTS`. Imported (self-reported) logs use the same kinds without the referee's fields, stamp each event
    with `wall` (seconds since the epoch, at import) and carry no seal: nothing in them was measured.
@@ -23,6 +23,7 @@ NUM = (int, float)
 OPT_NUM = (int, float, type(None))
 OPT_INT = (int, type(None))
 OPT_STR = (str, type(None))
+OPT_DICT = (dict, type(None))
 
 # --- 1. the referee channel: rank -> launcher -------------------------------------------------------------------
 # field -> type(s); every message also has "m" (its kind). Optional fields are listed in OPTIONAL.
@@ -31,20 +32,23 @@ MESSAGES: dict[str, dict[str, Any]] = {
     "preloaded": {},                            # the bootstrap mapped the data; it waits for {"go": true}
     "script": {},                               # the bootstrap hands over to the submission script
     "init": {"api_version": int, "device": str, "device_name": str, "seed": int, "world_size": int},
+    # requests, answered by the rank's referee agent (speedrun.referee.agent), which stamps and counts them:
     "loader": {"batch_tokens": int, "seq_len": int, "accum_steps": int, "layout": str, "align_to_bos": bool,
-               "max_doc_len": OPT_INT},
-    "model": {"params": int, "embedding_params": int, "flops_per_token": NUM, "flops_source": str},
-    "batch": {},                                # one micro-batch served by the train loader
-    "refused": {"reason": str},                 # the loader refused a request (phase rules)
+               "max_doc_len": OPT_INT},         # the train loader's shape from the next step on
+    "next": {},                                 # the next train micro-batch -> {buf, offset, k, T, cu}
     "warmup_begin": {},
+    "start_check": {"batch_tokens": int, "seq_len": int, "layout": str},  # -> the start check's inputs
+    "start": {"inductor": list, "logits": OPT_DICT, "detail": str},  # the start check's logits; the clock starts
+    "val_begin": {"step": OPT_INT, "batch_tokens": int, "seq_len": int, "layout": str},
+    "val_next": {"logits": OPT_DICT, "error": OPT_STR},  # the last batch's logits -> the next inputs, or the loss
+    "val_buffer": {"nbytes": int},              # a shared buffer for logits of this size -> {buf}
+    "finish": {"inductor": list},               # the clock stops -> {score: true, shape} when the scored
+                                                # validation is still to come (a track with a monitor split)
+    # reports
+    "model": {"params": int, "embedding_params": int, "flops_per_token": NUM, "flops_source": str},
+    "batch": {},                                # one random warm-up micro-batch the rank made itself
     "warmup_end": {"seconds": NUM, "digest_before": str, "digest_after": str, "restored": bool},
-    "start_check": {"loss_sum": OPT_NUM, "tokens": int, "detail": str},
-    "start": {"inductor": list},                # torch._inductor.config names not at their defaults
-    "val_begin": {"step": OPT_INT},
-    "val_end": {"step": OPT_INT, "loss_sum": OPT_NUM, "tokens": int, "batch_tokens": int, "seq_len": int,
-                "layout": str, "probe": dict, "error": OPT_STR},
     "log": {"step": OPT_INT, "scalars": dict},
-    "finish": {"inductor": list},
     "params": {"digest": str, "at_start": OPT_STR},  # after finish(): digests of the warm-up model's parameters
                                                 # now and at start()
     "open": {"path": str, "what": str},         # the audit hook saw a data file opened by the script
@@ -52,7 +56,9 @@ MESSAGES: dict[str, dict[str, Any]] = {
     "tamper": {"names": list},                  # referee or timing functions the script replaced
     "exit": {"code": int, "error": OPT_STR},    # the bootstrap's last word
 }
-OPTIONAL = {"val_end": {"error"}, "start_check": set(), "exit": {"error"}, "params": {"at_start"}}
+OPTIONAL = {"exit": {"error"}, "params": {"at_start"}}
+REQUESTS = ("loader", "next", "warmup_begin", "start_check", "start", "val_begin", "val_next", "val_buffer",
+            "finish")
 
 # the probe measurements a rank reports with each validation (judged by the launcher, not by the rank)
 # rows: extra rows compared; nll_diff: the largest change (nats) of a per-token loss before a cut; dist_diff:
@@ -74,12 +80,20 @@ EVENTS: dict[str, dict[str, Any]] = {
     "model": {"params": int, "embedding_params": int, "flops_per_token": NUM, "flops_source": str},
     "start": {"t": NUM, "start_loss": OPT_NUM, "no_data_level": NUM, "ranks": list},
     "train": {"batches": int, "timed_s": NUM, "tokens": int},
+    # split: "scored" (the track's val tokens) or "monitor" (intermediate validations on val tokens after them);
+    # untimed_s / charged_s: its seconds off the clock and counted as timed; val_budget_s: what is left of the
+    # validation budget (val_fraction x timed seconds, less the untimed seconds of validations after the
+    # `val_free` first ones)
     "val": {"step": OPT_INT, "batches": int, "timed_s": NUM, "loss": NUM, "tokens": int, "seconds": NUM,
-            "ranks": list},
+            "ranks": list, "split": str, "untimed_s": NUM, "charged_s": NUM, "val_budget_s": NUM},
+    # time outside the clock before start(), and its budgets (the track's [budget]); charged_s counts as timed
+    "budget": {"pre_start_s": NUM, "pre_start_budget_s": NUM, "warmup_s": NUM, "warmup_budget_s": NUM,
+               "charged_s": NUM, "val_fraction": NUM, "val_free": int},
     "log": {"step": OPT_INT, "scalars": dict},
     "warning": {"message": str},
     "problem": {"message": str},
-    "finish": {"t": NUM, "batches": int, "timed_s": NUM, "tokens": int, "ranks": list},
+    "finish": {"t": NUM, "batches": int, "timed_s": NUM, "tokens": int, "ranks": list, "val_untimed_s": NUM,
+               "charged_s": NUM},
     "seal": {"lines": int, "sha256": str},  # last: the count and sha256 of every byte before it; it catches
                                             # accidental edits after the run, not a forger (replay does)
 }

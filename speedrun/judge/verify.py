@@ -187,14 +187,17 @@ def check_repetition(track, events: rundir.Events, rep: dict, seed: int | None, 
         return out
     for v in vals:
         label = f"repetition {k}: validation at step {v.get('step')}"
-        if v.get("tokens") != track.val_tokens:
+        # a monitor validation (referee v3) measures val tokens after the scored ones; only scored ones count
+        monitor = v.get("split") == "monitor"
+        divisor = v.get("tokens") if monitor and isinstance(v.get("tokens"), int) else track.val_tokens
+        if not monitor and v.get("tokens") != track.val_tokens:
             problems.append(f"{label} covered {v.get('tokens')} tokens, the track needs {track.val_tokens}")
         ranks = v.get("ranks") or []
         if world is not None and len(ranks) != world:
             problems.append(f"{label} has {len(ranks)} rank report(s), the run has {world} ranks")
         total = math.fsum(r.get("loss_sum") or 0.0 for r in ranks)
         loss = v.get("loss")
-        if not isinstance(loss, (int, float)) or not math.isclose(total / track.val_tokens, loss,
+        if not isinstance(loss, (int, float)) or not divisor or not math.isclose(total / divisor, loss,
                                                                    rel_tol=LOSS_REL_TOL, abs_tol=1e-12):
             problems.append(f"{label}: its loss {loss} is not the ranks' sums / val tokens")
         for r in ranks:
@@ -202,6 +205,11 @@ def check_repetition(track, events: rundir.Events, rep: dict, seed: int | None, 
             if not probe.get("passed"):
                 problems.append(f"{label}: rank {r.get('rank')}'s probe did not pass")
 
+    timeline = vals
+    vals = [v for v in vals if v.get("split", "scored") == "scored"]
+    if not vals:
+        problems.append(f"repetition {k} has no validation of the scored val tokens")
+        return out
     if step is not None:
         at = [v for v in vals if v.get("step") == step]
         if not at:
@@ -216,15 +224,18 @@ def check_repetition(track, events: rundir.Events, rep: dict, seed: int | None, 
 
     if start is not None and finish is not None:
         out.tokens = finish.get("tokens")
-        if vals[-1].get("batches") != finish.get("batches"):
+        if timeline[-1].get("batches") != finish.get("batches"):
             problems.append(f"repetition {k} trained after its last validation")
-        paused = 0.0
-        for v in vals:
+        # time outside the clock beyond its budgets counts as timed (the `budget` event, each val's untimed_s)
+        paused = -float((events.last("budget") or {}).get("charged_s", 0.0))
+        for v in timeline:
+            if v.get("t", 0.0) > finish.get("t", 0.0):  # the scored validation after finish(): clock stopped
+                continue
             expect = v.get("t", 0.0) - start.get("t", 0.0) - paused
             if abs(expect - v.get("timed_s", 0.0)) > TIMING_SLACK_S:
                 problems.append(f"repetition {k}: clock inconsistent at validation step {v.get('step')}")
                 break
-            paused += v.get("seconds", 0.0)
+            paused += v.get("untimed_s", v.get("seconds", 0.0))
         timed = finish.get("timed_s", 0.0)
         span = finish.get("t", 0.0) - start.get("t", 0.0) - paused
         if abs(span - timed) > TIMING_SLACK_S:

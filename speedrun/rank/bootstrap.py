@@ -4,15 +4,16 @@
 submission's first line runs, the bootstrap
 1. connects to the launcher's referee channel (`$SPEEDRUN_REFEREE_SOCKET`) and gets the repetition's seed,
    the track (the launcher's own copy of the file's text) and the data files;
-2. memory-maps every train and val shard (`speedrun.data.streams.preload`), so the referee never has to open them
-   again in this process;
-3. installs a Python audit hook that reports any later open (or mmap) of those files to the launcher,
-   where it is a problem: only the referee reads the data;
+2. opens no data: the rank's referee agent, in the launcher's process (`speedrun.referee.agent`), reads the
+   shards and hands this rank its batches and validation inputs through shared memory;
+3. installs a Python audit hook that reports any open (or mmap) of the data files to the launcher, where it
+   is a problem: only the referee reads the data;
 4. takes its own references to the functions the referee relies on (device sync, barrier, all-reduce,
    socket send), so replacing them in torch or in this module later changes nothing the referee does;
 5. seeds Python's, NumPy's and torch's generators with the launcher's seed, then runs the script with
    `runpy` as `__main__` and reports its exit.
-`Session` is the rank's side of the referee that `speedrun.spec.Run` talks to. Without a launcher,
+`Session` is the rank's side of the referee that `speedrun.spec.Run` talks to: a client that asks the agent
+for batches, phases and measurements and holds nothing that decides them. Without a launcher,
 `unrefereed_session()` builds one whose referee runs inside rank 0's own process (marked unrefereed).
 """
 
@@ -31,7 +32,8 @@ from speedrun.referee import channel
 from speedrun.errors import SpeedrunError
 
 _SESSION: "Session | None" = None
-CHECKED_KINDS = ("start", "val_begin", "val_end", "finish", "exit")  # integrity is checked before these
+CHECKED_KINDS = ("start", "val_begin", "finish", "exit")  # integrity is checked before these
+VAL_TIMEOUT_S = 24 * 3600.0  # a validation's loss waits for every rank's validation (a stuck rank is the launcher's)
 
 
 def current_session() -> "Session | None":
@@ -64,8 +66,8 @@ class Integrity:
     TIMING = (("time", ("perf_counter", "perf_counter_ns", "time", "time_ns", "monotonic", "monotonic_ns")),
               ("torch.distributed", ("barrier", "all_reduce", "init_process_group", "is_initialized")),
               ("torch.cuda", ("synchronize",)))
-    HARNESS = ("speedrun.spec", "speedrun.rank.run", "speedrun.rank.bootstrap", "speedrun.referee.evaluation", "speedrun.data.streams", "speedrun.data.shards",
-               "speedrun.referee.channel")
+    HARNESS = ("speedrun.spec", "speedrun.rank.run", "speedrun.rank.bootstrap", "speedrun.data.streams",
+               "speedrun.data.shards", "speedrun.referee.channel", "speedrun.referee.shared")
 
     def __init__(self):
         import importlib
@@ -113,8 +115,10 @@ class Session:
         self.run_dir = welcome.get("run_dir") or None
         self.train_files = [Path(p) for p in welcome["train_files"]]
         self.val_files = [Path(p) for p in welcome["val_files"]]
-        self._send = client.send
-        self._evaluators: dict = {}
+        self._send, self._request = client.send, client.request
+        self._buffers: dict = {}          # path -> shared buffer the agent named
+        self._copies: list = []           # CUDA events of batch copies still reading a ring slot
+        self._logits_buf = None
         self._lock = threading.RLock()  # a send from inside a send (a signal handler, atexit) must not hang
         self._dist_ready = False
         self.integrity: Integrity | None = None
@@ -127,6 +131,16 @@ class Session:
                 self._check_integrity()
             self._send(kind, **fields)
 
+    def request(self, kind: str, timeout: float = 600.0, **fields) -> dict:
+        """Ask the rank's referee agent; a refusal (`{"error": ...}`) raises."""
+        with self._lock:
+            if kind in CHECKED_KINDS:
+                self._check_integrity()
+            answer = self._request(kind, timeout=timeout, **fields)
+        if "error" in answer:
+            raise SpeedrunError(answer["error"])
+        return answer
+
     def _check_integrity(self) -> None:
         if self.integrity is None:
             return
@@ -135,30 +149,120 @@ class Session:
             self._reported.update(new)
             self._send("tamper", names=new)
 
-    # --- data -------------------------------------------------------------------------------------------------
-    def open_data(self) -> None:
-        from speedrun.data import streams
-
-        streams.preload(self.train_files + self.val_files)
-
+    # --- data, from the agent --------------------------------------------------------------------------------
     def train_stream(self):
+        """The canonical train stream read in this process (benchmarks only: a refereed rank's batches come
+        from its agent, and reading the shards here is reported as an open of the data)."""
         from speedrun.data import streams
 
         return streams.TrainStream(self.train_files, self.track.bos_token, max_seq_len=self.track.checks.max_seq_len)
 
-    def unigram(self):
-        """Probabilities of each token among the track's val tokens (computed once)."""
-        if getattr(self, "_unigram", None) is None:
-            from speedrun.data import streams
+    def _buffer(self, path: str):
+        from speedrun.referee.shared import SharedBuffer
 
-            self._unigram = streams.val_unigram(self.val_files, self.track.val_tokens, self.track.vocab_size)
-        return self._unigram
+        buf = self._buffers.get(path)
+        if buf is None:
+            if len(self._buffers) >= 4:  # the agent replaced one (a larger shape): drop the oldest mapping
+                for event in self._copies:  # once no copy reads from it any more
+                    event.synchronize()
+                self._copies = []
+                self._buffers.pop(next(iter(self._buffers))).close()
+            buf = self._buffers[path] = SharedBuffer(path)
+            if self.device.type == "cuda":
+                buf.pin()
+        return buf
 
-    def evaluator(self, batch_tokens: int, seq_len: int, layout: str, rank: int, world_size: int, device):
-        key = (batch_tokens, seq_len, layout, rank, world_size, str(device))
-        if key not in self._evaluators:
-            self._evaluators[key] = Evaluator(self, batch_tokens, seq_len, layout, rank, world_size, device)
-        return self._evaluators[key]
+    def next_batch(self, layout: str):
+        """The next train micro-batch from the agent, on this rank's device (one copy out of shared memory)."""
+        torch = self._torch
+        from speedrun.referee.agent import RING
+
+        if self._copies and len(self._copies) >= RING - 1:
+            self._copies.pop(0).synchronize()  # the slot the agent may fill next is no longer being read
+        a = self.request("next")
+        buf = self._buffer(a["buf"])
+        k, T, offset = a["k"], a["T"], a["offset"]
+        host = buf.tensor(torch.int64, (2, k, T), offset)
+        cu = None if a["cu"] is None else buf.tensor(torch.int32, (a["cu"],), offset + 16 * k * T)
+        if self.device.type == "cuda":
+            both = host.to(self.device, non_blocking=True)
+            cu = None if cu is None else cu.to(self.device, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+            self._copies.append(event)
+        else:
+            both = host.clone()
+            cu = None if cu is None else cu.clone()
+        if layout == "rows":
+            return both[0], both[1]
+        return both[0].view(-1), both[1].view(-1), cu
+
+    def _inputs(self, a: dict):
+        torch = self._torch
+        buf = self._buffer(a["buf"])
+        shape = tuple(a["shape"])
+        inputs = buf.tensor(torch.int64, shape, a["offset"])
+        n = inputs.numel()
+        cu = None if a["cu"] is None else buf.tensor(torch.int32, (a["cu"],), a["offset"] + 8 * n)
+        inputs = inputs.to(self.device) if self.device.type == "cuda" else inputs.clone()
+        if cu is not None:
+            cu = cu.to(self.device) if self.device.type == "cuda" else cu.clone()
+        return inputs, cu
+
+    def _hand_logits(self, logits) -> dict:
+        """Describe the logits for the agent: written into a shared buffer (CPU), or a CUDA IPC handle."""
+        torch = self._torch
+        if not isinstance(logits, torch.Tensor):
+            raise SpeedrunError(f"logits_fn must return a tensor, got {type(logits).__name__}")
+        if not logits.is_floating_point():
+            raise SpeedrunError(f"logits_fn must return floating-point logits, got {logits.dtype}")
+        logits = logits.detach()
+        if logits.is_cuda:
+            from speedrun.referee import shared
+
+            logits = logits.contiguous()
+            torch.cuda.current_stream(logits.device).synchronize()
+            self._held = logits  # alive until the agent has read it (the next request)
+            return {"ipc": shared.ipc_handle(logits)}
+        nbytes = logits.numel() * logits.element_size()
+        if self._logits_buf is None or self._logits_buf.size < nbytes:
+            from speedrun.referee.shared import SharedBuffer
+
+            if self._logits_buf is not None:
+                self._logits_buf.close()
+            self._logits_buf = SharedBuffer(self.request("val_buffer", nbytes=max(nbytes, 1))["buf"])
+        self._logits_buf.tensor(logits.dtype, tuple(logits.shape)).copy_(logits)
+        return {"buf": self._logits_buf.path, "shape": list(logits.shape), "dtype": str(logits.dtype)}
+
+    def _call(self, logits_fn, a: dict) -> dict:
+        inputs, cu = self._inputs(a)
+        with self._torch.no_grad():
+            logits = logits_fn(inputs) if cu is None else logits_fn(inputs, cu)
+        return self._hand_logits(logits)
+
+    def validate(self, logits_fn, step, batch_tokens: int, seq_len: int, layout: str) -> float:
+        """One validation, run by the agent: this rank only turns the inputs it is handed into logits."""
+        self.request("val_begin", step=step, batch_tokens=batch_tokens, seq_len=seq_len, layout=layout)
+        meta = None
+        while True:
+            a = self.request("val_next", timeout=VAL_TIMEOUT_S, logits=meta, error=None)
+            if a.get("done"):
+                self._held = None
+                return float(a["loss"])
+            try:
+                meta = self._call(logits_fn, a)
+            except BaseException as exc:
+                text = f"{type(exc).__name__}: {exc}"[:1000]
+                try:
+                    self.request("val_next", logits=None, error=text)
+                except SpeedrunError:
+                    pass
+                raise
+
+    def start_check(self, logits_fn, batch_tokens: int, seq_len: int, layout: str) -> dict:
+        """The start check's logits (the agent hands the inputs and computes the loss)."""
+        a = self.request("start_check", batch_tokens=batch_tokens, seq_len=seq_len, layout=layout)
+        return self._call(logits_fn, a)
 
     # --- torch.distributed and the device, through references taken before the script ran ---------------------
     def capture(self) -> None:
@@ -218,51 +322,6 @@ class Session:
         if self._dist_ready:
             self._dist_barrier()
 
-    def global_mean(self, loss_sum: float, tokens: int, device) -> float:
-        torch = self._torch
-        t = torch.tensor([loss_sum, float(tokens)], dtype=torch.float64, device=device)
-        if self._dist_ready:
-            self._all_reduce(t)
-        total, count = t.tolist()
-        return total / count if count else float("nan")
-
-
-class Evaluator:
-    """The referee's measurement at one validation shape on one rank (see `speedrun.referee.evaluation`)."""
-
-    def __init__(self, session: Session, batch_tokens: int, seq_len: int, layout: str, rank: int, world_size: int,
-                 device):
-        from speedrun.data import streams
-
-        track = session.track
-        self.stream = streams.ValStream(session.val_files, track.val_tokens, batch_tokens, seq_len, rank, world_size,
-                                     layout, device, bos_token=track.bos_token, max_seq_len=track.checks.max_seq_len)
-        self.layout, self.device, self.track, self.seq_len = layout, device, track, seq_len
-        self.session = session
-
-    def _batch(self, pieces):
-        from speedrun.data import streams
-        from speedrun.referee import evaluation
-
-        return evaluation.Batch(*streams.make_batch(pieces, self.layout, self.device, bos_token=self.track.bos_token))
-
-    def _own(self, b: int, i: int) -> int:
-        return self.stream.pieces_of(b)[i]
-
-    def measure(self, logits_fn):
-        from speedrun.referee import evaluation
-
-        s = self.stream
-        return evaluation.measure(logits_fn, len(s), s.k, self.seq_len, self.layout == "flat", self._own,
-                                  s.val_piece, self._batch, self.track.vocab_size, s.num_pieces,
-                                  unigram=self.session.unigram())
-
-    def start_check(self, logits_fn) -> tuple[float, int]:
-        from speedrun.referee import evaluation
-
-        batch = self._batch([self.stream.val_piece(self._own(0, i)) for i in range(self.stream.k)])
-        return evaluation.start_loss(logits_fn, batch, self.track.vocab_size)
-
 
 # --- the audit hook ----------------------------------------------------------------------------------------------
 
@@ -319,8 +378,7 @@ def _begin(client: channel.Client, welcome: dict, refereed: bool) -> Session:
     if "error" in welcome:
         raise SpeedrunError(f"the referee refused this rank: {welcome['error']}")
     session = Session(client, welcome, refereed)
-    session.open_data()
-    go = client.request("preloaded")  # every local rank maps the data before any script runs
+    go = client.request("preloaded")  # every local rank is ready before any script runs
     if not go.get("go"):
         raise SpeedrunError(f"the referee did not let this rank start: {go.get('error', go)}")
     session.capture()

@@ -1,8 +1,10 @@
 """The rank side of the contract: `Run` and `TrainLoader`, what `speedrun.init()` hands a submission.
 
 This is the implementation behind `speedrun/spec.py` (which holds the contract alone). It runs inside the
-submission's processes, so nothing here is trusted with a verdict: every method only reports to the referee
-through the rank's `bootstrap.Session`, and the launcher stamps, counts and judges what arrives.
+submission's processes, so nothing here is trusted with a verdict: every method asks the rank's referee agent
+(`speedrun.referee.agent`, outside this process) through the rank's `bootstrap.Session`, which serves the
+batches, grants and stamps the phases, and measures the logits this process computes on inputs it is given.
+The attributes kept here (`batch_tokens`, `micro_batches`, the phase) are the script's view only.
 """
 
 from __future__ import annotations
@@ -54,12 +56,13 @@ class Clock:
 class TrainLoader:
     """This rank's share of the canonical train stream. `next(loader)` gives one micro-batch:
     rows: (inputs, targets) int64 [b, seq_len]; flat: (inputs, targets, cu_seqlens) with [n] inputs.
-    `set()` changes the shape from the next step on. The referee counts what is served."""
+    `set()` changes the shape from the next step on. The referee's agent serves and counts the batches; the
+    shape it serves is the one `set()` asked it for, whatever these attributes say."""
 
     def __init__(self, run: "Run", batch_tokens: int, seq_len: int, accum_steps: int, layout: str,
                  align_to_bos: bool, max_doc_len: int | None):
         self._run = run
-        self._stream = run._session.train_stream()
+        self.tokens_served = 0       # this rank's tokens (inputs) received in the timed run
         self.layout, self.align_to_bos, self.max_doc_len = layout, bool(align_to_bos) or layout == "flat", max_doc_len
         self.batch_tokens = self.seq_len = self.accum_steps = 0
         self.micro_batches = 0       # served in the timed run (this rank)
@@ -74,9 +77,10 @@ class TrainLoader:
         run = self._run
         streams.check_shape(batch_tokens, seq_len, run.world_size, accum_steps,
                          max_seq_len=run.track.checks.max_seq_len, what="train_loader")
+        run._session.request("loader", batch_tokens=int(batch_tokens), seq_len=int(seq_len),
+                             accum_steps=int(accum_steps), layout=self.layout, align_to_bos=self.align_to_bos,
+                             max_doc_len=self.max_doc_len)
         self.batch_tokens, self.seq_len, self.accum_steps = int(batch_tokens), int(seq_len), int(accum_steps)
-        run._send("loader", batch_tokens=self.batch_tokens, seq_len=self.seq_len, accum_steps=self.accum_steps,
-                  layout=self.layout, align_to_bos=self.align_to_bos, max_doc_len=self.max_doc_len)
 
     def set(self, batch_tokens: int | None = None, seq_len: int | None = None,
             accum_steps: int | None = None) -> None:
@@ -91,10 +95,6 @@ class TrainLoader:
         """(pieces per micro-batch on this rank, seq_len)."""
         return self.batch_tokens // (self._run.world_size * self.accum_steps * self.seq_len), self.seq_len
 
-    @property
-    def tokens_served(self) -> int:
-        return self._stream.tokens_served
-
     def __iter__(self) -> "TrainLoader":
         return self
 
@@ -107,17 +107,8 @@ class TrainLoader:
             self._micro = (self._micro + 1) % self.accum_steps
             return streams.random_batch(self.shape, run.track.vocab_size, run.track.bos_token, run._warm_rng,
                                      self.layout, run.device)
-        if run._phase != "timed":
-            reason = {"val": "during a validation", "finished": "after finish()"}.get(
-                run._phase, "before start() outside warmup()")
-            run._send("refused", reason=reason)
-            raise SpeedrunError(f"the train loader serves no batch {reason}")
-        if self._micro == 0:
-            self._step = self._stream.next_step(self.batch_tokens, self.seq_len, align_to_bos=self.align_to_bos,
-                                                max_doc_len=self.max_doc_len)
-        batch = streams.serve(self._step, run.rank, run.world_size, self.accum_steps, self._micro, self.layout,
-                           run.device)
-        run._send("batch")
+        batch = run._session.next_batch(self.layout)  # the agent refuses (and records) out of phase
+        self.tokens_served += batch[0].numel()
         self.micro_batches += 1
         self._micro = (self._micro + 1) % self.accum_steps
         if self._micro == 0:
@@ -144,6 +135,7 @@ class Run:
         self._model = None
         self._start_params: str | None = None
         self._val_count = 0
+        self._last_val = (None, None)
         self._last_loss = math.nan
         self._logs: list = []
         self._model_described = False
@@ -218,7 +210,7 @@ class Run:
         shape = (loader.batch_tokens, loader.seq_len, loader.accum_steps) if loader else None
         rng = _rng_state()
         before = _digest(model, optimizers)
-        self._send("warmup_begin")
+        self._session.request("warmup_begin")
         self._phase = "warmup"
         try:
             yield
@@ -274,24 +266,22 @@ class Run:
             raise SpeedrunError("start() called twice" if self._phase != "warmup" else "start() inside warmup()")
         fn = logits_fn or (self._model_logits() if self._model is not None else None)
         which = "logits_fn given to start()" if logits_fn else "model given to warmup()"
-        loss_sum, tokens, detail = None, 0, "ok"
+        logits, detail = None, "ok"
         if fn is None:
             detail = "no logits_fn given to start() and no model given to warmup()"
         else:
             try:
                 bt, sl, layout = self._val_shape(batch_tokens, seq_len, layout)
-                ev = self._session.evaluator(bt, sl, layout, self.rank, self.world_size, self.device)
-                loss_sum, tokens = ev.start_check(fn)
+                logits = self._session.start_check(fn, bt, sl, layout)
             except Exception as exc:  # the check's failure is the referee's to judge, not a crash
                 detail = f"the {which} could not be called on val inputs: {type(exc).__name__}: {exc}"[:500]
-                loss_sum, tokens = None, 0
+                logits = None
         # untimed: finish() compares it, so a stand-in handed to warmup() that the run never trains is seen
         self._start_params = _param_digest(self._model) if self._model is not None else None
-        self._send("start_check", loss_sum=loss_sum, tokens=tokens, detail=detail)
         self._session.barrier(self.device)
+        self._session.request("start", inductor=bootstrap.inductor_changes(), logits=logits, detail=detail)
         self._phase = "timed"
         self.clock.started = time.perf_counter()
-        self._send("start", inductor=bootstrap.inductor_changes())
 
     def validate(self, fn=None, step: int | None = None, *, logits_fn: LogitsFn | None = None,
                  batch_tokens: int | None = None, seq_len: int | None = None, layout: str | None = None) -> float:
@@ -308,25 +298,17 @@ class Run:
             logits_fn = fn
         step = _as_step(step)
         bt, sl, layout = self._val_shape(batch_tokens, seq_len, layout)
-        ev = self._session.evaluator(bt, sl, layout, self.rank, self.world_size, self.device)  # shape errors first
         self._session.barrier(self.device)
         self.clock.pause()
-        self._send("val_begin", step=step)
         self._phase = "val"
-        error, m = None, None
         try:
-            m = ev.measure(logits_fn)
-        except Exception as exc:
-            error = f"{type(exc).__name__}: {exc}"[:1000]
-            raise
+            loss = self._session.validate(logits_fn, step, bt, sl, layout)
         finally:
             self._phase = "timed"
-            self._send("val_end", step=step, loss_sum=m.loss_sum if m else None, tokens=m.tokens if m else 0,
-                       batch_tokens=bt, seq_len=sl, layout=layout,
-                       probe=m.probe if m else {}, error=error)
             self.clock.resume()
         self._val_count += 1
-        self._last_loss = self._session.global_mean(m.loss_sum, m.tokens, self.device)
+        self._last_val = (logits_fn, step)
+        self._last_loss = loss
         self._flush_logs()
         return self._last_loss
 
@@ -336,10 +318,14 @@ class Run:
             raise SpeedrunError("finish() before start()" if self._phase in ("init", "warmup")
                                 else "finish() called twice")
         self._session.sync(self.device)
-        self._send("finish", inductor=bootstrap.inductor_changes())
+        answer = self._session.request("finish", inductor=bootstrap.inductor_changes())
         self._phase = "finished"
         self.clock.finished = time.perf_counter()
         self._flush_logs()
+        if answer.get("score"):  # the scored val tokens, first handed out now (the agent chose the shape)
+            logits_fn, step = self._last_val
+            self._last_loss = self._session.validate(logits_fn, step, answer["batch_tokens"], answer["seq_len"],
+                                                     answer["layout"])
         if self._model is not None:  # untimed: lets the referee warn when ranks trained apart (no grad sync)
             self._send("params", digest=_param_digest(self._model), at_start=self._start_params)
         return {"val_loss": self._last_loss, "timed_s": self.clock.timed(),

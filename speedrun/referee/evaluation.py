@@ -21,8 +21,9 @@ The submission hands the referee a function from inputs to logits; everything el
   call; its place and contents are drawn from the operating system's randomness, not from the run's seed.
 
 Nothing here reads files: the caller supplies `val_piece(index)` (the canonical val pieces) and
-`make_batch(pieces)` (a batch in the submission's layout), so the same code can later run in a process of its
-own (tier 2).
+`make_batch(pieces)` (a batch in the submission's layout). `measuring()` is a generator that yields each batch
+and takes its logits, so the referee agent (`speedrun.referee.agent`) runs it in the launcher's process and
+only each batch's inputs go to the rank: the targets, the plan and the batch order never do.
 """
 
 from __future__ import annotations
@@ -190,7 +191,28 @@ def measure(logits_fn: Callable, n_batches: int, rows: int, seq_len: int, flat: 
             own_piece: Callable[[int, int], int], val_piece: Callable[[int], np.ndarray],
             make_batch: Callable[[Sequence[np.ndarray]], Batch], vocab_size: int, n_pieces: int,
             plan: ProbePlan | None = None, unigram: np.ndarray | None = None) -> Measurement:
+    """`measuring()` driven by a logits_fn in this process (the unrefereed path and the tests)."""
+    steps = measuring(n_batches, rows, seq_len, flat, own_piece, val_piece, make_batch, vocab_size, n_pieces,
+                      plan, unigram)
+    logits = None
+    with torch.no_grad():
+        while True:
+            try:
+                batch = steps.send(logits)
+            except StopIteration as done:
+                return done.value
+            logits = batch.call(logits_fn)
+
+
+def measuring(n_batches: int, rows: int, seq_len: int, flat: bool,
+              own_piece: Callable[[int, int], int], val_piece: Callable[[int], np.ndarray],
+              make_batch: Callable[[Sequence[np.ndarray]], Batch], vocab_size: int, n_pieces: int,
+              plan: ProbePlan | None = None, unigram: np.ndarray | None = None):
     """Run one validation: this rank's canonical batches, with one extra batch among them.
+
+    A generator, so the agent can hand each batch's inputs to a rank and wait for the logits: it yields each
+    `Batch` in order and takes its logits through `send()`; its return value (`StopIteration.value`) is the
+    `Measurement`. Everything it keeps (targets, the plan, which batch is the extra one) stays in its frame.
 
     Canonical batch b holds pieces own_piece(b, 0..rows-1); the extra batch is `plan.at`-th and looks like
     any other (real val text up to each cut, the same shape, the same call). `unigram`: the val tokens'
@@ -209,27 +231,26 @@ def measure(logits_fn: Callable, n_batches: int, rows: int, seq_len: int, flat: 
     total = torch.zeros((), dtype=torch.float64)
     tokens = 0
     shape, dtype = None, None
-    with torch.no_grad():
-        for b in order:
-            pieces = (_extra_rows(plan, own_piece, val_piece, unigram) if b < 0
-                      else [val_piece(own_piece(b, i)) for i in range(rows)])
-            batch = make_batch(pieces)
-            logits = plain_logits(batch.call(logits_fn))
-            with referee_arithmetic():
-                nll = token_nll(logits, batch.targets, vocab_size)
-                if b < 0:
-                    extra_nll = nll.detach().float().cpu()
-                    for p, positions in enumerate(plan.positions):
-                        extra_dist[p] = _distribution(_row(logits, p, seq_len, flat)[positions])
-                else:
-                    shape, dtype = list(logits.shape), str(logits.dtype)
-                    total += nll.double().sum().cpu()
-                    tokens += nll.numel()
-                    for i in range(rows):
-                        for p in wanted.get((b, i), ()):
-                            kept_nll[p] = _row(nll, i, seq_len, flat).detach().float().cpu()
-                            if p < len(plan.positions):
-                                kept_dist[p] = _distribution(_row(logits, i, seq_len, flat)[plan.positions[p]])
+    for b in order:
+        pieces = (_extra_rows(plan, own_piece, val_piece, unigram) if b < 0
+                  else [val_piece(own_piece(b, i)) for i in range(rows)])
+        batch = make_batch(pieces)
+        logits = plain_logits((yield batch))  # the agent's own tensor: refused if not plain
+        with torch.no_grad(), referee_arithmetic():
+            nll = token_nll(logits, batch.targets, vocab_size)
+            if b < 0:
+                extra_nll = nll.detach().float().cpu()
+                for p, positions in enumerate(plan.positions):
+                    extra_dist[p] = _distribution(_row(logits, p, seq_len, flat)[positions])
+            else:
+                shape, dtype = list(logits.shape), str(logits.dtype)
+                total += nll.double().sum().cpu()
+                tokens += nll.numel()
+                for i in range(rows):
+                    for p in wanted.get((b, i), ()):
+                        kept_nll[p] = _row(nll, i, seq_len, flat).detach().float().cpu()
+                        if p < len(plan.positions):
+                            kept_dist[p] = _distribution(_row(logits, i, seq_len, flat)[plan.positions[p]])
             del logits, nll
     if not torch.isfinite(total):
         raise SpeedrunError("the model's val loss is not finite (non-finite logits?)")

@@ -420,8 +420,7 @@ class Launch:
         self.pins = pins.pin_run(track, self.train_files + self.val_files)
         self.manifest = build_manifest(track, copy, self.cmd, nproc, self.nnodes, runs, self.seeds, self.pins)
         if sandbox:
-            self.sandbox, why = sandboxes.prepare(self.run_dir, copy, self.train_files + self.val_files,
-                                                  hide=[self.data_dir] if self.data_dir else [])
+            self.sandbox, why = sandboxes.prepare(self.run_dir, copy, hide=[self.data_dir] if self.data_dir else [])
         else:
             self.sandbox, why = None, "--no-sandbox was given"
         self.manifest.update(self.sandbox.record() if self.sandbox else sandboxes.unsandboxed(why))
@@ -482,7 +481,14 @@ class Launch:
                              harness=str(paths.PACKAGE_DIR))
         rep_ref.blame_unattributed = self.sandbox is None
         rep_ref.heartbeat = self.heartbeat
-        cmd = self.sandbox.wrap(self.cmd, rep_ref.server.path) if self.sandbox else self.cmd
+        place = None
+        if self.sandbox is not None:
+            from speedrun.referee.shared import Place
+
+            place = Place.make(self.sandbox.uid)
+            rep_ref.referee.shared_place = place
+        cmd = self.sandbox.wrap(self.cmd, rep_ref.server.path, place.directory if place else None) \
+            if self.sandbox else self.cmd
         before = descendants()
         try:
             with report.status(f"{label} starting") as status:
@@ -494,6 +500,8 @@ class Launch:
             try:
                 kill_leftovers(before)
                 rep_ref.close(None, ["the launcher was interrupted before the repetition ended"])
+                if place is not None:
+                    place.remove()
                 if sink is not None:
                     sink.finish("interrupted")
             except Exception:
@@ -505,6 +513,8 @@ class Launch:
         rep_ref.stop_watch()  # before the launcher re-reads the pinned files itself
         extra = reasons + pins.changed(self.pins)
         summary = rep_ref.close(code, extra, warnings)
+        if place is not None:
+            place.remove()
         rep = {"k": k, "status": summary["status"] if not reasons else "failed", "exit_code": code,
                "wall_s": round(wall, 3), "seed": seed}
         if rep_ref.stopped_early:
@@ -524,7 +534,8 @@ class Launch:
                 self.stopped_reason = f"repetition 1 failed before training could start ({rep['error']})"
         else:
             loss = summary["final_loss"]
-            report.line(f"  {label} val loss {loss:.4f}  timed {summary['timed_s']:.2f} s  steps "
+            loss = "-" if loss is None else f"{loss:.4f}"  # finished without a validation: no loss to show
+            report.line(f"  {label} val loss {loss}  timed {summary['timed_s']:.2f} s  steps "
                         f"{summary['steps']}  (process {wall:.1f} s)")
         if sink is not None:
             sink.finish(rep["status"])

@@ -68,6 +68,9 @@ class RankState:
     params_at_start: str | None = None
     exit: dict | None = None
     closed_in: str | None = None
+    agent: object = None                              # the rank's referee agent (speedrun.referee.agent)
+    hello_t: float | None = None                      # the rank's first line reached the referee
+    warmup_span: tuple | None = None                  # (t_begin, t_end) of warmup()
 
 
 class Referee:
@@ -79,6 +82,7 @@ class Referee:
         self.log, self.t0, self.welcome, self.on_event = log, t0, welcome, on_event
         self.no_data_level = float(welcome["no_data_level"])
         self.harness = harness  # the package directory the ranks must import
+        self.shared_place = None  # where the agents put their shared buffers (a sandboxed run's: bound into it)
         self.require_exit = harness is not None  # launched by `speedrun run`: every rank's bootstrap reports
         self.world_size: int | None = None
         self.ranks: dict[int, RankState] = {}
@@ -93,6 +97,12 @@ class Referee:
         self.closed = False
         self.on_all_preloaded: Callable[[], None] | None = None
         self.logged = 0  # `log` events of rank 0 so far
+        self._agent_data = None      # shared by the rank agents; made at the first hello
+        self._out: list[tuple[int, dict]] = []   # answers that wait for every rank (a validation's loss)
+        self._awaiting: dict[int, int] = {}      # rank -> connection waiting for its validation's loss
+        self.val_untimed = 0.0       # validation seconds taken off the clock so far
+        self.val_budgeted = 0.0      # the part of them after the `val_free` first validations (the budget's use)
+        self.charged = 0.0           # seconds outside the clock beyond their budgets, counted as timed
 
     # --- helpers ---------------------------------------------------------------------------------------------
 
@@ -107,6 +117,11 @@ class Referee:
             except Exception:
                 pass
         return event
+
+    def warn_once(self, message: str) -> None:
+        if message not in self._problem_set:
+            self._problem_set.add(message)
+            self._emit("warning", message=message)
 
     def problem(self, message: str) -> None:
         if message not in self._problem_set:
@@ -144,10 +159,15 @@ class Referee:
             return [(cid, self._hello(cid, msg, t))]
         if rank is None:
             self.problem(f"a connection sent {kind!r} before saying hello")
-            return []
+            return [(cid, {"error": "say hello first"})] if kind in schema.REQUESTS else []
         if kind == "preloaded":
             return self._on_preloaded(self.ranks[rank])
-        getattr(self, f"_on_{kind}")(self.ranks[rank], msg, t)
+        st = self.ranks[rank]
+        if kind in schema.REQUESTS:
+            answer = st.agent.handle(kind, msg, t)
+            out, self._out = self._out, []
+            return ([(cid, answer)] if answer is not None else []) + out
+        getattr(self, "_on_warmup_batch" if kind == "batch" else f"_on_{kind}")(st, msg, t)
         return []
 
     def _on_preloaded(self, st: RankState) -> list[tuple[int, dict]]:
@@ -177,7 +197,12 @@ class Referee:
             return {"error": f"rank {rank} is already connected"}
         if self.harness and os.path.realpath(msg["harness"]) != os.path.realpath(self.harness):
             self.problem(f"rank {rank} runs the harness from {msg['harness']}, not the launcher's {self.harness}")
-        self.ranks[rank] = RankState(rank=rank, cid=cid, pid=msg["pid"])
+        from speedrun.referee import agent
+
+        if self._agent_data is None:
+            self._agent_data = agent.AgentData(self.track, self.welcome["train_files"], self.welcome["val_files"])
+        st = self.ranks[rank] = RankState(rank=rank, cid=cid, pid=msg["pid"], hello_t=t)
+        st.agent = agent.Agent(self, st, self._agent_data, world)
         self.by_cid[cid] = rank
         return dict(self.welcome, seed=self.seed, repetition=self.k)
 
@@ -213,6 +238,14 @@ class Referee:
         for problem in self.track.checks.shape_problems(self.track.name, c.get("batch_tokens"), c.get("seq_len")):
             self.problem(problem)
 
+    def _on_warmup_batch(self, st: RankState, msg: dict, t: float) -> None:
+        """A rank's own report of a random warm-up batch; every other batch is counted by its agent."""
+        if st.phase == "warmup":
+            st.warmup_micro += 1
+        else:
+            self.problem(f"rank {st.rank} reported a training batch the referee did not serve "
+                         f"({PHASE_WORDS.get(st.phase, st.phase)}): only the referee agent counts batches")
+
     def _on_batch(self, st: RankState, msg: dict, t: float) -> None:
         if st.phase == "warmup":
             st.warmup_micro += 1
@@ -244,12 +277,14 @@ class Referee:
             self.problem(f"rank {st.rank} entered warmup() {PHASE_WORDS.get(st.phase, 'out of order')}")
             return
         st.phase = "warmup"
+        st.warmup_span = (t, None)
 
     def _on_warmup_end(self, st: RankState, msg: dict, t: float) -> None:
         if st.phase != "warmup":
             self.problem(f"rank {st.rank} left a warmup() it never entered")
             return
         st.phase = "ready"
+        st.warmup_span = (st.warmup_span[0], t) if st.warmup_span else (t, t)
         if not msg["restored"] or msg["digest_before"] != msg["digest_after"]:
             self.problem(f"rank {st.rank}: warm-up changed the model/optimizer state")
         self._emit("warmup", rank=st.rank, t=self._t(t), seconds=msg["seconds"],
@@ -296,12 +331,34 @@ class Referee:
             self.problem(f"untimed training: at start() the model's val loss on the start check's val subset is "
                          f"{start_loss:.4f}, below the no-data level {self.no_data_level:.4f} (the unigram "
                          f"entropy of the val tokens): it was trained before the clock started")
+        self._start_budgets(states)
         self._emit("start", t=self._t(self.start_t), start_loss=start_loss, no_data_level=self.no_data_level,
                    ranks=[{"rank": s.rank, "t": self._t(s.start_t),
                            "loss_sum": (s.start_check or {}).get("loss_sum"),
                            "tokens": (s.start_check or {}).get("tokens", 0)} for s in states])
 
+    def _start_budgets(self, states: list[RankState]) -> None:
+        """Time outside the clock before start(): from the first rank's first line to the clock's start,
+        outside warm-up, within `pre_start_s`; warm-up within `warmup_s`. What is beyond counts as timed
+        (by moving the clock's start earlier), and the `budget` event records both."""
+        budget = self.track.budget
+        hello = min((s.hello_t for s in states if s.hello_t is not None), default=self.start_t)
+        spans = [s.warmup_span for s in states if s.warmup_span and s.warmup_span[1] is not None]
+        warm = max((b - a for a, b in spans), default=0.0)
+        pre = max(0.0, self.start_t - hello - warm)
+        over = max(0.0, pre - budget.pre_start_s) + max(0.0, warm - budget.warmup_s)
+        self.paused -= over
+        self.charged += over
+        self._emit("budget", pre_start_s=round(pre, 4), pre_start_budget_s=budget.pre_start_s,
+                   warmup_s=round(warm, 4), warmup_budget_s=budget.warmup_s, charged_s=round(over, 4),
+                   val_fraction=budget.val_fraction, val_free=budget.val_free)
+
     def _on_val_begin(self, st: RankState, msg: dict, t: float) -> None:
+        if st.phase == "finished" and st.agent is not None and st.agent.score_pending:
+            st.phase = "scoring"  # the scored validation finish() asked for
+            st.vals.append({"t_begin": t, "step": msg["step"], "steps": st.steps, "micro": st.micro_in_step,
+                            "t_end": None, "msg": None})
+            return
         if st.phase != "timed":
             self.problem(f"rank {st.rank} began a validation {PHASE_WORDS.get(st.phase, 'outside the timed run')}")
             return
@@ -309,11 +366,15 @@ class Referee:
         st.vals.append({"t_begin": t, "step": msg["step"], "steps": st.steps, "micro": st.micro_in_step,
                         "t_end": None, "msg": None})
 
+    def await_validation(self, st: RankState) -> None:
+        """The rank's agent answers its last `val_next` with the loss, once every rank's validation is in."""
+        self._awaiting[st.rank] = st.cid
+
     def _on_val_end(self, st: RankState, msg: dict, t: float) -> None:
-        if st.phase != "val":
+        if st.phase not in ("val", "scoring"):
             self.problem(f"rank {st.rank} ended a validation it never began")
             return
-        st.phase = "timed"
+        st.phase = "timed" if st.phase == "val" else "finished"
         st.vals[-1].update(t_end=t, msg=msg)
         index = len(st.vals)
         if index > self.vals_done and all(len(s.vals) >= index and s.vals[index - 1]["msg"] is not None
@@ -330,9 +391,16 @@ class Referee:
         entries = [s.vals[index - 1] for s in states]
         t_begin, t_end = max(e["t_begin"] for e in entries), min(e["t_end"] for e in entries)
         seconds = max(0.0, t_end - t_begin)
-        timed_s = self.timed_at(t_begin)
-        self.paused += seconds
-        share = self.track.val_tokens // self.world_size
+        split = entries[0]["msg"].get("split", "scored")
+        split_tokens = entries[0]["msg"].get("split_tokens", self.track.val_tokens)
+        after_finish = all(s.finish_t is not None for s in states)
+        if after_finish:  # the scored validation finish() asked for: the clock has stopped already
+            timed_s, off, charged = self.timed_at(max(s.finish_t for s in states)), seconds, 0.0
+        else:
+            timed_s = self.timed_at(t_begin)
+            off, charged = self._val_budget(index, seconds, timed_s)
+            self.paused += off
+        share = split_tokens // self.world_size
         loss_sum, tokens, ranks = 0.0, 0, []
         step = entries[0]["step"]
         for s, e in zip(states, entries):
@@ -341,7 +409,7 @@ class Referee:
                 self.problem(f"rank {s.rank}: validation at step {m['step']} failed: {m['error']}")
             if m["tokens"] != share:
                 self.problem(f"rank {s.rank}: validation at step {m['step']} covered {m['tokens']} tokens, its share "
-                             f"of the track's {self.track.val_tokens} val tokens is {share}")
+                             f"of the {split} split's {split_tokens} val tokens is {share}")
             if e["step"] != step or e["steps"] != entries[0]["steps"]:
                 self.problem(f"ranks disagree at validation {index}: rank {s.rank} at step {e['step']} after "
                              f"{e['steps']} steps, rank {states[0].rank} at step {step} after {entries[0]['steps']}")
@@ -380,12 +448,33 @@ class Referee:
                           "t_begin": self._t(e["t_begin"]), "t_end": self._t(e["t_end"]),
                           "batch_tokens": m["batch_tokens"], "seq_len": m["seq_len"], "layout": m["layout"],
                           "probe": probe})
-        loss = loss_sum / self.track.val_tokens
-        if tokens != self.track.val_tokens:
-            self.problem(f"validation at step {step} covered {tokens} tokens, the track needs {self.track.val_tokens}")
-        self.last_loss, self.last_timed = loss, timed_s
+        loss = loss_sum / split_tokens
+        if tokens != split_tokens:
+            self.problem(f"validation at step {step} covered {tokens} tokens, the {split} split has {split_tokens}")
+        if split == "scored" or self.last_loss is None:
+            self.last_loss = loss
+        self.last_timed = timed_s
         self._emit("val", step=step, batches=entries[0]["steps"], timed_s=round(timed_s, 4), loss=loss,
-                   tokens=tokens, seconds=round(seconds, 4), t=self._t(t_begin), ranks=ranks)
+                   tokens=tokens, seconds=round(seconds, 4), t=self._t(t_begin), ranks=ranks, split=split,
+                   untimed_s=round(off, 4), charged_s=round(charged, 4),
+                   val_budget_s=round(max(0.0, self.track.budget.val_fraction * timed_s - self.val_budgeted), 4))
+        for rank, cid in sorted(self._awaiting.items()):
+            self._out.append((cid, {"done": True, "loss": loss, "split": split}))
+        self._awaiting.clear()
+
+    def _val_budget(self, index: int, seconds: float, timed_s: float) -> tuple[float, float]:
+        """(seconds off the clock, seconds counted as timed) of validation `index`: the first `val_free`
+        validations are untimed; after them, validations stay untimed while all the untimed validation
+        seconds fit in `val_fraction` of the timed seconds so far, and the part beyond counts as timed."""
+        budget = self.track.budget
+        if index <= budget.val_free:
+            off = seconds
+        else:
+            off = min(seconds, max(0.0, budget.val_fraction * timed_s - self.val_budgeted))
+            self.val_budgeted += off
+        self.val_untimed += off
+        self.charged += seconds - off
+        return off, seconds - off
 
     def _on_log(self, st: RankState, msg: dict, t: float) -> None:
         if st.rank == 0:
@@ -489,10 +578,14 @@ class Referee:
             self._emit("finish", t=self._t(finish_t), batches=steps, timed_s=round(timed, 4),
                        tokens=states[0].tokens,
                        ranks=[{"rank": s.rank, "t": self._t(s.finish_t), "batches": s.finish_steps,
-                               "tokens": s.tokens} for s in states])
+                               "tokens": s.tokens} for s in states],
+                       val_untimed_s=round(self.val_untimed, 4), charged_s=round(self.charged, 4))
             summary.update(timed_s=round(timed, 4), steps=steps)
             if not steps:
                 self.problem("the timed run took no training step")
+        for s in states:
+            if s.agent is not None:
+                s.agent.close()
         self.closed = True
         self.log.seal()
         summary["problems"] = list(self.problems)

@@ -15,9 +15,9 @@ namespace whose only interface is loopback (enough for gloo/NCCL rendezvous on o
 - tmpfs over the run directory, the checkout's data/, records/ and runs/ and the configured data and runs
   directories: no evidence, no records, no data but
 - exactly what the ranks need, bound back on top: the script copy (read-only, at its path in the run
-  directory), the channel's socket (the socket file alone, not its directory), and, for now, the track's data files (read-only, same paths).
-  TODO(referee agent, issue 17): once the agent serves batches and computes the loss outside the rank, the
-  data files are no longer bound here.
+  directory), the channel's socket (the socket file alone, not its directory) and the repetition's directory
+  of shared buffers (`speedrun.referee.shared.Place`: the referee agents hand batches and take logits there).
+  No data file: the agents serve every batch from the launcher's side.
 
 The ranks run as uid 65534 (nobody) where the files they need are readable so (one probe per launch checks
 it), else as the caller's uid inside the user namespace, still on a read-only root. Where bwrap is missing or
@@ -79,7 +79,7 @@ class Sandbox:
     def _uid_args(self) -> list[str]:
         return ["--uid", str(self.uid), "--gid", str(self.uid)] if self.uid is not None else []
 
-    def mounts(self, socket: str | os.PathLike | None = None) -> list[str]:
+    def mounts(self, socket: str | os.PathLike | None = None, shared: str | os.PathLike | None = None) -> list[str]:
         """bwrap's mount arguments, in order: later mounts sit on top of earlier ones."""
         args = ["--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev"]
         for dev in self.devices:
@@ -91,13 +91,16 @@ class Sandbox:
             args += ["--ro-bind", str(source), str(dest)]
         if socket is not None:  # the file alone: the ranks connect to it, and can put nothing beside it
             args += ["--bind", str(socket), str(socket)]
+        if shared is not None:  # the repetition's shared buffers (batches in, logits out), nothing else of /dev/shm
+            args += ["--bind", str(shared), str(shared)]
         args += ["--dir", HOME, "--chdir", HOME, "--setenv", "HOME", HOME, "--setenv", "TMPDIR", "/tmp"]
         return args
 
-    def wrap(self, command: list[str], socket: str | os.PathLike | None = None) -> list[str]:
+    def wrap(self, command: list[str], socket: str | os.PathLike | None = None,
+             shared: str | os.PathLike | None = None) -> list[str]:
         """`command` (the torchrun invocation of one repetition) run inside the sandbox, with the channel's
-        `socket` bound in."""
-        return [self.exe, *ISOLATION, *self._uid_args(), *self.mounts(socket), "--", *command]
+        `socket` and the referee agents' `shared` buffer directory bound in."""
+        return [self.exe, *ISOLATION, *self._uid_args(), *self.mounts(socket, shared), "--", *command]
 
     def record(self) -> dict:
         """What the manifest keeps: the label, the uid inside, and the mounts (the socket, which is new for
@@ -164,7 +167,7 @@ def _probe(exe: str, uid: int | None, readable: list[Path]) -> str | None:
     return None
 
 
-def prepare(run_dir: Path, script_copy: Path, data_files: list[Path], hide: list[Path] = (),
+def prepare(run_dir: Path, script_copy: Path, hide: list[Path] = (),
             exe: str | None = None) -> tuple[Sandbox | None, str | None]:
     """The sandbox for a launch, or (None, the reason there is none). One probe: as nobody with every file the
     ranks need readable, else as the caller's uid."""
@@ -172,7 +175,6 @@ def prepare(run_dir: Path, script_copy: Path, data_files: list[Path], hide: list
     if not exe:
         return None, "bwrap (bubblewrap) is not installed"
     files = [(Path(os.path.realpath(script_copy)), Path(script_copy))]
-    files += [(Path(os.path.realpath(p)), Path(p)) for p in data_files]
     readable = [Path(sys.executable), Path(__file__)] + [src for src, _ in files]
     # not the hidden ones: the probe's sandbox has no tmpfs over them
     why = _probe(exe, NOBODY, readable)

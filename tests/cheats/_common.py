@@ -166,7 +166,8 @@ PRELOADED = '''
 def preloaded(kind):
     """The tokens of the track's `kind` shards, from the maps the bootstrap made before the script ran."""
     import os
-    from speedrun import bootstrap, shards
+    from speedrun.rank import bootstrap
+    from speedrun.data import shards
     session = bootstrap.current_session()
     files = session.train_files if kind == "train" else session.val_files
     return [shards._PRELOADED[os.path.realpath(p)] for p in files]

@@ -1,0 +1,445 @@
+"""The referee agent: the referee's side of one rank, running outside the script's process.
+
+Everything a rank-side client holds, the script can reach (it shares the interpreter): a `Session` found with
+`gc`, the locals of an evaluator up the stack, memory maps of the data, the loader's attributes. So nothing
+that decides a result lives there any more. One `Agent` per rank lives with the launcher's `Referee` (the
+launcher's process; under plain torchrun, the unrefereed referee's thread) and owns:
+
+- the data: the agent alone maps the shards. A rank asks for its next micro-batch (`next`); the agent takes
+  it from the canonical stream (`speedrun.data.streams`, the same tokens `serve()` gives) and writes it into a
+  ring of slots in shared memory (`speedrun.referee.shared`), answering with the slot. The loader's shape is
+  the agent's state, changed only by a `loader` request it validates and records, and the agent counts what
+  it actually served: assigning `train.batch_tokens` in the rank changes nothing served or counted.
+  Serving follows today's rules: nothing before `start()` outside `warmup()`, during a validation, or after
+  `finish()` (warm-up batches are random tokens the rank makes itself).
+- the phases: start, validation and finish are requests the agent grants and stamps on the launcher's
+  monotonic clock. A validation's pause begins when the agent hands out its first batch and ends when the
+  agent has the last logits; no message declares a result, a phase end, a count or a time.
+- the measurement: a rank gets validation *inputs* only; it runs `logits_fn` and writes the logits back
+  (shared memory on the CPU, a CUDA IPC handle on a GPU); the agent computes the cross-entropy and the probes
+  (`speedrun.referee.evaluation.measuring`), so the targets, the probe plan and which batch is the probe never
+  enter the rank's process.
+- the monitor split: intermediate validations measure val tokens after the scored ones (`monitor_tokens`);
+  the scored tokens are first handed out by the validation `finish()` asks for, after which nothing is served.
+  The start check uses the monitor split too, so no scored row reaches the script before the end.
+
+The agent calls the `Referee`'s own handlers with what it stamped and measured, so the aggregation, the rules
+and `run-K.jsonl` stay in `speedrun.referee.repetition`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from speedrun.errors import SpeedrunError
+
+MONITOR_MIN = 16               # a default monitor split holds at least val_tokens // MONITOR_MIN tokens
+RING = 4                        # train micro-batch slots per rank: the rank waits for a slot's copy RING-1 later
+REQUESTS = ("loader", "next", "warmup_begin", "start_check", "start", "val_begin", "val_next", "val_buffer",
+            "finish")
+LOGIT_DTYPES = {"torch.float32", "torch.bfloat16", "torch.float16", "torch.float64"}
+REFUSALS = {"val": "during a validation", "scoring": "after finish()", "finished": "after finish()",
+            "exited": "after the script ended"}
+
+
+def monitor_tokens(track, val_files) -> int:
+    """The monitor split's size: the track's `[val] monitor_tokens`, else every val token after the scored
+    ones (the last needs one more token as its target), at most as many as the scored set, and none when
+    fewer than a sixteenth of the scored set are there (a monitor that small measures noise: the tiny track's
+    val shard holds 2,048 tokens after its 262,144 scored ones, so tiny validates as in v2)."""
+    from speedrun.data import shards
+
+    declared = track.val_split.monitor_tokens
+    held = sum(shards.shard_tokens(p) for p in val_files)
+    after = max(0, held - track.val_tokens - 1)
+    if declared is None:
+        return min(after, track.val_tokens) if after >= track.val_tokens // MONITOR_MIN else 0
+    if declared > after:
+        raise SpeedrunError(f"track {track.name}: [val] monitor_tokens = {declared}, but the val shards hold only "
+                            f"{after} tokens after the {track.val_tokens} scored ones")
+    return declared
+
+
+class AgentData:
+    """What every rank's agent shares: the track, the data files (mapped here, in the referee's process, before
+    the launcher arms its watch on them), the val unigram and the monitor split's size."""
+
+    def __init__(self, track, train_files, val_files, device: str = "cpu"):
+        from speedrun.data import shards
+
+        self.track = track
+        self.train_files = [Path(p) for p in train_files]
+        self.val_files = [Path(p) for p in val_files]
+        shards.preload(self.train_files + self.val_files)
+        self.monitor = monitor_tokens(track, self.val_files)
+        self.device = device
+        self._unigram = None
+        self._val: dict = {}
+
+    def unigram(self) -> np.ndarray:
+        if self._unigram is None:
+            from speedrun.data import streams
+
+            self._unigram = streams.val_unigram(self.val_files, self.track.val_tokens, self.track.vocab_size)
+        return self._unigram
+
+    def val_stream(self, split: str, batch_tokens: int, seq_len: int, rank: int, world_size: int, layout: str):
+        """This rank's share of a split at a validation shape: "scored" (the track's val tokens) or "monitor"
+        (as many whole validation batches as fit in the monitor split)."""
+        from speedrun.data import streams
+
+        key = (split, batch_tokens, seq_len, rank, world_size, layout)
+        if key not in self._val:
+            track = self.track
+            if split == "scored":
+                tokens, start = track.val_tokens, 0
+            else:
+                tokens, start = (self.monitor // batch_tokens) * batch_tokens, track.val_tokens
+                if tokens == 0:
+                    raise SpeedrunError(f"validation batch of {batch_tokens} tokens is larger than the track's "
+                                        f"monitor split ({self.monitor} val tokens after the scored ones)")
+            self._val[key] = streams.ValStream(self.val_files, tokens, batch_tokens, seq_len, rank, world_size,
+                                               layout, "cpu", bos_token=track.bos_token,
+                                               max_seq_len=track.checks.max_seq_len, start=start)
+        return self._val[key]
+
+
+@dataclass
+class Validation:
+    """One validation in progress on one rank."""
+
+    step: int | None
+    split: str
+    batch_tokens: int
+    seq_len: int
+    layout: str
+    steps: object                       # the evaluation.measuring generator
+    batch: object = None                # the batch whose logits are awaited
+    handed: int = 0
+    extras: dict = field(default_factory=dict)
+
+
+class Agent:
+    """The referee's side of one rank. `handle(kind, msg, t)` answers one request: a dict, or None when the
+    answer comes later (a validation's loss, once every rank's validation is complete)."""
+
+    def __init__(self, referee, st, data: AgentData, world_size: int):
+        self.referee, self.st, self.data, self.world_size = referee, st, data, world_size
+        self.track = data.track
+        self.stream = None
+        self.config: dict | None = None
+        self.micro = 0
+        self.step = None
+        self.served = 0
+        self.ring = None
+        self.slot_bytes = 0
+        self.inputs = None               # the shared buffer validation inputs go through
+        self.logits: dict = {}           # path -> shared buffer the rank writes logits into
+        self.val: Validation | None = None
+        self.last_val: tuple | None = None  # (batch_tokens, seq_len, layout) of the last validation
+        self.score_pending = False
+        self.start_batch = None
+
+    # --- dispatch -----------------------------------------------------------------------------------------
+    def handle(self, kind: str, msg: dict, t: float) -> dict | None:
+        try:
+            return getattr(self, f"_{kind}")(msg, t)
+        except SpeedrunError as exc:
+            return {"error": str(exc)}
+
+    def close(self) -> None:
+        for buf in [self.ring, self.inputs, *self.logits.values()]:
+            if buf is not None:
+                buf.close()
+        self.ring, self.inputs, self.logits = None, None, {}
+
+    # --- the train loader ------------------------------------------------------------------------------------
+    def _loader(self, msg: dict, t: float) -> dict:
+        from speedrun.data import streams
+
+        if msg["layout"] not in ("rows", "flat"):
+            raise SpeedrunError(f"train_loader: layout must be 'rows' or 'flat', got {msg['layout']!r}")
+        if self.micro and self.st.phase == "timed":
+            raise SpeedrunError(f"train_loader.set() in the middle of a step ({self.micro} of "
+                                f"{self.config['accum_steps']} micro-batches served)")
+        streams.check_shape(msg["batch_tokens"], msg["seq_len"], self.world_size, msg["accum_steps"],
+                            max_seq_len=self.track.checks.max_seq_len, what="train_loader")
+        broken = self.track.checks.shape_problems(self.track.name, msg["batch_tokens"], msg["seq_len"])
+        if broken:
+            raise SpeedrunError(f"train_loader: {broken[0]}")
+        config = {k: msg[k] for k in ("batch_tokens", "seq_len", "accum_steps", "layout", "align_to_bos",
+                                      "max_doc_len")}
+        config["align_to_bos"] = bool(config["align_to_bos"]) or config["layout"] == "flat"
+        self.config = config
+        if self.stream is None:
+            self.stream = streams.TrainStream(self.data.train_files, self.track.bos_token,
+                                              max_seq_len=self.track.checks.max_seq_len)
+        self.referee._on_loader(self.st, config, t)
+        return {"ok": True}
+
+    def _next(self, msg: dict, t: float) -> dict:
+        from speedrun.data import streams
+
+        phase = self.st.phase
+        if phase != "timed":
+            reason = REFUSALS.get(phase, "before start() outside warmup()")
+            if phase == "warmup":
+                reason = "from the referee inside warmup() (warm-up batches are random tokens)"
+            self.referee._on_refused(self.st, {"reason": reason}, t)
+            raise SpeedrunError(f"the train loader serves no batch {reason}")
+        c = self.config
+        if c is None:
+            raise SpeedrunError("no train loader: call run.train_loader() first")
+        if self.micro == 0:
+            self.step = self.stream.next_step(c["batch_tokens"], c["seq_len"], align_to_bos=c["align_to_bos"],
+                                              max_doc_len=c["max_doc_len"])
+        step, T = self.step, c["seq_len"]
+        indices = streams.owned_pieces(step.num_pieces, self.st.rank, self.world_size, c["accum_steps"],
+                                       self.micro)
+        k = len(indices)
+        need = 16 * k * T + 4 * (k * T + 1)
+        if self.ring is None or need > self.slot_bytes:
+            from speedrun.referee.shared import SharedBuffer
+
+            if self.ring is not None:
+                self.ring.close()
+            self.slot_bytes = -(-need // 4096) * 4096
+            self.ring = SharedBuffer.create(self.slot_bytes * RING, self.referee.shared_place)
+        slot = self.served % RING
+        offset = slot * self.slot_bytes
+        host = self.ring.tensor(_int64(), (2, k, T), offset).numpy()
+        window = step._window(indices)
+        if window is not None:
+            host[0] = window[:-1].reshape(k, T)
+            host[1] = window[1:].reshape(k, T)
+        else:
+            for j, piece in enumerate(step.pieces(indices)):
+                host[0, j] = piece[:-1]
+                host[1, j] = piece[1:]
+        answer = {"buf": self.ring.path, "offset": offset, "k": k, "T": T, "cu": None}
+        if c["layout"] == "flat":
+            cu = streams._cu_seqlens(host[0].reshape(-1), T, self.track.bos_token)
+            self.ring.tensor(_int32(), (len(cu),), offset + 16 * k * T).numpy()[:] = cu
+            answer["cu"] = len(cu)
+        self.served += 1
+        self.micro = (self.micro + 1) % c["accum_steps"]
+        self.referee._on_batch(self.st, {}, t)
+        return answer
+
+    # --- warm-up and start --------------------------------------------------------------------------------
+    def _warmup_begin(self, msg: dict, t: float) -> dict:
+        if self.st.phase not in ("init", "ready"):
+            self.referee._on_warmup_begin(self.st, msg, t)  # the problem, in its words
+            raise SpeedrunError("warmup() must come before start(), once")
+        self.referee._on_warmup_begin(self.st, msg, t)
+        return {"ok": True}
+
+    def _split(self) -> str:
+        return "monitor" if self.data.monitor and not self.score_pending else "scored"
+
+    def _start_check(self, msg: dict, t: float) -> dict:
+        """The start check's inputs: the first validation batch of this rank's share (of the monitor split,
+        where there is one, so no scored row is handed out before the end)."""
+        if self.st.phase not in ("init", "ready"):
+            raise SpeedrunError("start() called twice" if self.st.start_t else "start() out of order")
+        bt, sl, layout = msg["batch_tokens"], msg["seq_len"], msg["layout"]
+        split = self._split() if self.data.monitor >= bt else "scored"
+        s = self.data.val_stream(split, bt, sl, self.st.rank, self.world_size, layout)
+        self.start_batch = self._make_batch([s.val_piece(i) for i in s.pieces_of(0)], layout)
+        return self._hand_inputs(self.start_batch)
+
+    def _start(self, msg: dict, t: float) -> dict:
+        from speedrun.referee import evaluation
+
+        loss_sum, tokens, detail = None, 0, msg["detail"]
+        if msg["logits"] is not None and self.start_batch is not None:
+            try:
+                logits = self._logits(msg["logits"])
+                import torch
+
+                with torch.no_grad():
+                    nll = evaluation.token_nll(logits, self.start_batch.targets, self.track.vocab_size)
+                loss_sum, tokens = float(nll.double().sum()), nll.numel()
+            except SpeedrunError as exc:
+                detail = f"the start check's logits were refused: {exc}"[:500]
+        elif detail == "ok":
+            detail = "no logits for the start check"
+        self.start_batch = None
+        self.referee._on_start_check(self.st, {"loss_sum": loss_sum, "tokens": tokens, "detail": detail}, t)
+        was = self.st.phase
+        self.referee._on_start(self.st, {"inductor": msg["inductor"]}, t)
+        if was not in ("init", "ready"):
+            raise SpeedrunError("start() called twice" if self.st.start_t else "start() out of order")
+        return {"ok": True}
+
+    # --- validation ------------------------------------------------------------------------------------------
+    def _val_begin(self, msg: dict, t: float) -> dict:
+        from speedrun.referee import evaluation
+
+        phase = self.st.phase
+        if self.val is not None:
+            raise SpeedrunError("a validation is already in progress")
+        if phase == "finished" and self.score_pending:
+            split = "scored"
+        elif phase == "timed":
+            split = self._split()
+        else:
+            raise SpeedrunError({"init": "validate() before start()", "ready": "validate() before start()",
+                                 "warmup": "validate() inside warmup()", "finished": "validate() after finish()"}
+                                .get(phase, f"validate() {REFUSALS.get(phase, 'now')}"))
+        bt, sl, layout = msg["batch_tokens"], msg["seq_len"], msg["layout"]
+        # the shape must tile the scored tokens, which finish() will measure at it: say so at the first validation
+        self.data.val_stream("scored", bt, sl, self.st.rank, self.world_size, layout)
+        if split == "monitor" and self.data.monitor < bt:
+            split = "scored"
+            self.referee.warn_once(f"the track's monitor split ({self.data.monitor} val tokens) holds no whole "
+                                   f"validation batch of {bt} tokens: validations at that shape measure the "
+                                   f"scored val tokens, which the script then sees before the end")
+        s = self.data.val_stream(split, bt, sl, self.st.rank, self.world_size, layout)
+        flat = layout == "flat"
+
+        def own(b: int, i: int) -> int:
+            return s.pieces_of(b)[i]
+
+        steps = evaluation.measuring(len(s), s.k, sl, flat, own, s.val_piece,
+                                     lambda pieces: self._make_batch(pieces, layout), self.track.vocab_size,
+                                     s.num_pieces, unigram=self.data.unigram())
+        self.val = Validation(msg["step"], split, bt, sl, layout, steps,
+                              extras={"split_tokens": s.val_tokens, "share": s.tokens_per_rank})
+        if phase == "timed":
+            self.last_val = (bt, sl, layout)
+        return {"ok": True, "batches": len(s) + 1, "split": split}
+
+    def _val_next(self, msg: dict, t: float) -> dict | None:
+        v = self.val
+        if v is None:
+            raise SpeedrunError("no validation in progress")
+        if v.handed == 0:
+            self.referee._on_val_begin(self.st, {"step": v.step}, t)  # the pause begins with the first batch
+        error = msg["error"]
+        batch = None
+        try:
+            if error is not None:
+                raise _RankFailed(error)
+            logits = None
+            if v.handed:
+                if msg["logits"] is None:
+                    raise SpeedrunError("no logits for the validation batch handed out")
+                logits = self._logits(msg["logits"])
+            batch = v.steps.send(logits)
+        except StopIteration as done:
+            return self._val_done(v, done.value, None, t)
+        except (SpeedrunError, _RankFailed, RuntimeError, ValueError) as exc:
+            v.steps.close()
+            text = str(exc) if isinstance(exc, _RankFailed) else f"{type(exc).__name__}: {exc}"
+            return self._val_done(v, None, text[:1000], t)
+        v.batch, v.handed = batch, v.handed + 1
+        return self._hand_inputs(batch)
+
+    def _val_done(self, v: Validation, m, error: str | None, t: float) -> dict | None:
+        self.val = None
+        report = {"step": v.step, "loss_sum": m.loss_sum if m else None, "tokens": m.tokens if m else 0,
+                  "batch_tokens": v.batch_tokens, "seq_len": v.seq_len, "layout": v.layout,
+                  "probe": m.probe if m else {}, "error": error, "split": v.split, **v.extras}
+        if error is None:
+            self.referee.await_validation(self.st)
+        self.referee._on_val_end(self.st, report, t)
+        if v.split == "scored":
+            self.score_pending = False
+        if error is not None:
+            return {"done": True, "error": error}
+        return None  # answered with the loss once every rank's validation is complete
+
+    def _val_buffer(self, msg: dict, t: float) -> dict:
+        from speedrun.referee.shared import SharedBuffer
+
+        nbytes = msg["nbytes"]
+        if not 0 < nbytes <= 1 << 40:
+            raise SpeedrunError(f"a logits buffer of {nbytes} bytes")
+        for buf in list(self.logits.values()):
+            buf.close()
+        buf = SharedBuffer.create(nbytes, self.referee.shared_place)
+        self.logits = {buf.path: buf}
+        return {"buf": buf.path}
+
+    def _finish(self, msg: dict, t: float) -> dict:
+        phase = self.st.phase
+        self.referee._on_finish(self.st, msg, t)
+        if phase != "timed":
+            raise SpeedrunError("finish() before start()" if phase in ("init", "ready", "warmup")
+                                else "finish() called twice")
+        self.score_pending = bool(self.data.monitor) and self.last_val is not None and \
+            self.data.monitor >= self.last_val[0]
+        if self.score_pending:
+            bt, sl, layout = self.last_val
+            return {"score": True, "batch_tokens": bt, "seq_len": sl, "layout": layout}
+        return {"score": False}
+
+    # --- tensors across the boundary ------------------------------------------------------------------------
+    def _make_batch(self, pieces, layout: str):
+        from speedrun.data import streams
+        from speedrun.referee import evaluation
+
+        return evaluation.Batch(*streams.make_batch(pieces, layout, "cpu", bos_token=self.track.bos_token))
+
+    def _hand_inputs(self, batch) -> dict:
+        """Write a batch's inputs (never its targets) into the rank's input buffer."""
+        from speedrun.referee.shared import SharedBuffer
+
+        inputs, cu = batch.inputs, batch.cu_seqlens
+        n_cu = 0 if cu is None else cu.numel()
+        need = inputs.numel() * 8 + n_cu * 4
+        if self.inputs is None or need > self.inputs.size:
+            if self.inputs is not None:
+                self.inputs.close()
+            self.inputs = SharedBuffer.create(need, self.referee.shared_place)
+        self.inputs.tensor(_int64(), tuple(inputs.shape)).copy_(inputs)
+        if cu is not None:
+            self.inputs.tensor(_int32(), (n_cu,), inputs.numel() * 8).copy_(cu)
+        return {"buf": self.inputs.path, "offset": 0, "shape": list(inputs.shape), "cu": n_cu if cu is not None
+                else None}
+
+    def _logits(self, meta: dict):
+        """The logits a rank handed back: a view of one of this agent's own buffers, or a CUDA IPC handle."""
+        if not isinstance(meta, dict):
+            raise SpeedrunError("logits: not a description of a tensor")
+        if "ipc" in meta:
+            from speedrun.referee import shared
+
+            return shared.from_ipc_handle(str(meta["ipc"]))
+        import torch
+
+        buf = self.logits.get(meta.get("buf"))
+        if buf is None:
+            raise SpeedrunError("logits: in a buffer the referee did not hand out")
+        dtype = meta.get("dtype")
+        if dtype not in LOGIT_DTYPES:
+            raise SpeedrunError(f"logits_fn must return floating-point logits, got {dtype}")
+        shape = meta.get("shape")
+        if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+            raise SpeedrunError(f"logits: bad shape {shape!r}")
+        return buf.tensor(getattr(torch, dtype.split(".")[1]), shape)
+
+
+class _RankFailed(Exception):
+    """The rank's logits_fn raised: its message, as the rank reported it."""
+
+
+def _int64():
+    import torch
+
+    return torch.int64
+
+
+def _int32():
+    import torch
+
+    return torch.int32
+
+
+def finite(x) -> bool:
+    return x is not None and math.isfinite(x)
