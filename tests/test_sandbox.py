@@ -63,9 +63,9 @@ def test_hidden_paths_never_cover_the_environment_or_the_harness(tmp_path, monke
 
 def test_without_bwrap_the_run_says_so(tmp_path, monkeypatch):
     monkeypatch.setattr(shutil, "which", lambda name: None)
-    box, why = sandbox.prepare(tmp_path, Path(__file__), [])
+    box, why = sandbox.prepare(tmp_path, Path(__file__))
     assert box is None and "not installed" in why
-    box, why = sandbox.prepare(tmp_path, Path(__file__), [], exe="/bin/false")
+    box, why = sandbox.prepare(tmp_path, Path(__file__), exe="/bin/false")
     assert box is None and "probe failed" in why
 
 

@@ -64,8 +64,8 @@ def print_verdict(verdict: dict) -> None:
         extra += f", MFU {tp['mfu']:.1%}" if tp.get("mfu") else ""
         console.print(f"throughput: {tp['tokens_per_s']:,.0f} tokens/s{extra}", markup=False)
     if verdict.get("sandbox") and not verdict.get("sandboxed") and not verdict["self_reported"]:
-        console.print(f"sandbox: {verdict['sandbox']} (a run outside the OS sandbox can never become a record)",
-                      style="yellow", markup=False)
+        console.print(f"sandbox: {verdict['sandbox']}: this run can never be a record", style="yellow",
+                      markup=False, soft_wrap=True)
     harness = verdict.get("harness") or {}
     if harness.get("differs"):
         first = "; ".join(harness["differs"][:2]) + (f"; and {len(harness['differs']) - 2} more"
