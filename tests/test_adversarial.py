@@ -103,6 +103,11 @@ V3_EXPECT = {
 # keyword cannot be expected: nothing happened to name).
 SANDBOX_DEFEATS = {"forge_evidence", "edit_track", "edit_harness", "edit_data", "reuse_weights",
                    "v3_sigstop_launcher", "v3_rewrite_sealed", "v3_tmpdir_weights"}
+# cheats whose means the referee agents (speedrun.referee.agent) take away: the rank holds no evaluator frame,
+# no data map, no scored row before the final validation and no loader shape of its own, so what the cheat reads
+# or writes is not there; it must not both qualify and achieve its claimed effect.
+AGENT_DEFEATS = {"v3_frame_peek", "v3_stash_val_rows", "v3_batch_tokens_assign", "v3_preloaded_train",
+                 "v3_start_flag"}
 # launched with --no-sandbox too, where the referee's own detection must still refuse them: (the cheat's own log
 # line, showing it acted; what the refusal must say)
 UNSANDBOXED = {"v3_sigstop_launcher": (r"cheat: launcher \d+ was stopped", r"launcher was stopped"),
@@ -416,8 +421,8 @@ def test_cheat_is_refused(name, pristine, honest, tmp_path, monkeypatch, capsys)
             "effect": effect, "launcher_crash": verdict.get("launcher_crash"), "seconds": round(seconds, 1)})
 
     assert "launcher_crash" not in verdict, f"{name}: the launcher crashed: {verdict['launcher_crash']}"
-    if name in SANDBOX_DEFEATS and str(verdict.get("sandbox", "")).startswith("bwrap"):
-        assert not (verdict.get("qualifies") and effect_ok), f"{name} acted from inside the sandbox and QUALIFIED"
+    if (name in SANDBOX_DEFEATS and str(verdict.get("sandbox", "")).startswith("bwrap")) or name in AGENT_DEFEATS:
+        assert not (verdict.get("qualifies") and effect_ok), f"{name} achieved its effect and QUALIFIED: {effect}"
         return
     if os.environ.get("ADVERSARIAL_ASSERT_EFFECT"):
         assert effect_ok, f"{name}: the cheat did not achieve its claim: {effect}"
