@@ -485,7 +485,7 @@ class Launch:
         if self.sandbox is not None:
             from speedrun.referee.shared import Place
 
-            place = Place.make(self.sandbox.uid)
+            place = Place.make()
             rep_ref.referee.shared_place = place
         cmd = self.sandbox.wrap(self.cmd, rep_ref.server.path, place.directory if place else None) \
             if self.sandbox else self.cmd

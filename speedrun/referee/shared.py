@@ -34,18 +34,15 @@ def _shm_dir() -> str:
 
 @dataclass(frozen=True)
 class Place:
-    """Where a repetition's buffers live: a directory of their own (the sandbox binds exactly it) and the uid
-    the ranks run as inside the sandbox (each buffer is that uid's alone; None: the launcher's uid)."""
+    """Where a repetition's buffers live: a directory of their own, the launcher's alone (mode 0700), that the
+    sandbox binds in (`speedrun.referee.sandbox`) and nothing else of /dev/shm. The ranks reach it because the
+    sandbox's user namespace maps their uid to the launcher's: the files stay mode 0600."""
 
     directory: str
-    uid: int | None = None
 
     @classmethod
-    def make(cls, uid: int | None) -> "Place":
-        directory = tempfile.mkdtemp(prefix="speedrun-shm-", dir=_shm_dir())
-        if uid is not None:
-            os.chown(directory, uid, uid)
-        return cls(directory, uid)
+    def make(cls) -> "Place":
+        return cls(tempfile.mkdtemp(prefix="speedrun-shm-", dir=_shm_dir()))
 
     def remove(self) -> None:
         import shutil
@@ -71,13 +68,11 @@ class SharedBuffer:
     def create(cls, size: int, place: "Place | None" = None) -> "SharedBuffer":
         """A new buffer of at least `size` bytes, in `place` (default: /dev/shm, this uid's alone)."""
         size = max(PAGE, -(-int(size) // PAGE) * PAGE)
-        directory, uid = (place.directory, place.uid) if place is not None else (_shm_dir(), None)
+        directory = place.directory if place is not None else _shm_dir()
         path = os.path.join(directory, f"speedrun-{os.getpid()}-{secrets.token_hex(8)}")
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             os.ftruncate(fd, size)
-            if uid is not None:
-                os.fchown(fd, uid, uid)
         finally:
             os.close(fd)
         return cls(path, size, owner=True)
