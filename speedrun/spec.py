@@ -32,54 +32,12 @@ accumulation (`speedrun.data.streams`). Validation takes the same `batch_tokens`
 API 1 scripts keep running unchanged: `run.validate(loss_fn, step=..., logits_fn=...)` (the loss_fn is no
 longer called), `run.start()` without arguments (the start check then calls the model given to `warmup()`).
 
-## Threat model
+## Trust
 
-The harness and the machine are trusted; the submission script is not. Every figure the verdict rests on
-comes from code the script cannot reach, or from checks it cannot tell apart from normal work, on every rank.
-
-Tier 1 (this harness, no special privileges): `speedrun run` is the referee. It runs in its own process,
-starts each rank through `speedrun.rank.bootstrap` (which connects to the referee and installs an audit hook
-*before* the script's first line runs), and keeps one referee agent per rank on its side of a Unix socket
-(`speedrun.referee.agent`). The rank process holds no data and no verdict: it asks its agent for each train
-micro-batch and each validation batch's *inputs* (handed over in shared memory), and hands back logits; the
-agent owns:
-- the clock: start, validation and finish are requests the agent grants and stamps on the launcher's
-  monotonic clock; a validation pauses it from the agent handing out the first batch to its receiving the
-  last logits, within a budget (`[budget]` of the track: the first validations free, then at most a
-  fraction of the timed seconds; time before start() outside warm-up and warm-up itself likewise; beyond
-  a budget the time counts as timed); the evidence file is written by the launcher and rewritten from its
-  memory when the repetition ends;
-- the data and the counters: the batches it served (steps, micro-batches, tokens, per rank) in the shape
-  the loader asked for (`set()` is a request; the loader's attributes in the rank are the script's view);
-  the seeds (chosen by the launcher and checked on every rank; identical repetitions are refused), and the
-  pins (sha256 of the harness, the track file and the data files as used; any change is a problem);
-- the measurement: validation sums, token counts and probe measurements computed by the agents, with the
-  targets and the probe plan in the launcher's process only; disagreement between ranks is refused.
-- the scored val tokens: intermediate validations measure a *monitor split* (val tokens after the scored
-  ones, `[val] monitor_tokens`); the scored tokens are first handed out by the validation finish() asks
-  for, after the clock stopped; the start check uses the monitor split too. (A track whose val shard holds
-  nothing after its scored tokens, like tiny, validates on the scored tokens throughout, as v2 did.)
-The loss is cross-entropy computed by the referee's code from the model's logits; one extra batch per
-validation holds spliced copies of real val rows at a random place (from OS randomness), so a model that
-peeks ahead or changes during validation moves outputs it cannot know are compared. Warm-up sees random
-tokens; the loader refuses to serve before `start()` (outside warm-up), during a validation and after
-`finish()`; at `start()` the model's loss on a fixed val subset must not be below the no-data level (the
-unigram entropy of the val tokens); any open of a train or val file by the script is a problem; torch's
-inductor config is checked at `start()` and `finish()`.
-
-Residual risks of tier 1 (closed by tier 2's OS sandbox, and in the end by replay under a trusted harness):
-- a script that digs out the bootstrap's socket (e.g. through `gc`) can still make requests of its own; each
-  is checked against the agent's state like the harness's own (a forged result has no message to travel in);
-  the data files themselves stay readable until the sandbox stops binding them (the audit hook and the data
-  watch report reads);
-- a model trained before the clock and *loaded after* `start()` (the start check only sees the model at
-  start), or weights carried between repetitions in files outside the run directory;
-- work hidden in a background thread on data it already holds while validation pauses the clock, when it
-  does not change the model being evaluated (bounded by the validation budget);
-- a forged `.pyc` of a harness module (the pins cover sources).
-
-Under plain `torchrun script.py` (no launcher) the same referee runs inside rank 0's process: the run
-directory is complete, but it is marked unrefereed and can never qualify for a record.
+The script holds nothing the verdict rests on: its `Run` only asks. The referee agents in the launcher's
+process serve every batch, grant and stamp every phase, and compute the loss from the logits the script hands
+back; the ranks run in an OS sandbox. What that stops and what remains is stated once, in the README's
+"Threat model".
 """
 
 from __future__ import annotations

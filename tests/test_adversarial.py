@@ -102,7 +102,9 @@ V3_EXPECT = {
 # other edits leave it. Sandboxed, such a cheat must not both qualify and achieve its claimed effect (its
 # keyword cannot be expected: nothing happened to name).
 SANDBOX_DEFEATS = {"forge_evidence", "edit_track", "edit_harness", "edit_data", "reuse_weights",
-                   "v3_sigstop_launcher", "v3_rewrite_sealed", "v3_tmpdir_weights"}
+                   "v3_sigstop_launcher", "v3_rewrite_sealed", "v3_tmpdir_weights",
+                   # the data files are not in the sandbox at all (the agents serve every batch)
+                   "pretrain_from_shards", "val_before_init", "val_unaudited"}
 # cheats whose means the referee agents (speedrun.referee.agent) take away: the rank holds no evaluator frame,
 # no data map, no scored row before the final validation and no loader shape of its own, so what the cheat reads
 # or writes is not there; it must not both qualify and achieve its claimed effect.
