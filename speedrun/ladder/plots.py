@@ -29,6 +29,18 @@ def _pyplot():
     return plt
 
 
+def _legend(ax, fontsize: int) -> None:
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=fontsize)
+
+
+def _save(plt, fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def _ok(x) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)
 
@@ -60,13 +72,8 @@ def plot_loss(report: dict, out: Path) -> Path:
     ax.set_ylabel("tuned final val loss (nats/token)")
     ax.set_title(f"{report['name']}: tuned loss vs size (95% t-intervals over fresh seeds)", fontsize=9)
     ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = out / "loss_vs_size.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    _legend(ax, 8)
+    return _save(plt, fig, out / "loss_vs_size.png")
 
 
 def plot_speedup(report: dict, out: Path) -> Path:
@@ -110,13 +117,8 @@ def plot_speedup(report: dict, out: Path) -> Path:
     ax.set_ylabel("data-equivalent speed-up")
     ax.set_title(f"{report['name']}: speed-up vs size (95% bootstrap over seeds)", fontsize=9)
     ax.grid(alpha=0.3, which="both")
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = out / "speedup_vs_size.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    _legend(ax, 7)
+    return _save(plt, fig, out / "speedup_vs_size.png")
 
 
 def plot_sensitivity(report: dict, out: Path) -> Path:
@@ -150,13 +152,8 @@ def plot_sensitivity(report: dict, out: Path) -> Path:
         ax.set_ylabel("final val loss (tuning seeds)")
         ax.set_title(f"{method}, budget {budget:g}", fontsize=9)
         ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = out / "lr_sensitivity.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+        _legend(ax, 7)
+    return _save(plt, fig, out / "lr_sensitivity.png")
 
 
 def plot_all(report: dict, out: str | Path) -> list[Path]:

@@ -52,7 +52,9 @@ def propose(spec: LadderSpec, cell: Cell, done: Callable[[P.Point], P.PointResul
     """The points `cell` still needs, given what is done; fills `cell.tuned`, `best`, `confirmed` as it goes."""
     method: Method = spec.methods[cell.method]
 
-    def want(settings: list[dict[str, Any]], seeds) -> list[P.Point]:
+    def want(settings: list[dict[str, Any]], seeds, into: dict | None = None) -> list[P.Point]:
+        """The points of `settings` x `seeds` not done yet; the done ones' results go `into` (default: tuned)."""
+        into = cell.tuned if into is None else into
         missing = []
         for hp in settings:
             for seed in seeds:
@@ -61,7 +63,7 @@ def propose(spec: LadderSpec, cell: Cell, done: Callable[[P.Point], P.PointResul
                 if result is None:
                     missing.append(point)
                 else:
-                    cell.tuned[point] = result
+                    into[point] = result
         return missing
 
     if spec.search == "grid" or not method.search:
@@ -86,15 +88,7 @@ def propose(spec: LadderSpec, cell: Cell, done: Callable[[P.Point], P.PointResul
     cell.best = dict(best) if best is not None else None
     if cell.best is None:
         return []
-    missing = []
-    for seed in spec.confirm_seeds:
-        point = P.make_point(cell.method, cell.size, cell.budget, cell.best, seed)
-        result = done(point)
-        if result is None:
-            missing.append(point)
-        else:
-            cell.confirmed[point] = result
-    return missing
+    return want([cell.best], spec.confirm_seeds, cell.confirmed)
 
 
 @dataclass
