@@ -79,3 +79,20 @@ def test_an_unsandboxed_run_is_recorded_and_can_never_be_a_record(env, tmp_path)
     verdict = {"sandboxed": False, "sandbox": "none (--no-sandbox was given)"}
     with pytest.raises(SpeedrunError, match="sandbox"):
         compare.refuse_unsandboxed(tmp_path / "run", verdict)
+
+
+def test_an_environment_under_tmp_is_bound_back_read_only(tmp_path, monkeypatch):
+    """A venv or a clone under /tmp (as CI makes them) stays importable under the sandbox's fresh /tmp."""
+    venv = Path("/tmp") / f"sandbox-venv-test-{os.getpid()}"
+    (venv / "bin").mkdir(parents=True, exist_ok=True)
+    try:
+        monkeypatch.setattr(sandbox.sys, "prefix", str(venv))
+        monkeypatch.setenv("PYTHONPATH", str(venv / "bin"))
+        found = sandbox.environment_paths()
+        assert Path(os.path.realpath(venv)) in found and all(not str(p).startswith(str(venv) + "/") for p in found)
+        box = sandbox.Sandbox("bwrap", "0", environment=found)
+        args = box.mounts()
+        i = args.index("/tmp")  # the fresh /tmp first, the environment bound back over it
+        assert ("--ro-bind", str(found[0]), str(found[0])) in list(zip(args[i:], args[i + 1:], args[i + 2:]))
+    finally:
+        shutil.rmtree(venv, ignore_errors=True)

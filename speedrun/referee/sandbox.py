@@ -69,6 +69,7 @@ class Sandbox:
     version: str
     hide: list[Path] = field(default_factory=list)     # tmpfs over each (parents before children)
     files: list[tuple[Path, Path]] = field(default_factory=list)   # read-only binds: (source, destination)
+    environment: list[Path] = field(default_factory=list)  # the Python environment and harness under /tmp
     uid: int | None = NOBODY                           # None: the caller's uid inside the user namespace
     devices: list[str] = field(default_factory=list)   # /dev/nvidia* bound into /dev
 
@@ -87,6 +88,8 @@ class Sandbox:
         args += ["--tmpfs", "/tmp"]
         for hidden in self.hide:
             args += ["--tmpfs", str(hidden)]
+        for needed in self.environment:  # a venv or a clone under /tmp: read-only, back over the fresh /tmp
+            args += ["--ro-bind", str(needed), str(needed)]
         for source, dest in self.files:
             args += ["--ro-bind", str(source), str(dest)]
         if socket is not None:  # the file alone: the ranks connect to it, and can put nothing beside it
@@ -145,6 +148,23 @@ def hidden_paths(run_dir: Path, extra: list[Path] = ()) -> list[Path]:
     return [p for i, p in enumerate(out) if not any(_inside(p, q) for q in out[:i])]  # a tmpfs covers its children
 
 
+def environment_paths() -> list[Path]:
+    """What the ranks import from that the sandbox's fresh /tmp would cover: the Python environment (a venv made
+    under /tmp), the harness (a clone under /tmp) and PYTHONPATH's folders, where they lie under /tmp; the
+    outermost of each, read-only."""
+    from speedrun import paths
+
+    candidates = [sys.prefix, sys.base_prefix, sys.exec_prefix, paths.PACKAGE_DIR, Path(sys.executable).parent,
+                  *[p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]]
+    out: list[Path] = []
+    for c in candidates:
+        p = Path(os.path.realpath(c))
+        if _inside(p, Path("/tmp")) and p != Path("/tmp") and p.exists() and p not in out:
+            out.append(p)
+    out.sort(key=lambda p: len(p.parts))
+    return [p for i, p in enumerate(out) if not any(_inside(p, q) for q in out[:i])]
+
+
 def gpu_devices() -> list[str]:
     return sorted(glob.glob("/dev/nvidia*"))
 
@@ -185,4 +205,4 @@ def prepare(run_dir: Path, script_copy: Path, hide: list[Path] = (),
         if why_root is not None:
             return None, why_root
     return Sandbox(exe, _version(exe), hide=hidden_paths(run_dir, list(hide)), files=files, uid=uid,
-                   devices=gpu_devices()), None
+                   devices=gpu_devices(), environment=environment_paths()), None
