@@ -42,17 +42,17 @@ def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("ledger")
     env = synthetic.make_track(root, rule="margin")  # one repetition qualifies: fewer launches
     env["SPEEDRUN_RECORDS_DIR"] = str(root / "records")
-    mp = pytest.MonkeyPatch()
-    for k, v in env.items():
-        mp.setenv(k, v)
-    scripts = {"slow": small_script(root, "slow", SLOW_SLEEP_S), "fast": small_script(root, "fast")}
-    runs = {}
-    for name, script in scripts.items():
-        out = root / "runs" / name
-        assert main(["run", str(script), "--track", "smoke", "--nproc", "1", "--runs", "1", "--out", str(out)]) == 0
-        runs[name] = out
-    yield {"root": root, "records": root / "records", "runs": runs, "scripts": scripts}
-    mp.undo()
+    with pytest.MonkeyPatch.context() as mp:  # undone even when a launch below fails (no leak to later files)
+        for k, v in env.items():
+            mp.setenv(k, v)
+        scripts = {"slow": small_script(root, "slow", SLOW_SLEEP_S), "fast": small_script(root, "fast")}
+        runs = {}
+        for name, script in scripts.items():
+            out = root / "runs" / name
+            assert main(["run", str(script), "--track", "smoke", "--nproc", "1", "--runs", "1", "--out",
+                         str(out)]) == 0
+            runs[name] = out
+        yield {"root": root, "records": root / "records", "runs": runs, "scripts": scripts}
 
 
 def test_ledger_grows_only_with_faster_verified_runs(world, tmp_path):
