@@ -15,16 +15,17 @@ from contextlib import contextmanager
 from typing import Iterator
 
 
-def stdout(width: int | None = None, **options):
-    """A rich console on stdout. `width`: the columns to use when stdout is not a terminal and `$COLUMNS` does
-    not say (None: rich's own choice, 80); on a terminal its width is always the terminal's."""
+def stdout(width: int | None = None, follow_columns: bool = False, **options):
+    """A rich console on stdout. `width`: the columns to use when stdout is not a terminal (None: rich's own
+    choice, 80); on a terminal its width is always the terminal's. `follow_columns`: piped, `$COLUMNS` wins
+    over `width` (the leaderboard's one-line tables fit whatever they are given; tables of digests do not)."""
     import os
 
     from rich.console import Console
 
     if not sys.stdout.isatty():
         columns = os.environ.get("COLUMNS", "")
-        if columns.isdigit() and int(columns) > 0:
+        if follow_columns and columns.isdigit() and int(columns) > 0:
             options["width"] = int(columns)
         elif width is not None:
             options["width"] = width

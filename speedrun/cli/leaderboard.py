@@ -182,7 +182,7 @@ def _cmd_leaderboard(args) -> int:
     from speedrun.ledger import store
     from speedrun.tracks import load_track, track_names
 
-    console = consoles.stdout(width=LEADERBOARD_WIDTH)
+    console = consoles.stdout(width=LEADERBOARD_WIDTH, follow_columns=True)
     if args.history:
         from speedrun.ledger import history
 
