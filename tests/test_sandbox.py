@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -96,3 +97,25 @@ def test_an_environment_under_tmp_is_bound_back_read_only(tmp_path, monkeypatch)
         assert ("--ro-bind", str(found[0]), str(found[0])) in list(zip(args[i:], args[i + 1:], args[i + 2:]))
     finally:
         shutil.rmtree(venv, ignore_errors=True)
+
+
+def test_a_closed_folder_on_the_way_to_python_is_covered_and_the_environment_bound_back(request, monkeypatch):
+    """A pyenv interpreter under a 700 /root: nobody could not start Python there. The closed folder gets an
+    empty tmpfs (root's other files stay hidden) and the interpreter's prefix is bound back read-only."""
+    base = Path(tempfile.mkdtemp(prefix="sandbox-closed-", dir="/tmp"))  # pytest's own tmp folders are 700
+    base.chmod(0o755)
+    request.addfinalizer(lambda: shutil.rmtree(base, ignore_errors=True))
+    closed = base / "root"
+    prefix = closed / ".pyenv" / "versions" / "3.11"
+    prefix.mkdir(parents=True)
+    (closed / "secret").write_text("x")
+    closed.chmod(0o700)
+    monkeypatch.setattr(sandbox, "_environment_candidates", lambda: [prefix, base / "open"])
+    private = sandbox.private_dirs()
+    assert private == [closed]
+    found = sandbox.environment_paths(private)
+    assert found == [prefix]
+    args = sandbox.Sandbox("bwrap", "0", environment=found, private=private).mounts()
+    triples = list(zip(args, args[1:], args[2:]))
+    cover, back = triples.index(("--tmpfs", str(closed), "--ro-bind")), triples.index(("--ro-bind", str(prefix), str(prefix)))
+    assert args.index("/tmp") < cover < back

@@ -30,6 +30,7 @@ from __future__ import annotations
 import glob
 import os
 import shutil
+import stat
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -70,6 +71,7 @@ class Sandbox:
     hide: list[Path] = field(default_factory=list)     # tmpfs over each (parents before children)
     files: list[tuple[Path, Path]] = field(default_factory=list)   # read-only binds: (source, destination)
     environment: list[Path] = field(default_factory=list)  # the Python environment and harness under /tmp
+    private: list[Path] = field(default_factory=list)  # tmpfs over each: folders nobody may not enter (~root)
     uid: int | None = NOBODY                           # None: the caller's uid inside the user namespace
     devices: list[str] = field(default_factory=list)   # /dev/nvidia* bound into /dev
 
@@ -86,9 +88,11 @@ class Sandbox:
         for dev in self.devices:
             args += ["--dev-bind", dev, dev]
         args += ["--tmpfs", "/tmp"]
+        for closed in self.private:  # e.g. a 700 /root holding the interpreter: hidden, the environment bound back
+            args += ["--tmpfs", str(closed)]
         for hidden in self.hide:
             args += ["--tmpfs", str(hidden)]
-        for needed in self.environment:  # a venv or a clone under /tmp: read-only, back over the fresh /tmp
+        for needed in self.environment:  # a venv or a clone under /tmp or a private folder: read-only, back
             args += ["--ro-bind", str(needed), str(needed)]
         for source, dest in self.files:
             args += ["--ro-bind", str(source), str(dest)]
@@ -148,18 +152,43 @@ def hidden_paths(run_dir: Path, extra: list[Path] = ()) -> list[Path]:
     return [p for i, p in enumerate(out) if not any(_inside(p, q) for q in out[:i])]  # a tmpfs covers its children
 
 
-def environment_paths() -> list[Path]:
-    """What the ranks import from that the sandbox's fresh /tmp would cover: the Python environment (a venv made
-    under /tmp), the harness (a clone under /tmp) and PYTHONPATH's folders, where they lie under /tmp; the
-    outermost of each, read-only."""
+def _environment_candidates() -> list[Path]:
     from speedrun import paths
 
-    candidates = [sys.prefix, sys.base_prefix, sys.exec_prefix, paths.PACKAGE_DIR, Path(sys.executable).parent,
-                  *[p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]]
+    found = [sys.prefix, sys.base_prefix, sys.exec_prefix, paths.PACKAGE_DIR, Path(sys.executable).parent,
+             *[p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]]
+    return [Path(os.path.realpath(c)) for c in found]
+
+
+def private_dirs() -> list[Path]:
+    """The folders on the way to the Python environment or the harness that others may not enter (no o+x, as a
+    700 /root holding a pyenv interpreter): uid 65534 could not start Python behind them. The sandbox covers
+    each with an empty tmpfs (what else lies there stays hidden) and binds the environment back
+    (`environment_paths`). The outermost closed folder of each path."""
     out: list[Path] = []
-    for c in candidates:
-        p = Path(os.path.realpath(c))
-        if _inside(p, Path("/tmp")) and p != Path("/tmp") and p.exists() and p not in out:
+    for path in _environment_candidates():
+        for depth in range(2, len(path.parts) + 1):
+            folder = Path(*path.parts[:depth])
+            try:
+                closed = folder.is_dir() and not folder.stat().st_mode & stat.S_IXOTH
+            except OSError:
+                closed = False
+            if closed:
+                if folder not in out:
+                    out.append(folder)
+                break
+    out.sort(key=lambda p: len(p.parts))
+    return [p for i, p in enumerate(out) if not any(_inside(p, q) for q in out[:i])]
+
+
+def environment_paths(private: list[Path] = ()) -> list[Path]:
+    """What the ranks import from that the sandbox's fresh /tmp or a tmpfs over a `private` folder would
+    cover: the Python environment (a venv made under /tmp, a pyenv interpreter under /root), the harness (a
+    clone under /tmp) and PYTHONPATH's folders; the outermost of each, read-only."""
+    covered = [Path("/tmp"), *private]
+    out: list[Path] = []
+    for p in _environment_candidates():
+        if any(_inside(p, c) and p != c for c in covered) and p.exists() and p not in out:
             out.append(p)
     out.sort(key=lambda p: len(p.parts))
     return [p for i, p in enumerate(out) if not any(_inside(p, q) for q in out[:i])]
@@ -169,14 +198,14 @@ def gpu_devices() -> list[str]:
     return sorted(glob.glob("/dev/nvidia*"))
 
 
-def _probe(exe: str, uid: int | None, readable: list[Path]) -> str | None:
-    """None when bwrap starts a sandbox like the run's here (as `uid`, with `readable` readable), else why not."""
+def _probe(box: Sandbox, uid: int | None, readable: list[Path]) -> str | None:
+    """None when bwrap starts a sandbox like the run's here (`box`'s mounts, but for the hidden folders, as
+    `uid`, with `readable` readable), else why not."""
     test = ["sh", "-c", 'for f; do test -r "$f" || { echo "cannot read $f" >&2; exit 1; }; done', "sh",
             *map(str, readable)]
     uid_args = ["--uid", str(uid), "--gid", str(uid)] if uid is not None else []
-    binds = [arg for p in readable for arg in ("--ro-bind", str(p), str(p))]  # as the run binds them: over /tmp
-    cmd = [exe, *ISOLATION, *uid_args, "--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp",
-           *binds, "--", *test]
+    probe = Sandbox(box.exe, box.version, files=box.files, environment=box.environment, private=box.private)
+    cmd = [box.exe, *ISOLATION, *uid_args, *probe.mounts(), "--", *test]
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=PROBE_TIMEOUT_S)
     except (OSError, subprocess.SubprocessError) as exc:
@@ -194,15 +223,16 @@ def prepare(run_dir: Path, script_copy: Path, hide: list[Path] = (),
     exe = exe or shutil.which("bwrap")
     if not exe:
         return None, "bwrap (bubblewrap) is not installed"
-    files = [(Path(os.path.realpath(script_copy)), Path(script_copy))]
-    readable = [Path(sys.executable), Path(__file__)] + [src for src, _ in files]
-    # not the hidden ones: the probe's sandbox has no tmpfs over them
-    why = _probe(exe, NOBODY, readable)
-    uid: int | None = NOBODY
-    if why is not None:
-        uid = None
-        why_root = _probe(exe, None, [])
+    private = private_dirs()
+    box = Sandbox(exe, "?", files=[(Path(os.path.realpath(script_copy)), Path(script_copy))],
+                  environment=environment_paths(private), private=private)
+    readable = [Path(sys.executable), Path(__file__), Path(script_copy)]
+    if _probe(box, NOBODY, readable) is not None:
+        box.uid = None
+        why_root = _probe(box, None, [])
         if why_root is not None:
             return None, why_root
-    return Sandbox(exe, _version(exe), hide=hidden_paths(run_dir, list(hide)), files=files, uid=uid,
-                   devices=gpu_devices(), environment=environment_paths()), None
+    box.version = _version(exe)
+    box.hide = hidden_paths(run_dir, list(hide))  # not in the probe: its sandbox needs none of them
+    box.devices = gpu_devices()
+    return box, None
