@@ -3,12 +3,16 @@
 `python scripts/bench_overhead.py` launches this file as a submission with `speedrun run` (the referee in its
 own process, as for any run) and prints what the submission measured:
 
-1. Timed step time of a tiny-track-sized GPT fed by the referee's train loader (each micro-batch reported to
-   the launcher over the channel) against the same loop fed by a bare canonical stream (the same tokens, no
-   referee). Steps alternate A B B A A B ... so drifting load hits both sides alike; the ratio of the sides'
-   mean step times is printed (target <= 1.01).
-2. One refereed validation (cross-entropy computed by the referee from logits, plus its probe batch) against
-   a plain validation pass over the same val tokens with `F.cross_entropy` on the same logits.
+1. Timed step time of a tiny-track-sized GPT fed by the referee's train loader (batches served by the
+   referee agent outside the sandbox through shared memory, each one counted) against the same loop fed by
+   batches of the same shape already in the process's memory (no referee). Steps alternate A B B A A B ... so
+   drifting load hits both sides alike; the ratio of the sides' mean step times is printed (target <= 1.01).
+   Inside the sandbox the script sees no data file, so the bare side's tokens are random ones of the track's
+   vocabulary: the arithmetic is the same, the token values are not.
+2. One refereed validation (logits handed to the referee, which computes the cross-entropy and its probes)
+   against a plain validation pass over as many tokens with `F.cross_entropy` on the same model.
+3. Start-up: seconds from the launch to the rank's `init()` and to `start()` (the launcher's own clock), and
+   the launch's whole wallclock.
 
     python scripts/bench_overhead.py [--track tiny] [--steps 120] [--batch-tokens 4096] [--seq-len 128]
 """
@@ -16,6 +20,7 @@ own process, as for any run) and prints what the submission measured:
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -31,10 +36,11 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--batch-tokens", type=int, default=4096)
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--device", default="", help="cpu to force the CPU on a GPU machine")
+    parser.add_argument("--no-sandbox", action="store_true", help="run the ranks without bubblewrap")
     return parser.parse_args()
 
 
-def drive(args: argparse.Namespace) -> None:
+def drive(args: argparse.Namespace) -> int:
     """Launch this file under the referee and print its measurements."""
     from speedrun.cli import console
     from speedrun.referee import launcher
@@ -44,11 +50,26 @@ def drive(args: argparse.Namespace) -> None:
         os.environ["SPEEDRUN_DEVICE"] = args.device
     out = Path(tempfile.mkdtemp(prefix="speedrun-bench-")) / "run"
     flags = ["--steps", str(args.steps), "--batch-tokens", str(args.batch_tokens), "--seq-len", str(args.seq_len)]
+    began = time.perf_counter()
     run_dir = launcher.launch(Path(__file__), load_track(args.track), 1, 1, str(out), 0, flags, {},
-                              report=console.progress())
-    for line in (run_dir / "run-1.log").read_text().splitlines():
-        if line.startswith("bench:"):
-            print(line[len("bench:"):].strip())
+                              report=console.progress(), sandbox=not args.no_sandbox)
+    wall = time.perf_counter() - began
+    measured = [line[len("bench:"):].strip() for line in (run_dir / "run-1.log").read_text().splitlines()
+                if line.startswith("bench:")]
+    print("\n".join(measured))
+    events = {}
+    for line in (run_dir / "run-1.jsonl").read_text().splitlines():
+        event = json.loads(line)
+        events.setdefault(event.get("event"), event)
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    if "init" in events and "start" in events:
+        print(f"start-up: launch to init() {events['init']['t']:.2f} s, to start() {events['start']['t']:.2f} s; "
+              f"whole launch {wall:.2f} s; sandbox {manifest.get('sandbox')}")
+    if len(measured) < 5:
+        print(f"bench_overhead: the submission did not finish its measurements; see {run_dir / 'run-1.log'}",
+              file=sys.stderr)
+        return 1
+    return 0
 
 
 def submission(args: argparse.Namespace) -> None:
@@ -57,7 +78,6 @@ def submission(args: argparse.Namespace) -> None:
     import torch.nn.functional as F
 
     import speedrun
-    from speedrun.data import streams
 
     class TinyGPT(nn.Module):
         """The tiny baseline's shape (dim 128, 4 layers, 4 heads) from torch's own encoder layer."""
@@ -81,11 +101,15 @@ def submission(args: argparse.Namespace) -> None:
     model = TinyGPT(run.track.vocab_size, args.seq_len).to(run.device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     refereed = run.train_loader(args.batch_tokens, args.seq_len)
-    stream = run._session.train_stream()  # the same canonical tokens, outside the referee's loader
+    rows = args.batch_tokens // args.seq_len
+    generator = torch.Generator().manual_seed(0)
+    pool = [torch.randint(run.track.vocab_size, (rows, args.seq_len + 1), generator=generator) for _ in range(8)]
+    served = [0]
 
-    def bare():
-        step = stream.next_step(args.batch_tokens, args.seq_len)
-        return streams.serve(step, 0, 1, 1, 0, "rows", run.device)
+    def bare():  # a batch of the same shape from the process's memory, moved to the device as the loader does
+        piece = pool[served[0] % len(pool)]
+        served[0] += 1
+        return piece[:, :-1].to(run.device), piece[:, 1:].to(run.device)
 
     def step(get) -> float:
         began = time.perf_counter()
@@ -118,13 +142,17 @@ def submission(args: argparse.Namespace) -> None:
     print(f"bench: ratio referee / bare     : {a / b:.4f}   (target <= 1.01)", flush=True)
 
     model.eval()
-    val = streams.ValStream(run._session.val_files, run.track.val_tokens, args.batch_tokens, args.seq_len,
-                         device=run.device)
+    tokens = torch.randint(run.track.vocab_size, (run.track.val_tokens + 1,), generator=generator)
+    pieces = tokens[:run.track.val_tokens // args.seq_len * args.seq_len + 1]
+    val = [(pieces[i:i + args.batch_tokens].view(-1, args.seq_len),
+            pieces[i + 1:i + 1 + args.batch_tokens].view(-1, args.seq_len))
+           for i in range(0, len(pieces) - 1, args.batch_tokens)]
 
     @torch.no_grad()
     def plain_validation() -> float:
         total = 0.0
         for inputs, targets in val:
+            inputs, targets = inputs.to(run.device), targets.to(run.device)
             total += F.cross_entropy(model(inputs).flatten(0, 1).float(), targets.flatten(),
                                      reduction="sum").item()
         return total / run.track.val_tokens

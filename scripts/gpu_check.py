@@ -639,6 +639,8 @@ OVERHEAD_LINES = {
     "val_plain_s": r"plain validation\s*:\s*([\d.]+) s",
     "val_referee_s": r"referee validation\s*:\s*([\d.]+) s",
     "val_ratio": r"referee validation.*ratio ([\d.]+)",
+    "startup_init_s": r"launch to init\(\) ([\d.]+) s",
+    "startup_start_s": r"to start\(\) ([\d.]+) s",
 }
 
 
