@@ -104,12 +104,18 @@ V3_EXPECT = {
 SANDBOX_DEFEATS = {"forge_evidence", "edit_track", "edit_harness", "edit_data", "reuse_weights",
                    "v3_sigstop_launcher", "v3_rewrite_sealed", "v3_tmpdir_weights",
                    # the data files are not in the sandbox at all (the agents serve every batch)
-                   "pretrain_from_shards", "val_before_init", "val_unaudited"}
+                   "pretrain_from_shards", "val_before_init", "val_unaudited", "v3_val_memmap"}
 # cheats whose means the referee agents (speedrun.referee.agent) take away: the rank holds no evaluator frame,
 # no data map, no scored row before the final validation and no loader shape of its own, so what the cheat reads
 # or writes is not there; it must not both qualify and achieve its claimed effect.
 AGENT_DEFEATS = {"v3_frame_peek", "v3_stash_val_rows", "v3_batch_tokens_assign", "v3_preloaded_train",
-                 "v3_start_flag"}
+                 "v3_start_flag",
+                 # the logits reach the agent's process as bytes in shared memory: a subclass's code never runs there
+                 "v3_tensor_subclass"}
+# cheats whose gain the time budgets take away (the track's [budget]: validation seconds off the clock beyond
+# `val_fraction` of the timed seconds count as timed): the work hidden in validations is charged back, so the
+# cheat must not both qualify and come out faster than the honest run.
+BUDGET_DEFEATS = {"v3_thread_during_val"}
 # launched with --no-sandbox too, where the referee's own detection must still refuse them: (the cheat's own log
 # line, showing it acted; what the refusal must say)
 UNSANDBOXED = {"v3_sigstop_launcher": (r"cheat: launcher \d+ was stopped", r"launcher was stopped"),
@@ -423,7 +429,8 @@ def test_cheat_is_refused(name, pristine, honest, tmp_path, monkeypatch, capsys)
             "effect": effect, "launcher_crash": verdict.get("launcher_crash"), "seconds": round(seconds, 1)})
 
     assert "launcher_crash" not in verdict, f"{name}: the launcher crashed: {verdict['launcher_crash']}"
-    if (name in SANDBOX_DEFEATS and str(verdict.get("sandbox", "")).startswith("bwrap")) or name in AGENT_DEFEATS:
+    if (name in SANDBOX_DEFEATS and str(verdict.get("sandbox", "")).startswith("bwrap")) or \
+            name in AGENT_DEFEATS | BUDGET_DEFEATS:
         assert not (verdict.get("qualifies") and effect_ok), f"{name} achieved its effect and QUALIFIED: {effect}"
         return
     if os.environ.get("ADVERSARIAL_ASSERT_EFFECT"):

@@ -62,4 +62,4 @@ PATCHES = [
     ("result = run.finish()\n", "result = run.finish()\n" + REPORT),
     ("    train_step(step)\nresult = run.finish()", "    hidden_step(step)\nresult = run.finish()"),
 ]
-EFFECT = [("loss_below", 1.01), ("log", r"cheat: the forward and backward passes of [1-9]\d* of")]
+EFFECT = [("loss_below", 1.01), ("timed_below", 0.99), ("log", r"cheat: the forward and backward passes of [1-9]\d* of")]

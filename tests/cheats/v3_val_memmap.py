@@ -1,4 +1,4 @@
-"""Bending the referee's data access: `speedrun.shards.read_shard` hands the script the bootstrap's val map.
+"""Bending the referee's data access: `speedrun.data.shards.read_shard` hands the script the bootstrap's val map.
 
 `read_shard` serves a preloaded path from the memory map the bootstrap made before the script ran, without
 opening the file: no audit event, nothing for the launcher's inotify watch. The script reads every val shard
@@ -11,7 +11,7 @@ from _common import INIT, ORACLE, ROUTE, SHARDS, logits_fn
 READ = '''
 import numpy as np
 
-from speedrun import shards as _shards
+from speedrun.data import shards as _shards
 
 oracle = ValOracle(np.concatenate([np.asarray(_shards.read_shard(p), dtype=np.int64)  # cheat: the bootstrap's maps
                                    for p in find_shards("val")])[:run.track.val_tokens + 1])
