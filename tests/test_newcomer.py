@@ -1,5 +1,7 @@
 """Issue 18, "A newcomer's second hour": bad data found before launch, a regenerated corpus said out loud,
-and the small fixes that came with it."""
+verdicts that explain themselves (the root cause first, with its script line and its log; what it caused
+folded under it; nothing said twice), Ctrl-C that still leaves a verdict, a plain torchrun run that says where
+its evidence went, a logits_fn checked at start() by the layout's call, and the small fixes that came with it."""
 
 from __future__ import annotations
 
@@ -422,3 +424,118 @@ def test_compare_default_nproc(tmp_path):
     assert default_nproc(track, incumbent / "train.py", records)[0] == 4
     gpt2 = tracks.load_track("gpt2-small")
     assert default_nproc(gpt2, script, records)[0] == 8
+
+
+# --- 5. verdicts that explain themselves, interrupted runs, plain torchrun, the logits_fn's check -------------
+# each launch is one repetition of a two-layer model on the synthetic smoke track (tests/synthetic.py)
+
+MINI = """\
+import sys
+import time
+import torch
+import torch.nn.functional as F
+import speedrun
+
+run = speedrun.init()
+torch.manual_seed(run.seed)
+model = torch.nn.Sequential(torch.nn.Embedding(run.track.vocab_size, 16),
+                            torch.nn.Linear(16, run.track.vocab_size)).to(run.device)
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+train = run.train_loader(batch_tokens=2048, seq_len=128, layout=LAYOUT)
+
+
+def logits_fn(inputs, *cu_seqlens):
+    return model(inputs)
+
+
+BEFORE_START
+run.start(logits_fn)
+for step in range(STEPS):
+    inputs, targets = next(train)[:2]
+    loss = F.cross_entropy(model(inputs).view(-1, run.track.vocab_size), targets.view(-1))
+    loss.backward()
+    opt.step()
+    opt.zero_grad()
+    run.log(train_loss=loss.detach())
+    IN_LOOP
+VALIDATE
+run.finish()
+"""
+
+
+def mini_script(tmp_path: Path, name: str, layout: str = "rows", steps: int = 4, before_start: str = "pass",
+                in_loop: str = "pass", validate: str = "run.validate(logits_fn, step=STEPS)") -> Path:
+    path = tmp_path / f"{name}.py"
+    text = MINI.replace("VALIDATE", validate).replace("BEFORE_START", before_start).replace("IN_LOOP", in_loop)
+    path.write_text(text.replace("LAYOUT", repr(layout)).replace("STEPS", str(steps)))
+    return path
+
+
+@pytest.fixture(scope="module")
+def smoke_env(tmp_path_factory):
+    import synthetic
+
+    return synthetic.make_track(tmp_path_factory.mktemp("smoke"))
+
+
+@pytest.fixture
+def smoke(smoke_env, monkeypatch):
+    for k, v in smoke_env.items():
+        monkeypatch.setenv(k, v)
+    return smoke_env
+
+
+def speedrun_run(script: Path, out: Path, *extra: str) -> int:
+    from speedrun.cli import main
+
+    return main(["run", str(script), "--track", "smoke", "--nproc", "1", "--runs", "1", "--out", str(out), *extra])
+
+
+def verdict_of(out: Path) -> dict:
+    import json
+
+    return json.loads((out / "verdict.json").read_text())
+
+
+def test_the_flat_layouts_logits_fn_is_taken_positionally(smoke, tmp_path):
+    out = tmp_path / "run"
+    script = mini_script(tmp_path, "flat", layout="flat").read_text()
+    script = script.replace("def logits_fn(inputs, *cu_seqlens):", "def logits_fn(inputs, cu_seqlens):")
+    (tmp_path / "flat.py").write_text(script)
+    speedrun_run(tmp_path / "flat.py", out, "--no-verify")
+    import json
+
+    (rep,) = json.loads((out / "manifest.json").read_text())["repetitions"]
+    assert rep["status"] == "ok", (out / "run-1.log").read_text()[-2000:]
+
+
+def test_a_logits_fn_the_layout_cannot_call_is_refused_at_start():
+    """Checked by the call each layout makes, at start(): before the timed work, not at its end."""
+    from types import SimpleNamespace
+
+    from speedrun.rank.run import Run
+
+    def loss_fn(inputs, targets):
+        pass
+
+    def rows_logits(inputs):
+        pass
+
+    def fresh(layout: str) -> Run:
+        run = Run.__new__(Run)  # the checks come before anything is asked of a referee
+        run._phase, run._model = "init", None
+        run._loader = SimpleNamespace(layout=layout, seq_len=128, batch_tokens=1024, accum_steps=1)
+        return run
+
+    with pytest.raises(SpeedrunError) as exc:
+        fresh("rows").start(loss_fn)
+    message = str(exc.value)
+    assert message.startswith("start(): loss_fn(inputs, targets) cannot be called as logits_fn(inputs) (the rows "
+                              "layout's call): hand it logits_fn(inputs)") and "\n" not in message
+    with pytest.raises(SpeedrunError, match=r"start\(\): rows_logits\(inputs\) cannot be called as "
+                                            r"logits_fn\(inputs, cu_seqlens\) \(the flat layout's call\)"):
+        fresh("flat").start(rows_logits)
+    timed = fresh("rows")
+    timed._phase = "timed"
+    with pytest.raises(SpeedrunError, match=r"validate\(\): loss_fn\(inputs, targets\) cannot be called"):
+        timed.validate(loss_fn, step=3)  # API 1 without its logits_fn= (refused, as before)
