@@ -497,6 +497,24 @@ def verdict_of(out: Path) -> dict:
     return json.loads((out / "verdict.json").read_text())
 
 
+def test_plain_torchrun_says_once_where_its_evidence_goes(smoke, tmp_path):
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    script = mini_script(tmp_path, "plain")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
+           "--track", "smoke"]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300,
+                          env={**os.environ, **smoke, "PYTHONPATH": str(root)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    said = [line for line in done.stderr.splitlines() if "unrefereed" in line]
+    (run_dir,) = (Path(smoke["SPEEDRUN_RUNS_DIR"]) / "smoke").glob("*_plain_torchrun")
+    assert said == [f"speedrun: unrefereed run (started without `speedrun run`, so it can never qualify for a "
+                    f"record); its evidence goes to {run_dir}"], done.stderr[-3000:]
+    assert (run_dir / "manifest.json").is_file()
+
+
 def test_the_flat_layouts_logits_fn_is_taken_positionally(smoke, tmp_path):
     out = tmp_path / "run"
     script = mini_script(tmp_path, "flat", layout="flat").read_text()

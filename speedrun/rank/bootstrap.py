@@ -14,7 +14,10 @@ submission's first line runs, the bootstrap
    `runpy` as `__main__` and reports its exit.
 `Session` is the rank's side of the referee that `speedrun.spec.Run` talks to: a client that asks the agent
 for batches, phases and measurements and holds nothing that decides them. Without a launcher,
-`unrefereed_session()` builds one whose referee runs inside rank 0's own process (marked unrefereed).
+`unrefereed_session()` builds one whose referee runs inside rank 0's own process (marked unrefereed); rank 0
+then writes one line to stderr saying so and naming the run directory, since no `speedrun` command is there to
+tell the user where the evidence went. (Like the usage lines below, these are the rank side's only words:
+everything else a rank has to say goes to the referee.)
 """
 
 from __future__ import annotations
@@ -422,7 +425,11 @@ def unrefereed_session(track_name: str, seed: int, script: Path, data_dir: str |
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
     path = [None]
     if rank == 0:
-        path[0] = launcher.Standalone.start(track_name, seed, script, data_dir, world_size).socket_path
+        referee = launcher.Standalone.start(track_name, seed, script, data_dir, world_size)
+        path[0] = referee.socket_path
+        # the one line a plain run says for itself (no `speedrun` command is there to say it): where its evidence goes
+        print(f"speedrun: unrefereed run (started without `speedrun run`, so it can never qualify for a record); "
+              f"its evidence goes to {referee.run_dir}", file=sys.stderr, flush=True)
     if world_size > 1:
         dist.broadcast_object_list(path, src=0)
     client = channel.Client(path[0])
