@@ -20,7 +20,8 @@ the clock, the seeds and the measurement of validation loss:
 
 `logits_fn(inputs)` returns logits `[B, T, V]` (V >= the track's vocabulary; any float dtype) for the rows
 layout, `logits_fn(inputs, cu_seqlens)` returns `[n, V]` for the flat layout. The referee computes the
-cross-entropy itself, in chunks, over all V columns.
+cross-entropy itself, in chunks, over all V columns. `start(logits_fn)` refuses, before the clock starts, a
+function that the layout's call cannot reach (its signature does not take those arguments).
 
 Loader options: `accum_steps` (micro-batches per step: 1 GPU with 8 gives the same steps as 8 GPUs),
 `layout="flat"` (a flat batch of documents aligned to BOS with `cu_seqlens`, for variable-length attention),

@@ -1,5 +1,7 @@
 """Issue 18, "A newcomer's second hour": bad data found before launch, a regenerated corpus said out loud,
-and the small fixes that came with it."""
+verdicts that explain themselves (the root cause first, with its script line and its log; what it caused
+folded under it; nothing said twice), Ctrl-C that still leaves a verdict, a plain torchrun run that says where
+its evidence went, a logits_fn checked at start() by the layout's call, and the small fixes that came with it."""
 
 from __future__ import annotations
 
@@ -422,3 +424,311 @@ def test_compare_default_nproc(tmp_path):
     assert default_nproc(track, incumbent / "train.py", records)[0] == 4
     gpt2 = tracks.load_track("gpt2-small")
     assert default_nproc(gpt2, script, records)[0] == 8
+
+
+# --- 5. verdicts that explain themselves, interrupted runs, plain torchrun, the logits_fn's check -------------
+# each launch is one repetition of a two-layer model on the synthetic smoke track (tests/synthetic.py)
+
+MINI = """\
+import sys
+import time
+import torch
+import torch.nn.functional as F
+import speedrun
+
+run = speedrun.init()
+torch.manual_seed(run.seed)
+model = torch.nn.Sequential(torch.nn.Embedding(run.track.vocab_size, 16),
+                            torch.nn.Linear(16, run.track.vocab_size)).to(run.device)
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+train = run.train_loader(batch_tokens=2048, seq_len=128, layout=LAYOUT)
+
+
+def logits_fn(inputs, *cu_seqlens):
+    return model(inputs)
+
+
+BEFORE_START
+run.start(logits_fn)
+for step in range(STEPS):
+    inputs, targets = next(train)[:2]
+    loss = F.cross_entropy(model(inputs).view(-1, run.track.vocab_size), targets.view(-1))
+    loss.backward()
+    opt.step()
+    opt.zero_grad()
+    run.log(train_loss=loss.detach())
+    IN_LOOP
+VALIDATE
+run.finish()
+"""
+
+
+def mini_script(tmp_path: Path, name: str, layout: str = "rows", steps: int = 4, before_start: str = "pass",
+                in_loop: str = "pass", validate: str = "run.validate(logits_fn, step=STEPS)") -> Path:
+    path = tmp_path / f"{name}.py"
+    text = MINI.replace("VALIDATE", validate).replace("BEFORE_START", before_start).replace("IN_LOOP", in_loop)
+    path.write_text(text.replace("LAYOUT", repr(layout)).replace("STEPS", str(steps)))
+    return path
+
+
+@pytest.fixture(scope="module")
+def smoke_env(tmp_path_factory):
+    import synthetic
+
+    return synthetic.make_track(tmp_path_factory.mktemp("smoke"))
+
+
+@pytest.fixture
+def smoke(smoke_env, monkeypatch):
+    for k, v in smoke_env.items():
+        monkeypatch.setenv(k, v)
+    return smoke_env
+
+
+def speedrun_run(script: Path, out: Path, *extra: str) -> int:
+    from speedrun.cli import main
+
+    return main(["run", str(script), "--track", "smoke", "--nproc", "1", "--runs", "1", "--out", str(out), *extra])
+
+
+def verdict_of(out: Path) -> dict:
+    import json
+
+    return json.loads((out / "verdict.json").read_text())
+
+
+def test_a_crash_leads_with_its_cause_its_line_and_its_log(smoke, tmp_path, capsys):
+    crash = "if step == 2:\n        raise RuntimeError(f'boom at step {step}')"
+    script = mini_script(tmp_path, "crashy", in_loop=crash)
+    out = tmp_path / "run"
+    assert speedrun_run(script, out) == 1
+    printed, progress = capsys.readouterr()
+    verdict = verdict_of(out)
+    (problem,) = verdict["problems"]  # the crash; "rank 0 never called finish()" is its consequence, not a problem
+    assert problem == "repetition 1 failed (exit code 1): rank 0: RuntimeError: boom at step 2"
+    line = script.read_text().splitlines().index("        raise RuntimeError(f'boom at step {step}')") + 1
+    assert verdict["problem_details"][problem] == {
+        "where": f"crashy.py:{line}: raise RuntimeError(f'boom at step {{step}}')",
+        "log": str(out / "run-1.log"), "consequences": ["rank 0 never called finish()"]}
+    assert verdict["repetitions"][0]["status"] == "failed" and verdict["status"] == "does not qualify"
+    for text in (progress, printed):  # said once as it happened, once in the verdict, each with its line and log
+        assert text.count("boom at step 2") == 1, text
+        assert f"at crashy.py:{line}: raise" in text and f"full log: {out / 'run-1.log'}" in text
+        assert "and so: rank 0 never called finish()" in text
+        assert not any("never called" in row and "and so:" not in row for row in text.splitlines()), text
+
+
+def test_a_timeout_is_said_once(smoke, tmp_path, capsys):
+    script = mini_script(tmp_path, "sleepy", before_start="time.sleep(60)")
+    out = tmp_path / "run"
+    assert speedrun_run(script, out, "--timeout", "4") == 1
+    printed, progress = capsys.readouterr()
+    (problem,) = verdict_of(out)["problems"]
+    assert problem.startswith("repetition 1 failed") and problem.endswith(": stopped after the 4 s timeout")
+    for text in (progress, printed):
+        assert text.count("stopped after the 4 s timeout") == 1, text
+
+
+def test_a_finished_repetition_with_a_problem_is_not_ok(smoke, tmp_path, capsys):
+    peek = "try:\n    next(train)\nexcept Exception:\n    pass"  # a batch before start(): refused, and a problem
+    out = tmp_path / "run"
+    assert speedrun_run(mini_script(tmp_path, "early", before_start=peek), out) == 1
+    progress = capsys.readouterr().err
+    import json
+
+    (rep,) = json.loads((out / "manifest.json").read_text())["repetitions"]
+    assert rep["exit_code"] == 0 and rep["status"] == "invalid"
+    verdict = verdict_of(out)
+    assert verdict["repetitions"][0]["status"] == "invalid" and len(verdict["problems"]) == 1
+    assert "asked for a training batch before start()" in verdict["problems"][0]
+    assert progress.count("asked for a training batch before start()") == 1, progress
+
+
+def test_an_old_manifest_of_a_finished_run_with_problems_is_judged_invalid(tmp_path):
+    """A record's copy with a problem event added (sealed again, as its launcher would have): `ok` in its
+    manifest, but the verdict's repetition is not."""
+    import json
+    import shutil
+
+    from speedrun.evidence import rundir
+    from speedrun.judge import verify
+
+    record = Path(__file__).resolve().parent.parent / "records" / "tiny" / "002_muon-baseline"
+    run = tmp_path / "run"
+    shutil.copytree(record, run)
+    (run / "record.toml").unlink()
+    events = rundir.read_events(run / "run-2.jsonl")
+    writer = rundir.EventWriter(run / "run-2.jsonl")
+    for e in events:
+        writer.write(e.pop("event"), **e)
+    writer.write("problem", message="rank 1 took a training batch during a validation")
+    writer.seal()
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest["repetitions"][1]["events_sha256"] = rundir.sha256_file(run / "run-2.jsonl")
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    verdict = verify.verify_run_dir(run, write=False)
+    assert [r["status"] for r in verdict["repetitions"]] == ["ok", "invalid", "ok"]
+    assert verdict["problems"] == ["repetition 2: rank 1 took a training batch during a validation"]
+
+
+def test_an_old_verdict_still_prints(capsys):
+    import json
+
+    from speedrun.cli.verify import print_verdict
+    from speedrun.evidence import schema
+
+    old = json.loads((Path(__file__).resolve().parent.parent / "records" / "tiny" / "002_muon-baseline" /
+                      "verdict.json").read_text())
+    assert "problem_details" not in old and "status" not in old
+    assert schema.check(old, {k: v for k, v in schema.VERDICT_FIELDS.items() if k != "harness"}, "verdict",
+                        schema.VERDICT_OPTIONAL) is None
+    print_verdict(old)
+    assert "QUALIFIES" in capsys.readouterr().out
+
+
+def test_a_planned_stop_is_no_problem(smoke, tmp_path):
+    """`replay --steps N` stops the run after N logged steps on purpose: nothing is missing then."""
+    from speedrun.evidence import rundir
+    from speedrun.referee import launcher
+    from speedrun.report import Collect
+    from speedrun.tracks import load_track
+
+    more_logs = "for more in range(15):\n        run.log(step=step, lr=0.1)"  # 64 logged after 4 steps
+    script = mini_script(tmp_path, "long", steps=200, in_loop=more_logs, validate="time.sleep(60)")
+    report = Collect()
+    job = launcher.Launch(script, load_track("smoke"), 1, 1, tmp_path / "run", 0, [], {}, stop_after_logs=64,
+                          report=report)
+    rep = job.repetition(1)
+    job.close()
+    assert rep["status"] == "stopped" and rep["error"] == "prefix replay: stopped after 64 logged steps"
+    events = rundir.read_events(job.run_dir / "run-1.jsonl")
+    assert len(events.of("log")) >= 64 and events.of("problem") == [] and events.of("warning") == []
+    lines = [text for text, _ in report.lines]
+    assert not any("problem" in text or "never called" in text for text in lines), lines
+    from speedrun.judge import verify
+
+    (problem,) = verify.verify_run_dir(job.run_dir, write=False)["problems"]  # it ran: stopped, not "not run"
+    assert problem.startswith("repetition 1 stopped") and problem.endswith(rep["error"])
+
+
+def test_ctrl_c_leaves_the_repetitions_that_ran_and_a_verdict_that_says_interrupted(smoke, tmp_path):
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = Path(__file__).resolve().parent.parent
+    script = mini_script(tmp_path, "sleepy", before_start="time.sleep(60)")
+    out = tmp_path / "run"
+    env = {**os.environ, **smoke, "PYTHONPATH": str(root)}
+    cmd = [sys.executable, "-m", "speedrun.cli", "run", str(script), "--track", "smoke", "--nproc", "1", "--runs",
+           "2", "--out", str(out)]
+    # a shell's background job ignores SIGINT, and so would a child started from it: restore Ctrl-C's default
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and '"init"' not in (
+                (out / "run-1.jsonl").read_text() if (out / "run-1.jsonl").exists() else ""):
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["interrupted"] == "SIGINT (Ctrl-C) during repetition 1 of 2"
+    (rep,) = manifest["repetitions"]
+    assert rep["status"] == "interrupted" and rep["events_sha256"] and "end_check" in manifest
+    verdict = verdict_of(out)
+    assert verdict["status"] == "interrupted" and not verdict["qualifies"]
+    first = verdict["problems"][0]
+    assert first == "the run was interrupted: SIGINT (Ctrl-C) during repetition 1 of 2; 1 repetition(s) not run"
+    assert verdict["problem_details"][first]["consequences"] == ["repetition 1: rank 0 never called start()"]
+    assert "INTERRUPTED" in output and "speedrun: interrupted" in output
+    again = subprocess.run([sys.executable, "-m", "speedrun.cli", "verify", str(out)], env=env, capture_output=True,
+                           text=True, timeout=120)
+    assert again.returncode == 1 and "INTERRUPTED" in again.stdout and "Traceback" not in again.stderr
+
+
+def test_a_ladder_point_whose_run_was_interrupted_runs_again(tmp_path):
+    """An interrupted run now keeps its repetition (marked): a ladder must still see the point as unfinished."""
+    import json
+    from types import SimpleNamespace
+
+    from speedrun.ladder import points
+
+    point = SimpleNamespace(name="muon_d16__s1")
+    folder = points.point_dir(tmp_path, point)
+    folder.mkdir(parents=True)
+    manifest = {"repetitions": [{"k": 1, "status": "interrupted"}],
+                "interrupted": "SIGINT (Ctrl-C) during repetition 1 of 1"}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    assert not points.is_complete(tmp_path, point) and points.clear_incomplete(tmp_path, point)
+    folder.mkdir(parents=True)
+    (folder / "manifest.json").write_text(json.dumps({"repetitions": [{"k": 1, "status": "failed"}]}))
+    assert points.is_complete(tmp_path, point)
+
+
+def test_plain_torchrun_says_once_where_its_evidence_goes(smoke, tmp_path):
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    script = mini_script(tmp_path, "plain")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
+           "--track", "smoke"]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300,
+                          env={**os.environ, **smoke, "PYTHONPATH": str(root)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    said = [line for line in done.stderr.splitlines() if "unrefereed" in line]
+    (run_dir,) = (Path(smoke["SPEEDRUN_RUNS_DIR"]) / "smoke").glob("*_plain_torchrun")
+    assert said == [f"speedrun: unrefereed run (started without `speedrun run`, so it can never qualify for a "
+                    f"record); its evidence goes to {run_dir}"], done.stderr[-3000:]
+    assert (run_dir / "manifest.json").is_file()
+
+
+def test_the_flat_layouts_logits_fn_is_taken_positionally(smoke, tmp_path):
+    out = tmp_path / "run"
+    script = mini_script(tmp_path, "flat", layout="flat").read_text()
+    script = script.replace("def logits_fn(inputs, *cu_seqlens):", "def logits_fn(inputs, cu_seqlens):")
+    (tmp_path / "flat.py").write_text(script)
+    speedrun_run(tmp_path / "flat.py", out, "--no-verify")
+    import json
+
+    (rep,) = json.loads((out / "manifest.json").read_text())["repetitions"]
+    assert rep["status"] == "ok", (out / "run-1.log").read_text()[-2000:]
+
+
+def test_a_logits_fn_the_layout_cannot_call_is_refused_at_start():
+    """Checked by the call each layout makes, at start(): before the timed work, not at its end."""
+    from types import SimpleNamespace
+
+    from speedrun.rank.run import Run
+
+    def loss_fn(inputs, targets):
+        pass
+
+    def rows_logits(inputs):
+        pass
+
+    def fresh(layout: str) -> Run:
+        run = Run.__new__(Run)  # the checks come before anything is asked of a referee
+        run._phase, run._model = "init", None
+        run._loader = SimpleNamespace(layout=layout, seq_len=128, batch_tokens=1024, accum_steps=1)
+        return run
+
+    with pytest.raises(SpeedrunError) as exc:
+        fresh("rows").start(loss_fn)
+    message = str(exc.value)
+    assert message.startswith("start(): loss_fn(inputs, targets) cannot be called as logits_fn(inputs) (the rows "
+                              "layout's call): hand it logits_fn(inputs)") and "\n" not in message
+    with pytest.raises(SpeedrunError, match=r"start\(\): rows_logits\(inputs\) cannot be called as "
+                                            r"logits_fn\(inputs, cu_seqlens\) \(the flat layout's call\)"):
+        fresh("flat").start(rows_logits)
+    timed = fresh("rows")
+    timed._phase = "timed"
+    with pytest.raises(SpeedrunError, match=r"validate\(\): loss_fn\(inputs, targets\) cannot be called"):
+        timed.validate(loss_fn, step=3)  # API 1 without its logits_fn= (refused, as before)

@@ -1,7 +1,8 @@
 """`speedrun run SCRIPT --track T`: parse the flags, launch under the referee, show progress, then the verdict.
 
 The launching is `speedrun.referee.launcher`'s; this module gives it the reporters that draw on the terminal
-(the per-repetition lines and the spinner on stderr, wandb's notices on stdout) and prints the verdict.
+(the per-repetition lines and the spinner on stderr, wandb's notices on stdout) and prints the verdict, also
+after Ctrl-C (the repetitions that ran are kept, and the verdict says the run was interrupted).
 """
 
 from __future__ import annotations
@@ -67,9 +68,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
             "rdzv-endpoint": args.rdzv_endpoint, "rdzv-id": args.rdzv_id}
     script_args = list(getattr(args, "passthrough", []))
     runs = args.runs or track.rule.min_runs
-    run_dir = launcher.launch(args.script, track, args.nproc, runs, args.out, args.seed, script_args, rdzv,
-                              data_dir=args.data_dir, timeout=args.timeout, wandb=wandb_options(args),
-                              report=console.progress(), sandbox=args.sandbox)
+    try:
+        run_dir = launcher.launch(args.script, track, args.nproc, runs, args.out, args.seed, script_args, rdzv,
+                                  data_dir=args.data_dir, timeout=args.timeout, wandb=wandb_options(args),
+                                  report=console.progress(), sandbox=args.sandbox)
+    except launcher.Interrupted as stop:  # what ran is kept: its verdict says "interrupted"
+        if not args.no_verify:
+            print_verdict(verify.verify_run_dir(stop.run_dir))
+        raise
     failed = [r["k"] for r in rundir.read_json(run_dir / rundir.MANIFEST)["repetitions"] if r["status"] != "ok"]
     if args.no_verify:
         return 1 if failed else 0

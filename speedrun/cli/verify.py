@@ -32,6 +32,7 @@ def print_verdict(verdict: dict) -> None:
     from rich.table import Table
 
     from speedrun.cli import console as consoles
+    from speedrun.judge.verify import detail_lines
 
     console = consoles.stdout(highlight=False)
     table = Table(title=f"{verdict['run_dir']}  ({verdict['track']})")
@@ -45,8 +46,11 @@ def print_verdict(verdict: dict) -> None:
     if verdict["self_reported"]:
         console.print("SELF-REPORTED evidence (imported log): no referee clock, no probes, no seal; only the "
                       "statistics and the hardware were checked.", style="yellow", markup=False)
+    details = verdict.get("problem_details") or {}  # verdicts before harness 0.3 have none
     for p in verdict["problems"]:
         console.print("problem: " + p, style="red", markup=False)
+        for line in detail_lines(details.get(p) or {}):
+            console.print("    " + line, markup=False, soft_wrap=True)
     for w in verdict["warnings"]:
         console.print("warning: " + w, style="yellow", markup=False)
     t, m = verdict["target"], verdict["metric"]
@@ -74,6 +78,8 @@ def print_verdict(verdict: dict) -> None:
                       f"{len(harness['differs'])} harness file(s) differ ({first}). Information, not a problem: "
                       f"`speedrun replay` re-establishes a record under this harness.", markup=False)
     word = "[green]QUALIFIES[/green]" if verdict["qualifies"] else "[red]DOES NOT QUALIFY[/red]"
+    if verdict.get("status") == "interrupted":
+        word = "[red]INTERRUPTED[/red] (the repetitions that ran are kept): " + word
     suffix = " (on self-reported numbers only)" if verdict["self_reported"] else ""
     console.print(f"verdict: {word}{suffix}")
 

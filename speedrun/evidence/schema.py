@@ -54,9 +54,10 @@ MESSAGES: dict[str, dict[str, Any]] = {
     "open": {"path": str, "what": str},         # the audit hook saw a data file opened by the script
     "warn": {"message": str},
     "tamper": {"names": list},                  # referee or timing functions the script replaced
-    "exit": {"code": int, "error": OPT_STR},    # the bootstrap's last word
+    "exit": {"code": int, "error": OPT_STR, "where": OPT_STR},  # the bootstrap's last word; where: the script's
+                                                # line the error came from, "train.py:164: raise ..." (information)
 }
-OPTIONAL = {"exit": {"error"}, "params": {"at_start"}}
+OPTIONAL = {"exit": {"error", "where"}, "params": {"at_start"}}
 REQUESTS = ("loader", "next", "warmup_begin", "start_check", "start", "val_begin", "val_next", "val_buffer",
             "finish")
 
@@ -91,12 +92,16 @@ EVENTS: dict[str, dict[str, Any]] = {
                "charged_s": NUM, "val_fraction": NUM, "val_free": int},
     "log": {"step": OPT_INT, "scalars": dict},
     "warning": {"message": str},
-    "problem": {"message": str},
+    # a problem that explains others (a rank's exception, the launcher's timeout or interruption) carries them as
+    # its `consequences` (not problems of their own: "rank 0 never called finish()" after rank 1 crashed) and,
+    # for an exception, `where`: the script's line it came from
+    "problem": {"message": str, "where": OPT_STR, "consequences": list},
     "finish": {"t": NUM, "batches": int, "timed_s": NUM, "tokens": int, "ranks": list, "val_untimed_s": NUM,
                "charged_s": NUM},
     "seal": {"lines": int, "sha256": str},  # last: the count and sha256 of every byte before it; it catches
                                             # accidental edits after the run, not a forger (replay does)
 }
+EVENTS_OPTIONAL = {"problem": {"where", "consequences"}}
 
 # --- 3. files of a run directory ----------------------------------------------------------------------------------
 MANIFEST_FIELDS = {
@@ -104,8 +109,13 @@ MANIFEST_FIELDS = {
     "track": dict, "script": dict, "pins": dict, "env": dict, "hardware": str, "hardware_fingerprint": dict,
     "command": list, "nproc_per_node": int, "nnodes": int, "runs": int, "seeds": list, "repetitions": list,
 }
-# status: "ok" (exit 0 and the referee saw finish()), "failed" (non-zero exit), "unfinished" (exit 0 without
-# finish()), "stopped" (not run: an earlier repetition failed deterministically), "unknown"
+# optional: "interrupted" (str): the launcher was interrupted, e.g. "SIGINT (Ctrl-C) during repetition 2 of 3";
+# the manifest then lists the repetitions that ran, the one it interrupted marked "interrupted"
+MANIFEST_OPTIONAL = {"interrupted": str}
+# status: "ok" (exit 0, the referee saw finish() and found no problem), "invalid" (exit 0 and finished, with
+# problems), "failed" (non-zero exit, or the launcher stopped it: timeout, a rank gone), "unfinished" (exit 0
+# without finish()), "interrupted" (the launcher was interrupted while it ran), "stopped" (not run: an earlier
+# repetition failed deterministically; or a prefix replay's planned stop), "unknown"
 REPETITION_FIELDS = {"k": int, "status": str, "exit_code": OPT_INT, "wall_s": OPT_NUM, "seed": int}
 
 VERDICT_FIELDS = {
@@ -113,7 +123,14 @@ VERDICT_FIELDS = {
     "warnings": list, "target": dict, "metric": dict, "throughput": dict, "repetitions": list,
     "judged_step": OPT_INT, "script_sha256": OPT_STR, "hardware": OPT_STR, "hardware_fingerprint": (dict, type(None)),
     "harness_version": OPT_STR, "harness": dict, "verified_by": str, "verified_at": str,
+    "status": str, "problem_details": dict,
 }
+# added in harness 0.3: a verdict written earlier lacks them (readers use .get)
+VERDICT_OPTIONAL = {"status", "problem_details"}
+# verdict["status"]: "qualifies", "does not qualify", or "interrupted" (the launcher was stopped: never qualifies)
+# verdict["problem_details"]: problem (as in "problems") -> {"where": the script's line an exception came from,
+# "log": the repetition's full log, "consequences": [what followed from it, not problems of their own]}, for the
+# problems that have any of these
 # verdict["harness"]: {"run": version that judged the run, "now": this version, "differs": [one phrase per harness
 # file whose bytes differ from the run's pins]}: information, never a problem (replay settles what it changes)
 

@@ -16,6 +16,10 @@ repetition's events as the launcher wrote them, and checks that
 - the script's sha256 matches its copy; the track's source rules hold (comments do not count);
 - the final losses (or the losses at a declared judging step, `--step`) meet the target by the track's rule.
 It writes `verdict.json` (`speedrun.cli.verify` prints it), and `qualifies` is true only when all of that holds.
+A problem is said once and leads with its root cause: a failed repetition's first problem is how it ended,
+with the script's line of the exception, the path of its full log and what followed from it (the verdict's
+`problem_details`); a repetition that finished with problems is "invalid", never "ok"; and a run the launcher
+was interrupted in says so first (its verdict's `status` is "interrupted").
 
 Self-reported evidence (modded-nanogpt logs imported by `speedrun.legacy.modded`) goes through the same judge:
 `EvidenceKind` says what it cannot show (no referee clock, no probes, no seal, no pins), so only each
@@ -120,6 +124,7 @@ class RepetitionResult:
     source: str | None = None      # self-reported: the log file, the trial inside it, the hardware it names
     trial: int | None = None
     hardware: str | None = None
+    details: dict = field(default_factory=dict)  # problem -> what explains it (the verdict's problem_details)
 
     @property
     def good(self) -> bool:
@@ -142,19 +147,71 @@ def _blank(k, rep: dict, problems: list[str]) -> RepetitionResult:
                             problems=problems)
 
 
+def problem_detail(event: dict | None, log: Path | None = None) -> dict:
+    """What explains a problem (an entry of the verdict's `problem_details`, see `schema.VERDICT_FIELDS`): the
+    script's line an exception came from and the consequences its `problem` event carries, and the full log."""
+    event = event or {}
+    detail: dict = {}
+    if isinstance(event.get("where"), str):
+        detail["where"] = event["where"]
+    if log is not None and log.is_file():
+        detail["log"] = str(log)
+    consequences = event.get("consequences")
+    if isinstance(consequences, list) and consequences:
+        detail["consequences"] = [str(c) for c in consequences]
+    return detail
+
+
+def detail_lines(detail: dict, most: int = 4, width: int = 100) -> list[str]:
+    """A problem's detail as the lines shown under it (the launcher's progress and `print_verdict` alike): the
+    script's line, the full log, and the first `most` consequences, each cut to `width` characters (the
+    verdict keeps them whole)."""
+    lines = []
+    if detail.get("where"):
+        lines.append(f"at {detail['where']}")
+    if detail.get("log"):
+        lines.append(f"full log: {detail['log']}")
+    then = [str(c).splitlines()[0] if str(c).strip() else str(c) for c in detail.get("consequences") or []]
+    then = [c if len(c) <= width else c[:width - 3] + "..." for c in then]
+    if then:
+        shown = then if len(then) <= most else then[:most - 1] + [f"{len(then) - most + 1} more"]
+        lines.append("and so: " + "; ".join(shown))
+    return lines
+
+
 def check_repetition(track, events: rundir.Events, rep: dict, seed: int | None, step: int | None) -> RepetitionResult:
-    """Check one refereed repetition's events; returns its summary with a list of problems (empty = valid)."""
+    """Check one refereed repetition's events; returns its summary with a list of problems (empty = valid).
+
+    A repetition that did not end well leads with how it ended (its status and the launcher's error, which is
+    the root cause the referee recorded, if any): that cause's own event is not listed again, and what it
+    explains comes with it (`details`), with the repetition's full log."""
     k = rep.get("k")
     out = _blank(k, rep, [])
     problems = out.problems
-    if rep.get("status") != "ok":
-        error = f": {rep['error']}" if rep.get("error") else ""
-        problems.append(f"repetition {k} {rep.get('status')} (exit code {rep.get('exit_code')}){error}")
+    status, error = rep.get("status"), rep.get("error")
+    raised = events.of("problem")
+    cause = None
+    if status not in ("ok", "invalid"):  # "invalid": finished, and its problems say the rest
+        cause = next((e for e in raised if error and e.get("message") == error), None)
+        code = rep.get("exit_code")
+        head = f"repetition {k} {status}" + (f" (exit code {code})" if code is not None else "") \
+            + (f": {error}" if error else "")
+        problems.append(head)
+        detail = problem_detail(cause, rundir.log_path(events.path.parent, k) if events.path else None)
+        if detail:
+            out.details[head] = detail
     if not events.sealed:
         problems.append(f"{rundir.events_name(k)} has no seal (the launcher died before the repetition ended?)")
     elif not events.seal_ok:
         problems.append(f"{rundir.events_name(k)} was modified after the run (its seal does not match)")
-    problems += [f"repetition {k}: {e.get('message')}" for e in events.of("problem")]
+    for e in raised:
+        if e is cause:
+            continue
+        text = f"repetition {k}: {e.get('message')}"
+        problems.append(text)
+        detail = problem_detail(e) if e.get("where") or e.get("consequences") else {}
+        if detail:
+            out.details[text] = detail
     out.warnings = [e.get("message") for e in events.of("warning")]
 
     referee_saw = bool(problems)  # a failed or stopped repetition: do not list every missing phase again
@@ -436,6 +493,8 @@ class Judgement:
     events: dict = field(default_factory=dict)  # refereed: repetition number -> its events
     verified_at: str = ""
     harness: dict = field(default_factory=dict)  # the run's harness against this one: information, not a problem
+    details: dict = field(default_factory=dict)  # problem -> what explains it (verdict["problem_details"])
+    interrupted: str | None = None  # the launcher was interrupted (the manifest's "interrupted")
 
     @property
     def self_reported(self) -> bool:
@@ -448,6 +507,11 @@ class Judgement:
     @property
     def qualifies(self) -> bool:
         return not self.problems and bool(self.target.passed)
+
+    @property
+    def status(self) -> str:
+        """The verdict in a word: "interrupted", "qualifies" or "does not qualify"."""
+        return "interrupted" if self.interrupted else "qualifies" if self.qualifies else "does not qualify"
 
     @property
     def good(self) -> list[RepetitionResult]:
@@ -474,8 +538,10 @@ class Judgement:
             "track": self.track.name,
             "self_reported": self.self_reported,
             "refereed": self.refereed,
+            "status": self.status,
             "qualifies": self.qualifies,
             "problems": self.problems,
+            "problem_details": {p: self.details[p] for p in self.problems if p in self.details},
             "warnings": self.warnings,
             "target": self.target.to_dict(),
             "judged_step": self.judged_step,
@@ -540,7 +606,8 @@ def judge(run_dir: str | Path, step: int | None = None, manifest: dict | None = 
     if kind.referee:
         if not refereed:
             problems.append("unrefereed run (started without `speedrun run`): it can never qualify for a record")
-        malformed = schema.check(manifest, schema.MANIFEST_FIELDS, rundir.MANIFEST)
+        malformed = schema.check(manifest, {**schema.MANIFEST_FIELDS, **schema.MANIFEST_OPTIONAL}, rundir.MANIFEST,
+                                 set(schema.MANIFEST_OPTIONAL))
         if malformed:
             problems.append(malformed)
         else:
@@ -586,7 +653,8 @@ def judge(run_dir: str | Path, step: int | None = None, manifest: dict | None = 
                 vals_by_k[k] = vals
             continue
         path = rundir.events_path(run_dir, k)
-        if rep.get("status") == "stopped":
+        # "stopped" with events: it ran and was stopped as planned (a prefix replay), judged as it stands
+        if rep.get("status") == "stopped" and not path.exists():
             results.append(_blank(k, rep, [f"repetition {k} was not run: {rep.get('error')}"]))
             continue
         if not path.exists():
@@ -600,7 +668,10 @@ def judge(run_dir: str | Path, step: int | None = None, manifest: dict | None = 
         events_by_k[k] = events
         loader_events += events.of("loader")
         seed = rep.get("seed", seeds[k - 1] if isinstance(k, int) and 0 < k <= len(seeds) else None)
-        results.append(check_repetition(track, events, rep, seed, step))
+        result = check_repetition(track, events, rep, seed, step)
+        if result.status == "ok" and result.problems:  # finished, but it cannot count
+            result.status = "invalid"
+        results.append(result)
 
     # --- the findings, in order: the evidence's own, then each repetition's, then across repetitions ---
     if kind.referee:
@@ -609,8 +680,24 @@ def judge(run_dir: str | Path, step: int | None = None, manifest: dict | None = 
         hw_problems, hw_warnings = hardware_findings(results, manifest, track)
         problems += hw_problems
         warnings += hw_warnings
+    details: dict = {}
+    interrupted = manifest.get("interrupted") if kind.referee else None
+    if isinstance(interrupted, str):
+        # the root cause of everything that run lacks: said first; the interrupted repetition's ending folds in
+        not_run = max(0, int(manifest.get("runs") or 0) - len(reps)) if isinstance(manifest.get("runs"), int) else 0
+        first = f"the run was interrupted: {interrupted}" + (f"; {not_run} repetition(s) not run" if not_run else "")
+        problems.insert(0, first)
+        for r in results:
+            if _interrupted_head(r):
+                detail = r.details.get(r.problems[0], {})
+                details[first] = {**detail, "consequences": [f"repetition {r.k}: {c}"
+                                                             for c in detail.get("consequences", [])]}
+    else:
+        interrupted = None
     for r in results:
-        problems += r.problems
+        own = r.problems[1:] if interrupted and _interrupted_head(r) else r.problems
+        problems += own
+        details.update({p: d for p, d in r.details.items() if p in own})
         warnings += [f"repetition {r.k}: {w}" for w in r.warnings]
     if kind.referee:
         problems += identical_repetitions([r.to_dict() for r in results])
@@ -629,8 +716,16 @@ def judge(run_dir: str | Path, step: int | None = None, manifest: dict | None = 
     if kind.self_reported and track.rule.test == "margin" and good and len(good) == len(results):
         earliest = stats.earliest_passing_step({r.k: vals_by_k[r.k] for r in good}, track.target_val_loss,
                                                track.rule)
+    # a finding reached twice (the same rule broken in two places, the same pin seen twice) is said once
+    problems, warnings = list(dict.fromkeys(problems)), list(dict.fromkeys(warnings))
     return Judgement(run_dir, manifest, track, kind, refereed, results, problems, warnings, target, judged_step,
-                     earliest, events_by_k, datetime.now(timezone.utc).isoformat(timespec="seconds"), harness)
+                     earliest, events_by_k, datetime.now(timezone.utc).isoformat(timespec="seconds"), harness,
+                     details, interrupted)
+
+
+def _interrupted_head(r: RepetitionResult) -> bool:
+    """Does `r` lead with its interruption (said once for the whole run, where its consequences fold)?"""
+    return r.status == "interrupted" and bool(r.problems) and r.problems[0].startswith(f"repetition {r.k} interrupted")
 
 
 def check_imported(run_dir: str | Path, manifest: dict, track) -> Judgement:

@@ -3,10 +3,10 @@
 Why a point is a directory named by its identity: resuming needs no database. A point is (method, size,
 budget, hyper-parameters, seed); its run directory under `<ladder>/points/` is named from exactly that, so a
 re-run of the same spec finds it. A point is complete when its `manifest.json` records its repetition (ok or
-failed: a diverged learning rate is a result, not something to retry); a directory without that record was
-interrupted (Ctrl-C, a killed job) and is cleared and run again. The fixed overrides of sizes and methods
-are not part of a point's name (a spec can gain sizes, values and seeds and keep its points): after changing
-one that alters training, use a new ladder directory. Results are read from the run's own
+failed: a diverged learning rate is a result, not something to retry); a directory without that record, or
+whose manifest says the launcher was interrupted (Ctrl-C), was interrupted and is cleared and run again. The
+fixed overrides of sizes and methods are not part of a point's name (a spec can gain sizes, values and seeds
+and keep its points): after changing one that alters training, use a new ladder directory. Results are read from the run's own
 evidence through the project's verifier (`speedrun.judge.verify`), so a ladder number is a refereed number: a
 repetition with any problem counts as failed.
 """
@@ -99,15 +99,17 @@ def command(spec: LadderSpec, root: Path, point: Point, python: str | None = Non
 
 
 def is_complete(root: Path, point: Point) -> bool:
-    """The run recorded its repetition (ok or failed); anything less was interrupted."""
+    """The run recorded its repetition (ok or failed); anything less, or a run the launcher says was
+    interrupted (it keeps the interrupted repetition, marked), was interrupted."""
     manifest = point_dir(root, point) / rundir.MANIFEST
     if not manifest.is_file():
         return False
     try:
-        reps = rundir.read_json(manifest).get("repetitions") or []
+        recorded = rundir.read_json(manifest)
+        reps = recorded.get("repetitions") or []
     except (SpeedrunError, AttributeError):
         return False
-    return len(reps) >= 1
+    return len(reps) >= 1 and not recorded.get("interrupted")
 
 
 def clear_incomplete(root: Path, point: Point) -> bool:

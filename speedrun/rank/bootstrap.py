@@ -14,7 +14,10 @@ submission's first line runs, the bootstrap
    `runpy` as `__main__` and reports its exit.
 `Session` is the rank's side of the referee that `speedrun.spec.Run` talks to: a client that asks the agent
 for batches, phases and measurements and holds nothing that decides them. Without a launcher,
-`unrefereed_session()` builds one whose referee runs inside rank 0's own process (marked unrefereed).
+`unrefereed_session()` builds one whose referee runs inside rank 0's own process (marked unrefereed); rank 0
+then writes one line to stderr saying so and naming the run directory, since no `speedrun` command is there to
+tell the user where the evidence went. (Like the usage lines below, these are the rank side's only words:
+everything else a rank has to say goes to the referee.)
 """
 
 from __future__ import annotations
@@ -422,7 +425,11 @@ def unrefereed_session(track_name: str, seed: int, script: Path, data_dir: str |
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
     path = [None]
     if rank == 0:
-        path[0] = launcher.Standalone.start(track_name, seed, script, data_dir, world_size).socket_path
+        referee = launcher.Standalone.start(track_name, seed, script, data_dir, world_size)
+        path[0] = referee.socket_path
+        # the one line a plain run says for itself (no `speedrun` command is there to say it): where its evidence goes
+        print(f"speedrun: unrefereed run (started without `speedrun run`, so it can never qualify for a record); "
+              f"its evidence goes to {referee.run_dir}", file=sys.stderr, flush=True)
     if world_size > 1:
         dist.broadcast_object_list(path, src=0)
     client = channel.Client(path[0])
@@ -453,27 +460,42 @@ def main(argv: list[str] | None = None) -> int:
     # the last word after the script goes through references taken now, not through anything it can replace
     replaced, raw_send = session.integrity.replaced, session._send
     session.send("script")
-    code, error = 0, None
+    code, error, where = 0, None, None
     try:
         runpy.run_path(script, run_name="__main__")
     except SystemExit as exc:
         code = int(exc.code) if isinstance(exc.code, int) else (0 if exc.code is None else 1)  # exit(True) is 1
         if code:
-            error = f"SystemExit({exc.code!r})"
+            error, where = f"SystemExit({exc.code!r})", script_line(exc, script)
     except BaseException as exc:
         code, error = 1, "".join(traceback.format_exception_only(type(exc), exc)).strip()[-1000:]
+        where = script_line(exc, script)
         traceback.print_exc()
     try:
         names = replaced()
         if names:
             raw_send("tamper", names=names)
-        raw_send("exit", code=code, error=error)
+        raw_send("exit", code=code, error=error, where=where)
     except SpeedrunError:
         pass
     client.close()
     if code == 0:
         session.close_distributed()
     return code
+
+
+def script_line(exc: BaseException, script: str) -> str | None:
+    """The script's own line an exception came through last, as "train.py:164: raise ...": where a verdict
+    points first (the frames below it are torch's or the harness's); None when it never passed the script."""
+    try:
+        mine = os.path.realpath(script)
+        frames = [f for f in traceback.extract_tb(exc.__traceback__) if os.path.realpath(f.filename) == mine]
+    except Exception:  # a verdict's pointer is never worth a second failure
+        return None
+    if not frames:
+        return None
+    frame = frames[-1]
+    return f"{os.path.basename(script)}:{frame.lineno}: {(frame.line or '').strip()}"[:500]
 
 
 def exit_without_teardown(code: int) -> None:

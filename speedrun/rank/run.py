@@ -26,6 +26,7 @@ from speedrun.errors import SpeedrunError
 
 LogitsFn = Callable[..., "object"]   # (inputs) or (inputs, cu_seqlens) -> logits
 LAYOUTS = ("rows", "flat")
+CALLS = {"rows": "logits_fn(inputs)", "flat": "logits_fn(inputs, cu_seqlens)"}  # how each layout calls it
 
 
 class Clock:
@@ -264,6 +265,8 @@ class Run:
         rank's share, at the validation shape) must not be below the track's no-data level."""
         if self._phase != "init":
             raise SpeedrunError("start() called twice" if self._phase != "warmup" else "start() inside warmup()")
+        if logits_fn is not None:  # here, before the timed work, not at the first validate() after it
+            check_logits_fn(logits_fn, layout or (self._loader.layout if self._loader else "rows"), "start()")
         fn = logits_fn or (self._model_logits() if self._model is not None else None)
         which = "logits_fn given to start()" if logits_fn else "model given to warmup()"
         logits, detail = None, "ok"
@@ -287,17 +290,20 @@ class Run:
                  batch_tokens: int | None = None, seq_len: int | None = None, layout: str | None = None) -> float:
         """Measure the mean val loss over exactly the track's val tokens, with the clock paused; returns it
         (the same number on every rank). API 2: `validate(logits_fn, step=...)`. API 1:
-        `validate(loss_fn, step=..., logits_fn=...)`, where the positional `loss_fn` is accepted and not called."""
+        `validate(loss_fn, step=..., logits_fn=...)`, where the positional `loss_fn` is accepted and not called.
+        The call tells them apart (API 1 names `logits_fn=`), never the function's arity: the flat layout's
+        logits_fn(inputs, cu_seqlens) takes two arguments as a loss_fn(inputs, targets) does."""
         if self._phase != "timed":
             raise SpeedrunError({"init": "validate() before start()", "warmup": "validate() inside warmup()",
                                  "finished": "validate() after finish()"}.get(self._phase, "validate() now"))
         if logits_fn is None:
-            if fn is None or _takes_targets(fn):
-                raise SpeedrunError("validate() needs a logits_fn: the referee computes the loss from logits "
-                                    "(API 2); a loss_fn(inputs, targets) alone is not accepted")
+            if fn is None:
+                raise SpeedrunError("validate() needs a logits_fn: the referee computes the loss from logits, "
+                                    "validate(logits_fn, step=...)")
             logits_fn = fn
         step = _as_step(step)
         bt, sl, layout = self._val_shape(batch_tokens, seq_len, layout)
+        check_logits_fn(logits_fn, layout, "validate()")
         self._session.barrier(self.device)
         self.clock.pause()
         self._phase = "val"
@@ -414,16 +420,33 @@ def _as_step(step) -> int | None:
     raise SpeedrunError(f"step must be an integer, got {step!r}")
 
 
-def _takes_targets(fn) -> bool:
-    """Whether `fn` needs two positional arguments: an API 1 loss_fn(inputs, targets), not a logits_fn."""
+def check_logits_fn(fn, layout: str, where: str) -> None:
+    """Refuse, in one line naming the fix, a function the referee cannot call the way `layout` calls a logits_fn
+    (`CALLS`): whether it accepts those arguments, read from its signature (one that has none, a builtin, is
+    left to the call itself)."""
     import inspect
 
+    if not callable(fn):
+        raise SpeedrunError(f"{where}: expected a logits_fn, got {type(fn).__name__}")
+    if layout not in CALLS:
+        return  # the validation shape refuses it, with its own message
     try:
-        params = inspect.signature(fn).parameters.values()
+        signature = inspect.signature(fn)
     except (TypeError, ValueError):
-        return False
-    required = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty]
-    return len(required) >= 2
+        return
+    try:
+        signature.bind(*[None] * (1 if layout == "rows" else 2))
+        return
+    except TypeError:
+        pass
+    shown = f"{getattr(fn, '__name__', type(fn).__name__)}{signature}"
+    if layout == "rows":
+        fix = ("hand it logits_fn(inputs) returning [B, T, V] logits; an API 1 loss_fn(inputs, targets) goes only to "
+               "validate(loss_fn, step=..., logits_fn=logits_fn), and a logits_fn(inputs, cu_seqlens) needs "
+               "layout=\"flat\"")
+    else:
+        fix = "accept the documents' boundaries too: def logits_fn(inputs, cu_seqlens)"
+    raise SpeedrunError(f"{where}: {shown} cannot be called as {CALLS[layout]} (the {layout} layout's call): {fix}")
 
 
 def _param_digest(model) -> str:

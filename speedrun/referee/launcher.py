@@ -15,8 +15,12 @@ being stopped during a timed run.
 
 It never hangs on a broken submission: a rank that never connects, a rank whose process ended while the
 others wait (e.g. died mid-validation), or a run past `--timeout` is stopped with the reason in the verdict.
-A deterministic failure of repetition 1 (a syntax error before launch, an import error, a crash before
-`speedrun.init()`) stops the remaining repetitions.
+That reason, or else the first exception a rank raised (with the script's line it came from), is the
+repetition's root cause: what is missing because of it (ranks that never called finish()) is recorded under
+it, not as problems of its own. A deterministic failure of repetition 1 (a syntax error before launch, an
+import error, a crash before `speedrun.init()`) stops the remaining repetitions. Ctrl-C keeps what ran: the
+repetition it interrupts is sealed and recorded as "interrupted", the manifest says the run was interrupted,
+and `launch` raises `Interrupted` so that `speedrun run` still writes the verdict.
 
 Multi-node runs are refused for now: each node's launcher would see only its own ranks, and the verdict
 rests on every rank's evidence (the val sums, the probes, the served batches). The `--rdzv-*` flags are
@@ -48,6 +52,17 @@ TAIL_LINES = 30
 CONNECT_TIMEOUT_S = 180.0     # from launch to the first rank's hello (imports of torch can be slow)
 ORPHAN_GRACE_S = 60.0         # a rank's process ended; the others are stopped after this long
 DRAIN_S = 10.0                # after the processes exit, wait this long for the channel to close
+INTERRUPTED = "the launcher was interrupted (SIGINT, Ctrl-C) before the repetition ended"
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C reached the launcher: the run directory it leaves holds the repetitions that ran (the one it
+    interrupted marked "interrupted") and a manifest that says so. Still a KeyboardInterrupt, so whoever runs
+    launches in a loop (compare, replay, a ladder) stops as before; `speedrun run` first writes the verdict."""
+
+    def __init__(self, run_dir: Path):
+        super().__init__(str(run_dir))
+        self.run_dir = run_dir
 
 
 # --- run directories and manifests ---------------------------------------------------------------------------
@@ -243,7 +258,10 @@ class Repetition:
         self._watch_report = (problems, warnings)
         return self._watch_report
 
-    def close(self, exit_code: int | None, extra: list[str], warnings: list[str] = ()) -> dict:
+    def close(self, exit_code: int | None, extra: list[str] = (), warnings: list[str] = (),
+              stopped: str | None = None, planned: bool = False) -> dict:
+        """End the repetition: the watch's findings join `extra`; `stopped` and `planned` as in
+        `speedrun.referee.repetition.Referee.close`."""
         seen, unwatched = self.stop_watch()
         extra, warnings = list(extra) + seen, [*warnings, *unwatched]
         with self.server.locked():
@@ -256,7 +274,7 @@ class Repetition:
                              f"repetition ran (the launcher rewrote it from its own record)")
             for w in warnings:
                 self.referee._emit("warning", message=w)
-            summary = self.referee.close(exit_code, extra)
+            summary = self.referee.close(exit_code, extra, stopped=stopped, planned=planned)
         self.server.close()
         self._outbox.put(None)
         self._deliverer.join(timeout=30)
@@ -468,13 +486,20 @@ class Launch:
                                             name=self.wandb.get("name") or f"{self.run_dir.name}-{k}",
                                             entity=self.wandb.get("entity"), report=self.wandb.get("report") or SILENT)
 
+        log = rundir.log_path(self.run_dir, k)
+
         def echo(event: dict) -> None:
+            from speedrun.judge import verify
+
             kind = event.get("event")
             if kind == "val":
                 report.line(f"  {label} step {event.get('step')}: val loss {event['loss']:.4f} at "
                             f"{event['timed_s']:.2f} s timed")
             elif kind in ("problem", "warning"):
                 report.line(f"  {label} {kind}: {event['message']}")
+                if event.get("where") or event.get("consequences"):  # a root cause: what it explains, the log
+                    for line in verify.detail_lines(verify.problem_detail(event, log)):
+                        report.line(f"      {line}")
 
         rep_ref = Repetition(self.track, k, seed, self.nproc, self.run_dir, self.welcome, sink=sink, echo=echo,
                              data_files={**{p: "train" for p in self.train_files}, **{p: "val" for p in self.val_files}},
@@ -490,29 +515,36 @@ class Launch:
         cmd = self.sandbox.wrap(self.cmd, rep_ref.server.path, place.directory if place else None) \
             if self.sandbox else self.cmd
         before = descendants()
+        began = time.perf_counter()
         try:
             with report.status(f"{label} starting") as status:
-                code, wall, reasons = run_processes(cmd, self._rank_env(rep_ref.server.path),
-                                                    rundir.log_path(self.run_dir, k), rep_ref, self.timeout,
-                                                    status_line=lambda s: status.update(f"{label}  {s}"),
+                code, wall, reasons = run_processes(cmd, self._rank_env(rep_ref.server.path), log, rep_ref,
+                                                    self.timeout, status_line=lambda s: status.update(f"{label}  {s}"),
                                                     stop_after_logs=self.stop_after_logs)
-        except BaseException:  # Ctrl-C or a launcher fault: seal what the referee saw, close wandb, then stop
+        except BaseException as exc:  # Ctrl-C or a launcher fault: seal what the referee saw, record it, then stop
+            interrupted = isinstance(exc, KeyboardInterrupt)
+            why = (INTERRUPTED if interrupted else
+                   f"the launcher failed before the repetition ended ({type(exc).__name__}: {exc})")
             try:
                 kill_leftovers(before)
-                rep_ref.close(None, ["the launcher was interrupted before the repetition ended"])
+                rep_ref.close(None, stopped=why)
                 if place is not None:
                     place.remove()
                 if sink is not None:
                     sink.finish("interrupted")
+                self._record({"k": k, "status": "interrupted" if interrupted else "failed", "exit_code": None,
+                              "wall_s": round(time.perf_counter() - began, 3), "seed": seed, "error": why})
             except Exception:
                 pass
             raise
         left = kill_leftovers(before)
+        if rep_ref.stopped_early:  # a planned stop: what is left is the launcher's own stop in progress
+            left = []
         warnings = [f"the script left {len(left)} process(es) running after it ended (pids "
                     f"{', '.join(map(str, left[:5]))}); the launcher killed them"] if left else []
         rep_ref.stop_watch()  # before the launcher re-reads the pinned files itself
-        extra = reasons + pins.changed(self.pins)
-        summary = rep_ref.close(code, extra, warnings)
+        summary = rep_ref.close(code, pins.changed(self.pins), warnings, stopped=reasons[0] if reasons else None,
+                                planned=bool(rep_ref.stopped_early))
         if place is not None:
             place.remove()
         rep = {"k": k, "status": summary["status"] if not reasons else "failed", "exit_code": code,
@@ -524,12 +556,13 @@ class Launch:
                 sink.finish(rep["status"])
             return self._record(rep)
         if code != 0 or reasons or summary["status"] != "ok":
-            tail, error = failure_summary(rundir.log_path(self.run_dir, k))
+            tail, error = failure_summary(log)
             rep["tail"] = tail
-            first = summary["errors"][0] if summary.get("errors") else error
-            rep["error"] = (reasons[0] if reasons else first) or (summary["problems"][0] if summary["problems"]
-                                                                   else None)
-            report.line(f"  {label} {rep['status']} (exit code {code}): {rep['error'] or 'see run-%d.log' % k}")
+            rep["error"] = summary["cause"] or error or (summary["problems"][0] if summary["problems"] else None)
+            # a problem was shown as it happened (with what it explains): the outcome line does not repeat it
+            said = rep["error"] in summary["problems"]
+            report.line(f"  {label} {rep['status']} (exit code {code})"
+                        + ("" if said else f": {rep['error'] or f'see {log}'}"))
             if k == 1 and self.runs > 1 and self._deterministic(rep_ref, error):
                 self.stopped_reason = f"repetition 1 failed before training could start ({rep['error']})"
         else:
@@ -559,6 +592,18 @@ class Launch:
         rundir.write_json_atomic(self.run_dir / rundir.MANIFEST, self.manifest)
         return problems
 
+    def interrupted(self, k: int) -> Path:
+        """Ctrl-C during repetition k (or between k - 1 and k): record the repetition if it is not yet, say in the
+        manifest that the run was interrupted, and end the run as `close` does. Returns the run directory."""
+        rep = next((r for r in self.manifest["repetitions"] if r["k"] == k), None)
+        if rep is None and rundir.events_path(self.run_dir, k).exists():  # interrupted while it was recorded
+            rep = self._record({"k": k, "status": "interrupted", "exit_code": None, "wall_s": None,
+                                "seed": self.seeds[k - 1], "error": INTERRUPTED})
+        when = "before" if rep is None else "during" if rep["status"] == "interrupted" else "after"
+        self.manifest["interrupted"] = f"SIGINT (Ctrl-C) {when} repetition {k} of {self.runs}"
+        self.close()
+        return self.run_dir
+
     @staticmethod
     def _deterministic(rep: Repetition, error: str | None) -> bool:
         """Would the same failure happen again? An import/syntax/name error, or no rank reaching init()."""
@@ -580,12 +625,18 @@ def launch(script: Path, track, nproc: int, runs: int, out: str | None, seed: in
            rdzv: dict, data_dir: str | None = None, timeout: float | None = None, wandb: dict | None = None,
            report: Reporter = SILENT, sandbox: bool = True) -> Path:
     """Run the script `runs` times, telling `report` how it goes; returns the run directory (verification is
-    separate)."""
+    separate). Ctrl-C leaves the run directory complete as far as it got and raises `Interrupted`."""
     job = Launch(script, track, nproc, runs, out, seed, script_args, rdzv, data_dir, timeout, wandb, report=report,
                  sandbox=sandbox)
     report.line(f"speedrun run {script.name} on track {track.name}: {runs} x {nproc} proc -> {job.run_dir}")
-    for k in range(1, runs + 1):
-        job.repetition(k)
+    k = 0
+    try:
+        for k in range(1, runs + 1):
+            job.repetition(k)
+    except KeyboardInterrupt:
+        job.interrupted(max(k, 1))
+        report.line(f"  {job.run_dir.name} interrupted: {job.manifest['interrupted']}")
+        raise Interrupted(job.run_dir) from None
     for problem in job.close():
         report.line(f"  {job.run_dir.name} problem: {problem}")
     return job.run_dir

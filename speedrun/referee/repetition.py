@@ -123,11 +123,12 @@ class Referee:
             self._problem_set.add(message)
             self._emit("warning", message=message)
 
-    def problem(self, message: str) -> None:
+    def problem(self, message: str, **explained) -> None:
+        """Record a problem once; `explained`: `where` and `consequences` of a root cause (see schema.EVENTS)."""
         if message not in self._problem_set:
             self._problem_set.add(message)
             self.problems.append(message)
-            self._emit("problem", message=message)
+            self._emit("problem", message=message, **{k: v for k, v in explained.items() if v})
 
     def timed_at(self, t: float) -> float:
         return 0.0 if self.start_t is None else max(0.0, t - self.start_t - self.paused)
@@ -519,35 +520,65 @@ class Referee:
 
     # --- the end of the repetition -------------------------------------------------------------------------------
 
-    def close(self, exit_code: int | None, extra_problems: list[str] = ()) -> dict:
-        """Judge what is missing, write the `finish` event and the seal; returns a summary for the manifest."""
-        for p in extra_problems:
-            self.problem(p)
+    def _missing(self) -> list[str]:
+        """What the repetition lacks at its end, rank by rank: a rank that never connected, never reached
+        init(), start() or finish(), left a validation unfinished or ended without its final report."""
         expected = self.world_size or self.nproc
         if not self.ranks:
-            self.problem("no rank connected to the referee (the processes failed before the script started?)")
+            return ["no rank connected to the referee (the processes failed before the script started?)"]
+        missing = []
         for r in range(expected):
             st = self.ranks.get(r)
             if st is None:
-                if self.ranks:
-                    self.problem(f"rank {r} never connected to the referee")
+                missing.append(f"rank {r} never connected to the referee")
                 continue
             if st.phase in ("boot", "script") or (st.phase == "exited" and st.seed is None):
-                self.problem(f"rank {r} never called speedrun.init()")
+                missing.append(f"rank {r} never called speedrun.init()")
             elif st.start_t is None:
-                self.problem(f"rank {r} never called start()")
+                missing.append(f"rank {r} never called start()")
             elif st.finish_t is None:
                 where = st.closed_in or st.phase
                 during = " during a validation" if where == "val" else ""
-                self.problem(f"rank {r} never called finish(){during}"
-                             + (f" (its process ended {PHASE_WORDS.get(where, 'in ' + where)})"
-                                if where not in ("timed", "val") else ""))
+                missing.append(f"rank {r} never called finish(){during}"
+                               + (f" (its process ended {PHASE_WORDS.get(where, 'in ' + where)})"
+                                  if where not in ("timed", "val") else ""))
             if st.vals and st.vals[-1]["msg"] is None:
-                self.problem(f"rank {r} did not finish its validation at step {st.vals[-1]['step']}")
+                missing.append(f"rank {r} did not finish its validation at step {st.vals[-1]['step']}")
             if self.require_exit and st.finish_t is not None and st.exit is None:
-                self.problem(f"rank {r} ended without the bootstrap's final report (the script cut its own "
-                             f"process short, e.g. os._exit)")
+                missing.append(f"rank {r} ended without the bootstrap's final report (the script cut its own "
+                               f"process short, e.g. os._exit)")
+        return missing
+
+    def close(self, exit_code: int | None, extra_problems: list[str] = (), stopped: str | None = None,
+              planned: bool = False) -> dict:
+        """Judge what is missing, write the `finish` event and the seal; returns a summary for the manifest.
+
+        What is missing at the end is explained by a root cause when there is one: `stopped`, why the launcher
+        ended the repetition (a timeout, a rank gone, Ctrl-C), else the first exception a rank raised. The cause
+        is the one problem, with what is missing (and the other ranks' later exceptions) as its consequences;
+        `planned` (a prefix replay's stop) makes what is missing no problem at all. Without a cause, each
+        missing piece is a problem of its own (a script that ended without calling finish())."""
         states = [self.ranks[r] for r in sorted(self.ranks)]
+        # the ranks' own exceptions, first raised first (a rank that died makes the others fail afterwards)
+        raised = sorted((s.exit["t"], s.rank, s.exit["error"], s.exit.get("where")) for s in states
+                        if s.exit and s.exit.get("error"))
+        errors = [f"rank {r}: {e}" for _, r, e, _ in raised]
+        missing = self._missing()
+        cause = None
+        if planned:
+            pass
+        elif stopped:
+            cause = stopped
+            self.problem(stopped, consequences=errors + missing)
+        elif raised:
+            cause = errors[0]
+            self.problem(cause, where=raised[0][3], consequences=errors[1:] + missing)
+        else:
+            for m in missing:
+                self.problem(m)
+        for p in extra_problems:
+            self.problem(p)
+        expected = self.world_size or self.nproc
         if states:
             ref = states[0]
             for s in states[1:]:
@@ -589,10 +620,9 @@ class Referee:
         self.closed = True
         self.log.seal()
         summary["problems"] = list(self.problems)
-        # the ranks' own exceptions, first raised first (a rank that died makes the others fail afterwards)
-        raised = sorted((s.exit["t"], s.rank, s.exit["error"]) for s in states if s.exit and s.exit.get("error"))
-        summary["errors"] = [f"rank {r}: {e}" for _, r, e in raised]
-        summary["status"] = ("failed" if exit_code not in (0, None) else "ok" if finished else "unfinished")
+        summary["errors"], summary["cause"] = errors, cause
+        summary["status"] = ("failed" if exit_code not in (0, None) else "unfinished" if not finished
+                             else "invalid" if self.problems else "ok")
         return summary
 
     def describe(self) -> str:
