@@ -81,3 +81,28 @@ train_range = [1, 3]
 [data.sha256]
 {pin_lines}""")
     return tracks.load_track_file(path)
+
+
+def generator_track(tmp_path: Path, seed: int = 7, name: str = "mini") -> tracks.Track:
+    """A small track of the tiny generator's kind (40,000 train tokens in 16,384-token shards, 4,096 val),
+    loaded from its TOML in `tmp_path`."""
+    path = tmp_path / f"{name}.toml"
+    path.write_text(f"""
+name = "{name}"
+metric = "wallclock"
+target_val_loss = 4.0
+val_tokens = 4096
+vocab_size = 512
+bos_token = 511
+hardware = "cpu"
+[rule]
+test = "ttest"
+[data]
+source = "generator"
+generator = "tiny-v1"
+seed = {seed}
+train_tokens = 40000
+val_split_tokens = 4096
+shard_tokens = 16384
+""")
+    return tracks.load_track_file(path)

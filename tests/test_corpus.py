@@ -9,34 +9,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import synthetic
 
-from speedrun.data import corpus
-from speedrun.data import streams
 from speedrun import tracks
+from speedrun.data import corpus, streams
 from speedrun.errors import SpeedrunError
 
 
 def small_track(tmp_path: Path, seed: int = 7, name: str = "mini") -> tracks.Track:
-    path = tmp_path / f"{name}.toml"
-    path.write_text(f"""
-name = "{name}"
-metric = "wallclock"
-target_val_loss = 4.0
-val_tokens = 4096
-vocab_size = 512
-bos_token = 511
-hardware = "cpu"
-[rule]
-test = "ttest"
-[data]
-source = "generator"
-generator = "tiny-v1"
-seed = {seed}
-train_tokens = 40000
-val_split_tokens = 4096
-shard_tokens = 16384
-""")
-    return tracks.load_track_file(path)
+    return synthetic.generator_track(tmp_path, seed, name)
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import synthetic
 
 from speedrun import tracks
 from speedrun.data import check, corpus, shards, streams
@@ -18,26 +19,7 @@ from speedrun.errors import SpeedrunError
 
 
 def mini_track(tmp_path: Path, name: str = "mini") -> tracks.Track:
-    path = tmp_path / f"{name}.toml"
-    path.write_text(f"""
-name = "{name}"
-metric = "wallclock"
-target_val_loss = 4.0
-val_tokens = 4096
-vocab_size = 512
-bos_token = 511
-hardware = "cpu"
-[rule]
-test = "ttest"
-[data]
-source = "generator"
-generator = "tiny-v1"
-seed = 7
-train_tokens = 40000
-val_split_tokens = 4096
-shard_tokens = 16384
-""")
-    return tracks.load_track_file(path)
+    return synthetic.generator_track(tmp_path, name=name)
 
 
 def flip_keeping_mtime(path: Path, offset: int) -> None:
@@ -473,7 +455,6 @@ def mini_script(tmp_path: Path, name: str, layout: str = "rows", steps: int = 4,
 
 @pytest.fixture(scope="module")
 def smoke_env(tmp_path_factory):
-    import synthetic
 
     return synthetic.make_track(tmp_path_factory.mktemp("smoke"))
 
