@@ -6,7 +6,9 @@ the project's `pyproject.toml` and `configs/tracks/` (a clone, used in place or 
 unset.
 
   tracks   $SPEEDRUN_TRACKS_DIR, else <checkout>/configs/tracks, else the track files shipped in the package
-  data     $SPEEDRUN_DATA_DIR, else <checkout>/data, else $XDG_CACHE_HOME/speedrun/data (~/.cache/speedrun/data)
+  data     $SPEEDRUN_DATA_DIR, else <checkout>/data, else $XDG_CACHE_HOME/speedrun/data (~/.cache/speedrun/data);
+           a track's files in <data>/<repo name> (hub tracks: shared by tracks of one repo) or <data>/<track>
+           (generated corpora)
   records  $SPEEDRUN_RECORDS_DIR, else <checkout>/records, else ./records (of the current directory)
   runs     $SPEEDRUN_RUNS_DIR, else ./runs (of the current directory)
 
@@ -67,6 +69,15 @@ def data_dir() -> Path:
         return env
     root = checkout()
     return root / "data" if root is not None else user_cache_dir() / "data"
+
+
+def track_data_dir(track, root: str | os.PathLike | None = None) -> Path:
+    """The folder of a track's data files under `root` (default: `data_dir()`): `<root>/<repo name>` for a hub
+    track (tracks of one repo share it), `<root>/<track name>` for a generated corpus."""
+    base = Path(root) if root is not None else data_dir()
+    if track.data.source == "generator":
+        return base / track.name
+    return base / track.data.repo.split("/")[-1]
 
 
 def records_dir() -> Path:

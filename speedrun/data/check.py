@@ -23,22 +23,22 @@ from pathlib import Path
 
 import numpy as np
 
+from speedrun import paths
 from speedrun.errors import SpeedrunError
 
 
 def _files(track, root: Path, named: bool) -> tuple[Path, list[str], dict[str, int], dict[str, str], str]:
     """(folder, file names to check, expected sizes by name, sha256 wanted by name, how to get fresh data);
     `named`: the data folder was given (the fix names it)."""
-    from speedrun.data import corpus, streams
+    from speedrun.data import corpus
 
     fix = f"`speedrun data fetch {track.name}" + (f" --data-dir {root}`" if named else "`")
+    folder = paths.track_data_dir(track, root)
     if track.data.source == "generator":
-        folder = root / track.name
         sizes = corpus._expected_sizes(track)
         wanted = dict((corpus._read_meta(folder) or {}).get("sha256") or {})
         wanted.update(track.data.sha256)
         return folder, list(sizes), sizes, wanted, f"delete {folder} and run {fix}"
-    folder = streams.hub_dir(track, root)
     names = list(track.data.all_val_files)
     for name in track.data.train_files:  # the train shards present, as an unbroken prefix (as `track_files`)
         if not (folder / name).exists():

@@ -15,6 +15,7 @@ import os
 import re
 from pathlib import Path
 
+from speedrun import paths
 from speedrun.data import folders, streams
 from speedrun.errors import SpeedrunError
 from speedrun.report import SILENT, Reporter
@@ -100,7 +101,7 @@ def fetch(track, train_shards: int, data_dir: str | os.PathLike | None = None, e
     hears a line per file."""
     root = Path(data_dir) if data_dir is not None else streams.data_dir()
     if track.data.source == "generator":
-        report.line(f"{track.name}: built-in corpus in {root / track.name} (generated on first use, then checked)")
+        report.line(f"{track.name}: built-in corpus in {paths.track_data_dir(track, root)} (generated on first use, then checked)")
         train, val = streams.track_files(track, data_dir=root, generate=True, check_sha256=True)
         return [streams.shard_info(p) for p in val + train]
     available = track.data.train_files

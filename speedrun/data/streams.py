@@ -81,7 +81,9 @@ _default_data_dir = data_dir  # `track_files` takes a parameter of the same name
 
 def hub_dir(track, root: Path | None = None) -> Path:
     """Local folder of a hub track's files: `<data_dir>/<repo name>` (shared by tracks using one repo)."""
-    return Path(root or data_dir()) / track.data.repo.split("/")[-1]
+    from speedrun import paths
+
+    return paths.track_data_dir(track, root)
 
 
 def track_files(track, data_dir: str | os.PathLike | None = None, generate: bool = True,
@@ -96,7 +98,7 @@ def track_files(track, data_dir: str | os.PathLike | None = None, generate: bool
     if track.data.source == "generator":
         from speedrun.data import corpus
 
-        return corpus.ensure(track, root / track.name, allow_generate=generate, check_sha256=check_sha256)
+        return corpus.ensure(track, hub_dir(track, root), allow_generate=generate, check_sha256=check_sha256)
 
     folder = hub_dir(track, root)
     hint = f"run `speedrun data fetch {track.name}" + (f" --data-dir {root}" if data_dir is not None else "") + "`"

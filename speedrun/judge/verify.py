@@ -308,7 +308,7 @@ def _pin_problems(manifest: dict, track) -> tuple[list[str], list[str], dict]:
     """Track and data of the run against what is installed here now (a difference is a problem: they define
     the task), and the harness the run was judged under against this one (a difference is information: a
     record is evidence of what happened under the harness that judged it; replay re-establishes it)."""
-    from speedrun.data import streams
+    from speedrun import paths
     from speedrun.evidence import pins
 
     problems, warnings = [], []
@@ -322,15 +322,11 @@ def _pin_problems(manifest: dict, track) -> tuple[list[str], list[str], dict]:
     tpin = recorded.get("track") or {}
     if tpin.get("sha256") != track.config_sha256:
         problems.append(f"track file {track.path} differs from the one the run used ({tpin.get('path')})")
-    try:
-        train, val = streams.track_files(track, generate=False)
-        present = {p.name: p for p in train + val}
-    except SpeedrunError:
-        present = {}
+    folder = paths.track_data_dir(track)  # the files are named by the pins; their bytes are what is compared
     missing = []
     for name, pin in (recorded.get("data") or {}).items():
-        path = present.get(name)
-        if path is None:
+        path = folder / name
+        if not path.is_file():
             missing.append(name)
         elif hasher.sha256(path) != pin.get("sha256"):
             problems.append(f"data file {name} differs from the one the run used (sha256 {pin.get('sha256', '')[:12]}...)")
