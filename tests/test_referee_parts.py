@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from speedrun.referee import channel
+from speedrun.referee import agent, channel
 from speedrun.referee import evaluation
 from speedrun.evidence import rundir
 from speedrun.evidence import hardware
@@ -574,7 +574,6 @@ def test_tracks_without_val_tokens_after_the_scored_ones_keep_v2_validations(tmp
     the scored tokens (as in v2) and finish() needs no validation of its own."""
     from speedrun.data import streams
 
-    from speedrun.referee import agent
 
     streams.write_shard(tmp_path / "v.bin", np.arange(4096 + 1) % 64)
     track = tracks.parse_track(TRACK, "unit.toml")
@@ -587,29 +586,49 @@ def test_tracks_without_val_tokens_after_the_scored_ones_keep_v2_validations(tmp
 
 def test_validation_time_beyond_its_budget_counts_as_timed(tmp_path):
     budgeted = TRACK + "[budget]\nval_fraction = 0.25\nval_free = 1\npre_start_s = 0.5\n"
-    # the first validation is free; later ones are untimed while the budgeted ones fit in 25% of the timed s
+    # the first validation is free up to what the run's training says it can cost; later ones are untimed
+    # while the budgeted ones fit in 25% of the timed seconds
     j = Judge(tmp_path, track=budgeted)
     j.honest_until_start()
     j.start(0, 1.0)
     j.start(1, 1.0)
     j.steps(1, 2.0)
-    j.validate({0: 3.0, 1: 3.0}, {0: 13.0, 1: 13.0}, step=1)   # free: 10 s off the clock
+    j.validate({0: 3.0, 1: 3.0}, {0: 13.0, 1: 13.0}, step=1)   # 10 s, of which 9.2 s may be off the clock
     j.steps(1, 14.0)
-    j.validate({0: 15.0, 1: 15.0}, {0: 17.0, 1: 17.0}, step=2)  # 4 s timed so far: 1 s of budget, 1 s charged
+    j.validate({0: 15.0, 1: 15.0}, {0: 17.0, 1: 17.0}, step=2)  # 2 s: a quarter of the timed s off the clock
     final = j.finish(18.0)
     assert final
     summary = j.close()
     events = j.events()
     first, second, scored = events.of("val")
-    assert (first["untimed_s"], first["charged_s"]) == (10.0, 0.0)
     budget = events.last("budget")  # 0.8 s before start outside the 0.2 s warm-up: 0.3 s over its budget
     assert budget["pre_start_s"] == pytest.approx(1.0 - 0.0 - 0.2) and budget["charged_s"] == pytest.approx(0.3)
-    # 4.3 s timed when the second began (0.3 s charged): a quarter of it, 1.075 s, untimed; the rest charged
-    assert second["timed_s"] == pytest.approx(4.3) and second["untimed_s"] == pytest.approx(1.075)
-    assert second["charged_s"] == pytest.approx(0.925)
-    assert summary["timed_s"] == pytest.approx(18.0 - 1.0 - 10.0 - 1.075 + 0.3)
-    assert events.last("finish")["charged_s"] == pytest.approx(1.225)
-    assert events.last("finish")["val_untimed_s"] == pytest.approx(11.075)
+    # 2.3 s timed for 1,024 train tokens: the 4,096-token validation may take 4 x 2.3 s off the clock
+    assert first["timed_s"] == pytest.approx(2.3) and first["tokens"] == 4096
+    assert (first["untimed_s"], first["charged_s"]) == (pytest.approx(9.2), pytest.approx(0.8))
+    # 5.1 s timed when the second began: a quarter of it, 1.275 s, untimed; the rest charged
+    assert second["timed_s"] == pytest.approx(5.1) and second["untimed_s"] == pytest.approx(1.275)
+    assert second["charged_s"] == pytest.approx(0.725)
+    assert summary["timed_s"] == pytest.approx(18.0 - 1.0 - 9.2 - 1.275 + 0.3)
+    assert events.last("finish")["charged_s"] == pytest.approx(0.3 + 0.8 + 0.725)
+    assert events.last("finish")["val_untimed_s"] == pytest.approx(9.2 + 1.275)
+
+
+def test_training_hidden_in_a_free_validation_is_charged_back(tmp_path):
+    """The batches fetched in a blink on the clock, the work done inside a validation (in the logits_fn, the
+    clock paused): the validation may only take what the run's own timed seconds per train token justify."""
+    j = Judge(tmp_path)
+    j.honest_until_start()
+    j.start(0, 1.0)
+    j.start(1, 1.0)
+    j.steps(30, 1.01)                                             # 30 steps' batches in 0.01 s
+    j.validate({0: 1.02, 1: 1.02}, {0: 31.02, 1: 31.02}, step=30)  # a first (free) validation of 30 s
+    j.finish(31.03)
+    summary = j.close()
+    first = j.events().of("val")[0]
+    cap = 4096 * first["timed_s"] / (30 * 1024)
+    assert first["untimed_s"] == pytest.approx(cap, abs=1e-3) and first["charged_s"] == pytest.approx(30.0 - cap, abs=1e-3)
+    assert summary["timed_s"] > 29.9                              # the hidden work is on the clock after all
 
 
 def test_shared_buffers_and_ipc_handles_carry_tensors_only(tmp_path):
@@ -636,3 +655,15 @@ def test_shared_buffers_and_ipc_handles_carry_tensors_only(tmp_path):
     other = base64.b64encode(pickle.dumps(("eval", ()))).decode()
     with pytest.raises(SpeedrunError, match="rebuild_cuda_tensor"):
         shared.from_ipc_handle(other)
+
+
+def test_the_start_check_is_handed_once_and_small(tmp_path):
+    """A script asking for start checks of its own (a whole val split's worth, again and again) to train on
+    the rows before the clock: it gets a few rows, once, and the asking is a problem."""
+    j = Judge(tmp_path)
+    j.honest_until_start()
+    a = j.say(0, "start_check", 0.7, **dict(VAL, batch_tokens=4096))
+    assert j.inputs(a).shape[0] <= agent.START_CHECK_PIECES        # not the 16 rows of this rank's share
+    assert "error" in j.say(0, "start_check", 0.8, **VAL)
+    problems = [e["message"] for e in j.events().of("problem")]
+    assert any("start check again" in p for p in problems), problems

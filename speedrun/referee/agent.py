@@ -38,6 +38,7 @@ import numpy as np
 from speedrun.errors import SpeedrunError
 
 MONITOR_MIN = 16               # a default monitor split holds at least val_tokens // MONITOR_MIN tokens
+START_CHECK_PIECES = 8         # val pieces (rows) of the start check, at most: a few thousand tokens per rank
 RING = 4                        # train micro-batch slots per rank: the rank waits for a slot's copy RING-1 later
 REQUESTS = ("loader", "next", "warmup_begin", "start_check", "start", "val_begin", "val_next", "val_buffer",
             "finish")
@@ -135,6 +136,7 @@ class Agent:
         self.micro = 0
         self.step = None
         self.served = 0
+        self.start_checks = 0
         self.ring = None
         self.slot_bytes = 0
         self.inputs = None               # the shared buffer validation inputs go through
@@ -246,10 +248,16 @@ class Agent:
         where there is one, so no scored row is handed out before the end)."""
         if self.st.phase not in ("init", "ready"):
             raise SpeedrunError("start() called twice" if self.st.start_t else "start() out of order")
+        if self.start_checks:
+            self.referee.problem(f"rank {self.st.rank} asked for the start check again (start() asks once): "
+                                 f"a request of the script's own")
+            raise SpeedrunError("the start check is handed out once, by start()")
+        self.start_checks += 1
         bt, sl, layout = msg["batch_tokens"], msg["seq_len"], msg["layout"]
         split = self._split() if self.data.monitor >= bt else "scored"
         s = self.data.val_stream(split, bt, sl, self.st.rank, self.world_size, layout)
-        self.start_batch = self._make_batch([s.val_piece(i) for i in s.pieces_of(0)], layout)
+        pieces = list(s.pieces_of(0))[:START_CHECK_PIECES]  # enough to see a trained model, too few to train on
+        self.start_batch = self._make_batch([s.val_piece(i) for i in pieces], layout)
         return self._hand_inputs(self.start_batch)
 
     def _start(self, msg: dict, t: float) -> dict:

@@ -33,6 +33,7 @@ from speedrun.evidence import schema
 from speedrun.evidence.rundir import EventWriter
 
 TRAIN_EVENT_EVERY = 10      # one `train` event every this many steps of rank 0
+VAL_COST = 1.0              # a validation's untimed seconds per val token <= this x timed seconds per train token
 PROBE_TOL_FP32 = 1e-3       # nats: allowed movement of earlier outputs on a CPU / fp32 model
 PROBE_TOL_LOW = 2e-2        # nats: on a GPU or with 16-bit logits (kernels differ between batch compositions)
 LOW_PRECISION = ("torch.bfloat16", "torch.float16")
@@ -399,7 +400,7 @@ class Referee:
             timed_s, off, charged = self.timed_at(max(s.finish_t for s in states)), seconds, 0.0
         else:
             timed_s = self.timed_at(t_begin)
-            off, charged = self._val_budget(index, seconds, timed_s)
+            off, charged = self._val_budget(index, seconds, timed_s, split_tokens)
             self.paused += off
         share = split_tokens // self.world_size
         loss_sum, tokens, ranks = 0.0, 0, []
@@ -463,15 +464,22 @@ class Referee:
             self._out.append((cid, {"done": True, "loss": loss, "split": split}))
         self._awaiting.clear()
 
-    def _val_budget(self, index: int, seconds: float, timed_s: float) -> tuple[float, float]:
-        """(seconds off the clock, seconds counted as timed) of validation `index`: the first `val_free`
-        validations are untimed; after them, validations stay untimed while all the untimed validation
-        seconds fit in `val_fraction` of the timed seconds so far, and the part beyond counts as timed."""
+    def _val_budget(self, index: int, seconds: float, timed_s: float, tokens: int) -> tuple[float, float]:
+        """(seconds off the clock, seconds counted as timed) of validation `index` over `tokens` val tokens.
+
+        No validation is untimed beyond what the run's own training says it can cost: `VAL_COST` x its tokens x
+        the timed seconds per train token so far (a forward pass costs about a third of a training step per
+        token; a validation before any training step is not capped this way: there is nothing to measure
+        against, and no train batch to work on). Within that, the first `val_free` validations are untimed;
+        after them, validations stay untimed while all their untimed seconds fit in `val_fraction` of the timed
+        seconds so far. The part beyond counts as timed: training hidden inside a validation is charged back."""
         budget = self.track.budget
+        trained = max((s.tokens for s in self.ranks.values()), default=0)
+        cap = seconds if trained == 0 else VAL_COST * tokens * timed_s / trained
         if index <= budget.val_free:
-            off = seconds
+            off = min(seconds, cap)
         else:
-            off = min(seconds, max(0.0, budget.val_fraction * timed_s - self.val_budgeted))
+            off = min(seconds, cap, max(0.0, budget.val_fraction * timed_s - self.val_budgeted))
             self.val_budgeted += off
         self.val_untimed += off
         self.charged += seconds - off
