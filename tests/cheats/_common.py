@@ -21,6 +21,23 @@ real checkout by mistake, they cheat at nothing and the test fails as "not refus
 BASE = "tests/fixtures/api1_muon_baseline.py"
 RECORD = "records/tiny/002_muon-baseline/train.py"
 
+# --- anchors in RECORD (API 2) ---------------------------------------------------------------------------------
+# its timed run, start() to finish(): a spec on RECORD that rewrites the run replaces this block whole
+RECORD_TIMED = """run.start(logits_fn)
+for step in range(args.steps + 1):
+    last = step == args.steps
+    if last or (args.val_every and step and step % args.val_every == 0):
+        model.eval()
+        val_loss = run.validate(logits_fn, step=step)
+        model.train()
+        run.print0(f"step {step}/{args.steps} val_loss {val_loss:.4f} timed {run.clock.timed():.2f}s")
+    if last:
+        break
+    train_step(step)
+result = run.finish()
+"""
+RECORD_START = "run.start(logits_fn)\n"
+
 # --- anchors in BASE ------------------------------------------------------------------------------------------
 INIT = "run = speedrun.init()\n"
 START = "run.start()\n"
