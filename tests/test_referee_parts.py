@@ -570,10 +570,9 @@ def test_validations_hand_out_inputs_only_and_monitor_rows_until_the_end(tmp_pat
 
 
 def test_tracks_without_val_tokens_after_the_scored_ones_keep_v2_validations(tmp_path):
-    """The tiny track's val shard holds its scored tokens only: no monitor split, every validation measures
+    """A hub track whose val shard holds its scored tokens only: no monitor split, every validation measures
     the scored tokens (as in v2) and finish() needs no validation of its own."""
     from speedrun.data import streams
-
 
     streams.write_shard(tmp_path / "v.bin", np.arange(4096 + 1) % 64)
     track = tracks.parse_track(TRACK, "unit.toml")
@@ -582,6 +581,27 @@ def test_tracks_without_val_tokens_after_the_scored_ones_keep_v2_validations(tmp
     declared = tracks.parse_track(TRACK + "[val]\nmonitor_tokens = 5000\n", "unit.toml")
     with pytest.raises(SpeedrunError, match="monitor_tokens = 5000"):
         agent.monitor_tokens(declared, [str(tmp_path / "v.bin")])
+
+
+def test_a_generated_corpus_monitors_on_the_tail_of_its_last_train_shard(tmp_path, monkeypatch):
+    """The tiny track's val file holds the scored set alone: its intermediate validations (and the start check)
+    measure the tail of the last train shard, which no run's loader reaches, and never a scored row."""
+    import synthetic
+
+    from speedrun.data import streams
+
+    track = synthetic.generator_track(tmp_path)                   # 4,096 val tokens; 40,000 train tokens
+    monkeypatch.setattr(agent, "MONITOR_MIN", 1)  # its val file's 2,047 spare tokens too few, as tiny's are
+    train, val = streams.track_files(track, data_dir=tmp_path / "data")
+    data = agent.AgentData(track, train, val)
+    last = np.asarray(streams.read_shard(train[-1]))
+    assert data.monitor == min(4096, len(last) - 1) > 1024 and data.monitor_files == [train[-1]]
+    monitor = data.val_stream("monitor", 1024, 128, 0, 1, "rows")
+    rows = {tuple(r.tolist()) for inputs, _ in monitor for r in inputs}
+    start, used = len(last) - data.monitor - 1, data.monitor // 1024 * 1024
+    assert rows == {tuple(last[i:i + 128].tolist()) for i in range(start, start + used, 128)}
+    scored = data.val_stream("scored", 1024, 128, 0, 1, "rows")
+    assert not rows & {tuple(r.tolist()) for inputs, _ in scored for r in inputs}
 
 
 def test_validation_time_beyond_its_budget_counts_as_timed(tmp_path):

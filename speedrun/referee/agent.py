@@ -19,7 +19,8 @@ launcher's process; under plain torchrun, the unrefereed referee's thread) and o
   (shared memory on the CPU, a CUDA IPC handle on a GPU); the agent computes the cross-entropy and the probes
   (`speedrun.referee.evaluation.measuring`), so the targets, the probe plan and which batch is the probe never
   enter the rank's process.
-- the monitor split: intermediate validations measure val tokens after the scored ones (`monitor_tokens`);
+- the monitor split: intermediate validations measure val tokens after the scored ones (`monitor_tokens`; on a
+  generated corpus whose val file holds only the scored set, the tail of its last train shard);
   the scored tokens are first handed out by the validation `finish()` asks for, after which nothing is served.
   The start check uses the monitor split too, so no scored row reaches the script before the end.
 
@@ -51,7 +52,8 @@ def monitor_tokens(track, val_files) -> int:
     """The monitor split's size: the track's `[val] monitor_tokens`, else every val token after the scored
     ones (the last needs one more token as its target), at most as many as the scored set, and none when
     fewer than a sixteenth of the scored set are there (a monitor that small measures noise: the tiny track's
-    val shard holds 2,048 tokens after its 262,144 scored ones, so tiny validates as in v2)."""
+    val shard holds 2,048 tokens after its 262,144 scored ones; `AgentData` then takes a generated corpus's
+    monitor split from the tail of its last train shard)."""
     from speedrun.data import shards
 
     declared = track.val_split.monitor_tokens
@@ -77,6 +79,16 @@ class AgentData:
         self.val_files = [Path(p) for p in val_files]
         shards.preload(self.train_files + self.val_files)
         self.monitor = monitor_tokens(track, self.val_files)
+        self.monitor_files, self.monitor_start = self.val_files, track.val_tokens
+        if not self.monitor and track.data.source == "generator" and track.val_split.monitor_tokens is None \
+                and self.train_files:
+            # a generated corpus whose val file holds the scored set alone (tiny): the monitor split is the tail
+            # of its last train shard, millions of tokens past where any run's loader gets (tiny: 16.7M train
+            # tokens, a 300-step record takes 1.2M), from the same generator; so no scored row is handed out
+            # before the final validation on this track either
+            tail = shards.shard_tokens(self.train_files[-1])
+            self.monitor = min(track.val_tokens, tail - 1)
+            self.monitor_files, self.monitor_start = [self.train_files[-1]], tail - self.monitor - 1
         self.device = device
         self._unigram = None
         self._val: dict = {}
@@ -99,11 +111,12 @@ class AgentData:
             if split == "scored":
                 tokens, start = track.val_tokens, 0
             else:
-                tokens, start = (self.monitor // batch_tokens) * batch_tokens, track.val_tokens
+                tokens, start = (self.monitor // batch_tokens) * batch_tokens, self.monitor_start
                 if tokens == 0:
                     raise SpeedrunError(f"validation batch of {batch_tokens} tokens is larger than the track's "
                                         f"monitor split ({self.monitor} val tokens after the scored ones)")
-            self._val[key] = streams.ValStream(self.val_files, tokens, batch_tokens, seq_len, rank, world_size,
+            files = self.val_files if split == "scored" else self.monitor_files
+            self._val[key] = streams.ValStream(files, tokens, batch_tokens, seq_len, rank, world_size,
                                                layout, "cpu", bos_token=track.bos_token,
                                                max_seq_len=track.checks.max_seq_len, start=start)
         return self._val[key]
