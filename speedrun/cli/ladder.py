@@ -109,7 +109,7 @@ def print_report(report: dict, console) -> None:
     console.print(table)
     console.print("speed-up: tokens the baseline needs to reach the method's loss / the method's tokens, from the "
                   f"baseline's {'tuned loss at each budget' if report['curve'] == 'budgets' else 'validations'}; "
-                  "* = read beyond the baseline's measured curve (a power-law extension, conservative)",
+                  "* = read beyond the baseline's measured curve (a power-law extension: a guess, either way)",
                   markup=False)
     for t in report["trends"]:
         slope = _iv(t["slope"], "+.3f")

@@ -7,8 +7,11 @@ Why these estimators:
   divided by the tokens the method used. The baseline's loss-vs-tokens curve is its tuned loss at each budget
   (or the intermediate validations of its runs); it is inverted piecewise in log-log (a power law between
   measured points). A loss below the curve's last point is reached by extending the last segment's power law:
-  flagged `extrapolated`. That extension has no loss floor, so it underestimates the tokens the baseline
-  needs, and the speed-up, rather than inflating them.
+  flagged `extrapolated`. Its error can go either way: having no loss floor it underestimates the tokens a
+  flattening curve needs, but a segment taken from a run's own validations (steps within one schedule) is
+  flatter than the curve across full schedules, and the tiny ladder's extension overstated the speed-up
+  (1.15x read off the validations against 1.07-1.11x measured at 150 steps). Measure the curve instead
+  (`curve = "budgets"` with a budget past the method's loss).
 - Its interval: a bootstrap over seeds (the method's confirmation seeds and, per budget, the baseline's;
   seeds of the same runs are resampled together when the curve is their validations). With 2 seeds a group
   has only 3 distinct resampled means, so the interval is a rough one; more seeds narrow it honestly.
