@@ -455,7 +455,6 @@ def mini_script(tmp_path: Path, name: str, layout: str = "rows", steps: int = 4,
 
 @pytest.fixture(scope="module")
 def smoke_env(tmp_path_factory):
-
     return synthetic.make_track(tmp_path_factory.mktemp("smoke"))
 
 
