@@ -503,9 +503,8 @@ def track_copy_text(source: str, val_tokens: int, train_shards: int, vocab: int 
 def part_data(part: str, state: dict) -> dict:
     import numpy as np
 
-    from speedrun.data import streams
-    from speedrun.data import shards
-    from speedrun import tracks
+    from speedrun import paths, tracks
+    from speedrun.data import shards, streams
 
     began = time.perf_counter()
     profile, scratch = state["profile"], Path(state["scratch"])
@@ -515,7 +514,7 @@ def part_data(part: str, state: dict) -> dict:
     vocab, bos = profile["vocab_size"], profile["bos"]
     track_path.write_text(track_copy_text(source, profile["val_tokens"], profile["train_shards"], vocab, bos))
     track = tracks.load_track_file(track_path)
-    folder = streams.hub_dir(track, scratch / "data")
+    folder = paths.track_data_dir(track, scratch / "data")
     rng = np.random.default_rng(20240520)
     sample = zipf_sampler(rng, vocab, bos)
     # the val stream reads val_tokens inputs plus the last target

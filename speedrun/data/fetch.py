@@ -108,7 +108,7 @@ def fetch(track, train_shards: int, data_dir: str | os.PathLike | None = None, e
     if not 0 <= train_shards <= len(available):
         raise SpeedrunError(f"--train-shards must be between 0 and {len(available)} for track {track.name}, "
                             f"got {train_shards}")
-    folder = streams.hub_dir(track, root)
+    folder = paths.track_data_dir(track, root)
     endpoint = (endpoint or os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
     names = track.data.all_val_files + available[:train_shards]
     with folders.made_for(folder):  # a failure leaves no empty data folder behind

@@ -54,6 +54,7 @@ from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 
+from speedrun import paths
 from speedrun.errors import SpeedrunError
 from speedrun.evidence.rundir import sha256_file  # noqa: F401  (re-exported: data.sha256_file)
 # the shard format lives in `speedrun.data.shards`; re-exported here, where the streams read it
@@ -68,8 +69,6 @@ if TYPE_CHECKING:  # torch is imported where tensors are built: `import speedrun
 def data_dir() -> Path:
     """Where datasets live: `$SPEEDRUN_DATA_DIR`, else the checkout's `data/` (gitignored), else the user's
     cache (`~/.cache/speedrun/data`); the rule is `speedrun.paths`."""
-    from speedrun import paths
-
     return paths.data_dir()
 
 
@@ -77,13 +76,6 @@ _default_data_dir = data_dir  # `track_files` takes a parameter of the same name
 
 
 # --- where a track's files are ------------------------------------------------------------------------------
-
-
-def hub_dir(track, root: Path | None = None) -> Path:
-    """Local folder of a hub track's files: `<data_dir>/<repo name>` (shared by tracks using one repo)."""
-    from speedrun import paths
-
-    return paths.track_data_dir(track, root)
 
 
 def track_files(track, data_dir: str | os.PathLike | None = None, generate: bool = True,
@@ -98,9 +90,9 @@ def track_files(track, data_dir: str | os.PathLike | None = None, generate: bool
     if track.data.source == "generator":
         from speedrun.data import corpus
 
-        return corpus.ensure(track, hub_dir(track, root), allow_generate=generate, check_sha256=check_sha256)
+        return corpus.ensure(track, paths.track_data_dir(track, root), allow_generate=generate, check_sha256=check_sha256)
 
-    folder = hub_dir(track, root)
+    folder = paths.track_data_dir(track, root)
     hint = f"run `speedrun data fetch {track.name}" + (f" --data-dir {root}" if data_dir is not None else "") + "`"
     val = [folder / name for name in track.data.all_val_files]
     for path in val:

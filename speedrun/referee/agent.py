@@ -52,8 +52,7 @@ def monitor_tokens(track, val_files) -> int:
     """The monitor split's size: the track's `[val] monitor_tokens`, else every val token after the scored
     ones (the last needs one more token as its target), at most as many as the scored set, and none when
     fewer than a sixteenth of the scored set are there (a monitor that small measures noise: the tiny track's
-    val shard holds 2,048 tokens after its 262,144 scored ones; `AgentData` then takes a generated corpus's
-    monitor split from the tail of its last train shard)."""
+    val shard holds 2,048 tokens after its 262,144 scored ones: `monitor_split` finds its split elsewhere)."""
     from speedrun.data import shards
 
     declared = track.val_split.monitor_tokens
@@ -67,6 +66,23 @@ def monitor_tokens(track, val_files) -> int:
     return declared
 
 
+def monitor_split(track, val_files, train_files=()) -> tuple[int, list[Path], int]:
+    """Where the monitor split lies: (its tokens, the files, its first token in them). After the scored val
+    tokens (`monitor_tokens`); else, on a generated corpus whose val file holds the scored set alone (tiny), the
+    tail of its last train shard: millions of tokens past where any run's loader gets (tiny: 16.7M train tokens,
+    a 300-step record takes 1.2M), from the same generator, so no scored row is handed out before the final
+    validation on such a track either."""
+    from speedrun.data import shards
+
+    tokens = monitor_tokens(track, val_files)
+    if tokens or track.data.source != "generator" or track.val_split.monitor_tokens is not None or not train_files:
+        return tokens, [Path(p) for p in val_files], track.val_tokens
+    last = Path(train_files[-1])
+    tail = shards.shard_tokens(last)
+    tokens = min(track.val_tokens, tail - 1)
+    return tokens, [last], tail - tokens - 1
+
+
 class AgentData:
     """What every rank's agent shares: the track, the data files (mapped here, in the referee's process, before
     the launcher arms its watch on them), the val unigram and the monitor split's size."""
@@ -78,17 +94,7 @@ class AgentData:
         self.train_files = [Path(p) for p in train_files]
         self.val_files = [Path(p) for p in val_files]
         shards.preload(self.train_files + self.val_files)
-        self.monitor = monitor_tokens(track, self.val_files)
-        self.monitor_files, self.monitor_start = self.val_files, track.val_tokens
-        if not self.monitor and track.data.source == "generator" and track.val_split.monitor_tokens is None \
-                and self.train_files:
-            # a generated corpus whose val file holds the scored set alone (tiny): the monitor split is the tail
-            # of its last train shard, millions of tokens past where any run's loader gets (tiny: 16.7M train
-            # tokens, a 300-step record takes 1.2M), from the same generator; so no scored row is handed out
-            # before the final validation on this track either
-            tail = shards.shard_tokens(self.train_files[-1])
-            self.monitor = min(track.val_tokens, tail - 1)
-            self.monitor_files, self.monitor_start = [self.train_files[-1]], tail - self.monitor - 1
+        self.monitor, self.monitor_files, self.monitor_start = monitor_split(track, self.val_files, self.train_files)
         self.device = device
         self._unigram = None
         self._val: dict = {}
