@@ -119,3 +119,15 @@ def test_a_closed_folder_on_the_way_to_python_is_covered_and_the_environment_bou
     triples = list(zip(args, args[1:], args[2:]))
     cover, back = triples.index(("--tmpfs", str(closed), "--ro-bind")), triples.index(("--ro-bind", str(prefix), str(prefix)))
     assert args.index("/tmp") < cover < back
+
+
+@pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed")
+def test_a_relative_run_directory_is_sandboxed(tmp_path, monkeypatch):
+    """`speedrun run` without --out makes runs/<track>/<stamp>/ relative to the current directory: the script
+    copy's bind must still land (bwrap cannot place a relative destination), so the run is sandboxed."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "r").mkdir(parents=True)
+    (tmp_path / "runs" / "r" / "train.py").write_text("print('x')\n")
+    box, why = sandbox.prepare(Path("runs/r"), Path("runs/r/train.py"))
+    assert why is None and box is not None
+    assert box.files == [(tmp_path.resolve() / "runs" / "r" / "train.py", tmp_path / "runs" / "r" / "train.py")]

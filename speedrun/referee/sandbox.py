@@ -224,9 +224,10 @@ def prepare(run_dir: Path, script_copy: Path, hide: list[Path] = (),
     if not exe:
         return None, "bwrap (bubblewrap) is not installed"
     private = private_dirs()
-    box = Sandbox(exe, "?", files=[(Path(os.path.realpath(script_copy)), Path(script_copy))],
+    copy = Path(os.path.abspath(script_copy))  # bwrap places a bind by its absolute path (a run dir may be relative)
+    box = Sandbox(exe, "?", files=[(Path(os.path.realpath(copy)), copy)],
                   environment=environment_paths(private), private=private)
-    readable = [Path(sys.executable), Path(__file__), Path(script_copy)]
+    readable = [Path(sys.executable), Path(__file__), copy]
     if _probe(box, NOBODY, readable) is not None:
         box.uid = None
         why_root = _probe(box, None, [])
