@@ -73,6 +73,7 @@ def runs_root() -> Path:
 
 
 def new_run_dir(track, script: Path, out: str | None) -> Path:
+    """The run's directory, made empty (`out`, else runs/<track>/<stamp>_<script>), as an absolute path."""
     if out:
         run_dir = Path(out)
         if run_dir.exists() and any(run_dir.iterdir()):
@@ -81,7 +82,7 @@ def new_run_dir(track, script: Path, out: str | None) -> Path:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
         run_dir = runs_root() / track.name / f"{stamp}_{script.stem}"
     run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir
+    return run_dir.absolute()  # the ranks start elsewhere (the sandbox's HOME): every path handed to them is whole
 
 
 def no_data_level(track, val_files: list[Path]) -> float:
