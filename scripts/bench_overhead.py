@@ -10,11 +10,12 @@ own process, as for any run) and prints what the submission measured:
    Inside the sandbox the script sees no data file, so the bare side's tokens are random ones of the track's
    vocabulary: the arithmetic is the same, the token values are not.
 2. One refereed validation (logits handed to the referee, which computes the cross-entropy and its probes)
-   against a plain validation pass over as many tokens with `F.cross_entropy` on the same model.
+   against a plain validation pass over as many tokens with `F.cross_entropy` on the same model, in alternating
+   pairs; the median of the pairs' ratios is printed (target <= 1.10).
 3. Start-up: seconds from the launch to the rank's `init()` and to `start()` (the launcher's own clock), and
    the launch's whole wallclock.
 
-    python scripts/bench_overhead.py [--track tiny] [--steps 120] [--batch-tokens 4096] [--seq-len 128]
+    python scripts/bench_overhead.py [--track tiny] [--steps 120] [--val-pairs 5] [--batch-tokens 4096] [--seq-len 128]
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=120, help="steps per side (alternating)")
     parser.add_argument("--batch-tokens", type=int, default=4096)
     parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--val-pairs", type=int, default=5, help="validations per side (alternating)")
     parser.add_argument("--device", default="", help="cpu to force the CPU on a GPU machine")
     parser.add_argument("--no-sandbox", action="store_true", help="run the ranks without bubblewrap")
     return parser.parse_args()
@@ -49,7 +51,8 @@ def drive(args: argparse.Namespace) -> int:
     if args.device:
         os.environ["SPEEDRUN_DEVICE"] = args.device
     out = Path(tempfile.mkdtemp(prefix="speedrun-bench-")) / "run"
-    flags = ["--steps", str(args.steps), "--batch-tokens", str(args.batch_tokens), "--seq-len", str(args.seq_len)]
+    flags = ["--steps", str(args.steps), "--batch-tokens", str(args.batch_tokens), "--seq-len", str(args.seq_len),
+             "--val-pairs", str(args.val_pairs)]
     began = time.perf_counter()
     run_dir = launcher.launch(Path(__file__), load_track(args.track), 1, 1, str(out), 0, flags, {},
                               report=console.progress(), sandbox=not args.no_sandbox)
@@ -148,29 +151,50 @@ def submission(args: argparse.Namespace) -> None:
             pieces[i + 1:i + 1 + args.batch_tokens].view(-1, args.seq_len))
            for i in range(0, len(pieces) - 1, args.batch_tokens)]
 
+    forward = {"plain": 0.0, "referee": 0.0}  # seconds in the model's forward alone, per side
+
+    def timed_forward(side: str, inputs):
+        began = time.perf_counter()
+        logits = model(inputs)
+        if run.device.type == "cuda":
+            torch.cuda.synchronize()
+        forward[side] += time.perf_counter() - began
+        return logits
+
     @torch.no_grad()
     def plain_validation() -> float:
         total = 0.0
         for inputs, targets in val:
             inputs, targets = inputs.to(run.device), targets.to(run.device)
-            total += F.cross_entropy(model(inputs).flatten(0, 1).float(), targets.flatten(),
+            total += F.cross_entropy(timed_forward("plain", inputs).flatten(0, 1).float(), targets.flatten(),
                                      reduction="sum").item()
         return total / run.track.val_tokens
 
-    plain, refereed_val = [], []
-    for _ in range(3):
-        began = time.perf_counter()
-        loss_plain = plain_validation()
-        plain.append(time.perf_counter() - began)
-        began = time.perf_counter()
-        loss_ref = run.validate(logits_fn=logits_fn, step=0, batch_tokens=args.batch_tokens)
-        refereed_val.append(time.perf_counter() - began)
+    def refereed_validation() -> float:
+        return run.validate(logits_fn=lambda inputs: timed_forward("referee", inputs), step=0,
+                            batch_tokens=args.batch_tokens)
+
+    # pairs in alternating order (A B, B A, ...) so drift hits both sides alike; the ratio is the median of the
+    # pairs' ratios, which a one-off stall on the machine moves less than a ratio of means
+    times, ratios, losses = {"plain": [], "referee": []}, [], {}
+    for i in range(args.val_pairs):
+        pair = {}
+        for side in (("plain", "referee") if i % 2 == 0 else ("referee", "plain")):
+            began = time.perf_counter()
+            losses[side] = (plain_validation if side == "plain" else refereed_validation)()
+            pair[side] = time.perf_counter() - began
+            times[side].append(pair[side])
+        ratios.append(pair["referee"] / pair["plain"])
     run.finish()
-    v, r = statistics.median(plain), statistics.median(refereed_val)
-    print(f"bench: plain validation         : {v:8.3f} s ({run.track.val_tokens} tokens, loss {loss_plain:.6f})",
-          flush=True)
-    print(f"bench: referee validation       : {r:8.3f} s ({len(val)} batches + 1 probe batch, loss {loss_ref:.6f}) "
-          f"ratio {r / v:.4f}", flush=True)
+    v, r = statistics.median(times["plain"]), statistics.median(times["referee"])
+    print(f"bench: plain validation         : {v:8.3f} s ({run.track.val_tokens} tokens, loss {losses['plain']:.6f}; "
+          f"median of {args.val_pairs})", flush=True)
+    print(f"bench: referee validation       : {r:8.3f} s ({len(val)} batches + 1 probe batch, loss "
+          f"{losses['referee']:.6f}) ratio {statistics.median(ratios):.4f}   (median of {args.val_pairs} "
+          f"pairs' ratios, {min(ratios):.4f} .. {max(ratios):.4f}; target <= 1.10)", flush=True)
+    n = args.val_pairs
+    print(f"bench: of which the model forward: {forward['plain'] / n:8.3f} s plain, {forward['referee'] / n:.3f} s "
+          f"refereed (mean per validation; the refereed side runs one probe batch more)", flush=True)
 
 
 if __name__ == "__main__":

@@ -92,7 +92,7 @@ PROFILES = {
             "record002": ["--config", "gpt2-small", "--steps", "2", "--dim", "64", "--layers", "2", "--heads", "2",
                           "--seq-len", "128", "--batch-tokens", "1024", "--micro-rows", "8"],
         },
-        "overhead_args": ["--steps", "4", "--batch-tokens", "512", "--seq-len", "64", "--device", "cpu"],
+        "overhead_args": ["--steps", "4", "--val-pairs", "2", "--batch-tokens", "512", "--seq-len", "64", "--device", "cpu"],
         "optim": {"layers": 1, "repeats": 1, "small": True},
         "loader": {"shard_tokens": 300_000, "rows": 2, "seq_len": 64},
         "timeouts": {"env": 60, "data": 60, "record003": 120, "record002": 120, "overhead": 120, "optim": 90,

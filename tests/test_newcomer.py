@@ -591,7 +591,9 @@ def test_a_planned_stop_is_no_problem(smoke, tmp_path):
     assert problem.startswith("repetition 1 stopped") and problem.endswith(rep["error"])
 
 
-def test_ctrl_c_leaves_the_repetitions_that_ran_and_a_verdict_that_says_interrupted(smoke, tmp_path):
+@pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_leaves_the_repetitions_that_ran_and_a_verdict_that_says_interrupted(smoke, tmp_path, stop):
+    """Ctrl-C, and SIGTERM (`kill`; Slurm at a job's time limit) likewise."""
     import json
     import signal
     import subprocess
@@ -612,22 +614,25 @@ def test_ctrl_c_leaves_the_repetitions_that_ran_and_a_verdict_that_says_interrup
         while time.monotonic() < deadline and '"init"' not in (
                 (out / "run-1.jsonl").read_text() if (out / "run-1.jsonl").exists() else ""):
             time.sleep(0.1)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(getattr(signal, stop))
         output, _ = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 130, output
+    assert proc.returncode == 128 + getattr(signal, stop), output
+    said = "SIGINT (Ctrl-C)" if stop == "SIGINT" else stop
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["interrupted"] == "SIGINT (Ctrl-C) during repetition 1 of 2"
+    assert manifest["interrupted"] == f"{said} during repetition 1 of 2"
     (rep,) = manifest["repetitions"]
     assert rep["status"] == "interrupted" and rep["events_sha256"] and "end_check" in manifest
+    assert rep["error"] == f"the launcher was interrupted ({said}) before the repetition ended"
     verdict = verdict_of(out)
     assert verdict["status"] == "interrupted" and not verdict["qualifies"]
     first = verdict["problems"][0]
-    assert first == "the run was interrupted: SIGINT (Ctrl-C) during repetition 1 of 2; 1 repetition(s) not run"
+    assert first == f"the run was interrupted: {said} during repetition 1 of 2; 1 repetition(s) not run"
     assert verdict["problem_details"][first]["consequences"] == ["repetition 1: rank 0 never called start()"]
     assert "INTERRUPTED" in output and "speedrun: interrupted" in output
+    assert not list(tmp_path.glob("run/**/*.tmp"))  # nothing half-written
     again = subprocess.run([sys.executable, "-m", "speedrun.cli", "verify", str(out)], env=env, capture_output=True,
                            text=True, timeout=120)
     assert again.returncode == 1 and "INTERRUPTED" in again.stdout and "Traceback" not in again.stderr

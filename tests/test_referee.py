@@ -58,7 +58,8 @@ def launch(script: Path, out: Path, *extra: str, nproc: int = 2, runs: int = 1, 
 PROBE = """
 import os as _os
 def _probe(key, value):
-    print(f"PROBE rank{run.rank} {key}={value}", flush=True)
+    # one write per line: the ranks run unbuffered and share the log, and print() writes the newline apart
+    _os.write(1, f"PROBE rank{run.rank} {key}={value}\\n".encode())
 _launcher = int(_os.environ["PROBE_LAUNCHER_PID"])
 try:
     _os.kill(_launcher, 0)

@@ -21,7 +21,7 @@ class Doctored(torch.Tensor):
 class Shrink(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        return out * 0.5 if func is torch.logsumexp else out
+        return out * 0.5 if func in (torch.logsumexp, torch.nn.functional.cross_entropy) else out
 
 
 class Watch(TorchDispatchMode):

@@ -109,8 +109,9 @@ MANIFEST_FIELDS = {
     "track": dict, "script": dict, "pins": dict, "env": dict, "hardware": str, "hardware_fingerprint": dict,
     "command": list, "nproc_per_node": int, "nnodes": int, "runs": int, "seeds": list, "repetitions": list,
 }
-# optional: "interrupted" (str): the launcher was interrupted, e.g. "SIGINT (Ctrl-C) during repetition 2 of 3";
-# the manifest then lists the repetitions that ran, the one it interrupted marked "interrupted"
+# optional: "interrupted" (str): the launcher was interrupted, e.g. "SIGINT (Ctrl-C) during repetition 2 of 3"
+# or "SIGTERM during repetition 1 of 3" (`kill`, Slurm's time limit); the manifest then lists the repetitions
+# that ran, the one it interrupted marked "interrupted"
 MANIFEST_OPTIONAL = {"interrupted": str}
 # status: "ok" (exit 0, the referee saw finish() and found no problem), "invalid" (exit 0 and finished, with
 # problems), "failed" (non-zero exit, or the launcher stopped it: timeout, a rank gone), "unfinished" (exit 0

@@ -88,8 +88,14 @@ class AgentData:
     the launcher arms its watch on them), the val unigram and the monitor split's size."""
 
     def __init__(self, track, train_files, val_files, device: str = "cpu"):
+        import torch
         from speedrun.data import shards
 
+        # the agents' arithmetic (a validation's cross-entropy, a batch's copy) runs while the rank waits, and is
+        # small next to the rank's forward: one thread. More would keep spinning after each operation (OpenMP
+        # workers wait busily for a while) on the cores the ranks compute on: measured, a refereed validation's
+        # forward passes ran slower by that much (scripts/bench_overhead.py)
+        torch.set_num_threads(1)
         self.track = track
         self.train_files = [Path(p) for p in train_files]
         self.val_files = [Path(p) for p in val_files]

