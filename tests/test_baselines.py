@@ -31,7 +31,7 @@ def test_every_gpt2_track_has_both_baselines():
 @pytest.fixture(scope="module")
 def gpt2_env(tmp_path_factory):
     return synthetic.make_track(tmp_path_factory.mktemp("gpt2"), name="gpt2-synthetic", vocab=50257,
-                                val_tokens=8192, train_tokens=60_000)
+                                val_tokens=4096, train_tokens=60_000)
 
 
 def launch(script: Path, out: Path, nproc: int, config: str) -> float:

@@ -638,6 +638,35 @@ def test_ctrl_c_leaves_the_repetitions_that_ran_and_a_verdict_that_says_interrup
     assert again.returncode == 1 and "INTERRUPTED" in again.stdout and "Traceback" not in again.stderr
 
 
+def test_an_interrupted_compare_keeps_both_sides_with_verdicts_and_writes_no_result(smoke, tmp_path, monkeypatch):
+    """SIGTERM (or Ctrl-C) as side B's repetition 1 begins, A's having ended: each side's manifest and verdict
+    say interrupted (A after its repetition, B before its first), there is no compare.json to take a result from,
+    and the comparison directory is named."""
+    from speedrun.errors import Stopped
+    from speedrun.evidence import rundir
+    from speedrun.ledger import compare
+    from speedrun.referee import launcher
+    from speedrun.tracks import load_track
+
+    def repetition(job, k, report=None):
+        if job.run_dir.name == "A":  # as if it ran (no processes needed for what is tested here)
+            return job._record({"k": k, "status": "ok", "exit_code": 0, "wall_s": 1.0, "seed": job.seeds[k - 1],
+                                "error": None})
+        raise Stopped("SIGTERM")
+
+    monkeypatch.setattr(launcher.Launch, "repetition", repetition)
+    script = mini_script(tmp_path, "mini")
+    out = tmp_path / "cmp"
+    with pytest.raises(launcher.Interrupted) as stop:
+        compare.compare(script, script, load_track("smoke"), runs=2, nproc=1, out=out)
+    assert stop.value.run_dir == out and stop.value.signal_name == "SIGTERM"
+    assert not (out / compare.RESULT).exists()
+    said = {side: rundir.read_json(out / side / rundir.MANIFEST)["interrupted"] for side in "AB"}
+    assert said == {"A": "SIGTERM after repetition 1 of 2", "B": "SIGTERM before repetition 1 of 2"}
+    for side in "AB":
+        assert rundir.read_json(out / side / "verdict.json")["status"] == "interrupted"
+
+
 def test_a_ladder_point_whose_run_was_interrupted_runs_again(tmp_path):
     """An interrupted run now keeps its repetition (marked): a ladder must still see the point as unfinished."""
     import json

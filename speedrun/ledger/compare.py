@@ -27,7 +27,7 @@ from speedrun.evidence import rundir
 from speedrun.evidence import hardware
 from speedrun.referee import launcher
 from speedrun.ledger import store
-from speedrun.errors import SpeedrunError
+from speedrun.errors import SpeedrunError, signal_name, stop_signal
 from speedrun.report import SILENT, Reporter
 from speedrun.tracks import Track, load_track
 
@@ -55,7 +55,9 @@ def compare(a: Path, b: Path, track: Track, runs: int = 3, nproc: int = 2, out: 
             seed: int = 0, script_args: list[str] | None = None, timeout: float | None = None,
             report: Reporter = SILENT, progress: Reporter | None = None, sandbox: bool = True) -> Path:
     """Run A and B interleaved `runs` times each; write and return the comparison directory. `report` hears
-    what is compared and the result (`compare_lines`), `progress` (default: `report`) each repetition. `sandbox`: run the ranks in the OS sandbox."""
+    what is compared and the result (`compare_lines`), `progress` (default: `report`) each repetition. `sandbox`: run the ranks in the OS sandbox.
+    Ctrl-C (or SIGTERM) keeps both sides' runs so far, each with a verdict that says interrupted, writes no
+    result and raises `launcher.Interrupted` naming the comparison directory."""
     from speedrun.judge import stats
     from speedrun.judge import verify
 
@@ -71,9 +73,18 @@ def compare(a: Path, b: Path, track: Track, runs: int = 3, nproc: int = 2, out: 
                                    {}, timeout=timeout, report=progress, sandbox=sandbox)
              for name, script in zip(rundir.COMPARE_SIDES, (a, b))}
     report.line(f"speedrun compare A={a} B={b} on track {track.name}: {runs} runs each, interleaved -> {out}")
-    for k in range(1, runs + 1):
-        for name in ("A", "B") if k % 2 else ("B", "A"):
-            sides[name].repetition(k)
+    k, name = 1, "A"
+    try:
+        for k in range(1, runs + 1):
+            for name in ("A", "B") if k % 2 else ("B", "A"):
+                sides[name].repetition(k)
+    except KeyboardInterrupt as exc:  # each side keeps what ran and a verdict that says interrupted; no result
+        for job in sides.values():
+            job.interrupted(k, exc)
+            verify.verify_run_dir(job.run_dir)
+        report.line(f"comparison interrupted ({stop_signal(exc)} in repetition {k} of side {name}): no result; "
+                    f"the runs so far are kept in {out}, each side's verdict says interrupted")
+        raise launcher.Interrupted(out, signal_name(exc)) from None
     for job in sides.values():
         job.close()
     verdicts = {name: verify.verify_run_dir(job.run_dir) for name, job in sides.items()}
