@@ -10,8 +10,9 @@ own process, as for any run) and prints what the submission measured:
    Inside the sandbox the script sees no data file, so the bare side's tokens are random ones of the track's
    vocabulary: the arithmetic is the same, the token values are not.
 2. One refereed validation (logits handed to the referee, which computes the cross-entropy and its probes)
-   against a plain validation pass over as many tokens with `F.cross_entropy` on the same model, in alternating
-   pairs; the median of the pairs' ratios is printed (target <= 1.10).
+   against a plain validation pass over as many real tokens (batches of the train loader held in memory) with
+   `F.cross_entropy` on the same model, in alternating pairs; the median of the pairs' ratios is printed
+   (target <= 1.10), and how much of each side was the model's forward.
 3. Start-up: seconds from the launch to the rank's `init()` and to `start()` (the launcher's own clock), and
    the launch's whole wallclock.
 
@@ -145,11 +146,9 @@ def submission(args: argparse.Namespace) -> None:
     print(f"bench: ratio referee / bare     : {a / b:.4f}   (target <= 1.01)", flush=True)
 
     model.eval()
-    tokens = torch.randint(run.track.vocab_size, (run.track.val_tokens + 1,), generator=generator)
-    pieces = tokens[:run.track.val_tokens // args.seq_len * args.seq_len + 1]
-    val = [(pieces[i:i + args.batch_tokens].view(-1, args.seq_len),
-            pieces[i + 1:i + 1 + args.batch_tokens].view(-1, args.seq_len))
-           for i in range(0, len(pieces) - 1, args.batch_tokens)]
+    # the plain side's batches: as many real tokens as the track's val set, from the referee's train loader (the
+    # script sees no data file), held in memory before the first validation
+    val = [next(refereed) for _ in range(run.track.val_tokens // args.batch_tokens)]
 
     forward = {"plain": 0.0, "referee": 0.0}  # seconds in the model's forward alone, per side
 
@@ -168,7 +167,7 @@ def submission(args: argparse.Namespace) -> None:
             inputs, targets = inputs.to(run.device), targets.to(run.device)
             total += F.cross_entropy(timed_forward("plain", inputs).flatten(0, 1).float(), targets.flatten(),
                                      reduction="sum").item()
-        return total / run.track.val_tokens
+        return total / (len(val) * args.batch_tokens)
 
     def refereed_validation() -> float:
         return run.validate(logits_fn=lambda inputs: timed_forward("referee", inputs), step=0,
@@ -185,16 +184,21 @@ def submission(args: argparse.Namespace) -> None:
             pair[side] = time.perf_counter() - began
             times[side].append(pair[side])
         ratios.append(pair["referee"] / pair["plain"])
+    spent = dict(forward)  # finish() has the last logits_fn measure the scored split once more: not counted
     run.finish()
     v, r = statistics.median(times["plain"]), statistics.median(times["referee"])
-    print(f"bench: plain validation         : {v:8.3f} s ({run.track.val_tokens} tokens, loss {losses['plain']:.6f}; "
+    print(f"bench: plain validation         : {v:8.3f} s ({len(val) * args.batch_tokens} tokens, loss {losses['plain']:.6f}; "
           f"median of {args.val_pairs})", flush=True)
     print(f"bench: referee validation       : {r:8.3f} s ({len(val)} batches + 1 probe batch, loss "
           f"{losses['referee']:.6f}) ratio {statistics.median(ratios):.4f}   (median of {args.val_pairs} "
           f"pairs' ratios, {min(ratios):.4f} .. {max(ratios):.4f}; target <= 1.10)", flush=True)
     n = args.val_pairs
-    print(f"bench: of which the model forward: {forward['plain'] / n:8.3f} s plain, {forward['referee'] / n:.3f} s "
+    print(f"bench: of which the model forward: {spent['plain'] / n:8.3f} s plain, {spent['referee'] / n:.3f} s "
           f"refereed (mean per validation; the refereed side runs one probe batch more)", flush=True)
+    outside = {side: statistics.mean(times[side]) - spent[side] / n for side in times}
+    print(f"bench: outside the forward      : {outside['plain']:8.3f} s plain, {outside['referee']:.3f} s refereed "
+          f"(mean per validation: the loss, the hand-over, the referee's probes; the forward's own noise left out, "
+          f"the referee adds {(outside['referee'] - outside['plain']) / v:.1%} of a plain validation)", flush=True)
 
 
 if __name__ == "__main__":
