@@ -113,6 +113,11 @@ def plot_speedup(report: dict, out: Path) -> Path:
     ax.axhline(1.0, color="grey", lw=1)
     ax.set_xscale("log")
     ax.set_yscale("log")
+    from matplotlib.ticker import FuncFormatter
+
+    # speed-ups sit near 1: ticks as "1.1x", not as powers of ten ("1.1 x 10^0")
+    for axis in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
+        axis(FuncFormatter(lambda v, _: f"{v:.3g}x"))
     ax.set_xlabel("parameters (measured)")
     ax.set_ylabel("data-equivalent speed-up")
     ax.set_title(f"{report['name']}: speed-up vs size (95% bootstrap over seeds)", fontsize=9)
