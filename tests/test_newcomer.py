@@ -499,14 +499,18 @@ def test_a_crash_leads_with_its_cause_its_line_and_its_log(smoke, tmp_path, caps
 
 
 def test_a_timeout_is_said_once(smoke, tmp_path, capsys):
+    """Said once, and nothing else blamed on the script: the processes still going down after the launcher's own
+    stop are not "left running by the script"."""
     script = mini_script(tmp_path, "sleepy", before_start="time.sleep(60)")
     out = tmp_path / "run"
-    assert speedrun_run(script, out, "--timeout", "4") == 1
+    assert speedrun_run(script, out, "--timeout", "4", "--nproc", "2") == 1
     printed, progress = capsys.readouterr()
     (problem,) = verdict_of(out)["problems"]
     assert problem.startswith("repetition 1 failed") and problem.endswith(": stopped after the 4 s timeout")
+    assert not verdict_of(out)["warnings"]
     for text in (progress, printed):
         assert text.count("stopped after the 4 s timeout") == 1, text
+        assert "running after it ended" not in text, text
 
 
 def test_a_finished_repetition_with_a_problem_is_not_ok(smoke, tmp_path, capsys):

@@ -545,8 +545,8 @@ class Launch:
                 pass
             raise
         left = kill_leftovers(before)
-        if rep_ref.stopped_early:  # a planned stop: what is left is the launcher's own stop in progress
-            left = []
+        if rep_ref.stopped_early or reasons:  # the launcher stopped the run itself (a planned stop, a timeout, a
+            left = []                          # stray rank): what is left is that stop in progress, not the script's
         warnings = [f"the script left {len(left)} process(es) running after it ended (pids "
                     f"{', '.join(map(str, left[:5]))}); the launcher killed them"] if left else []
         rep_ref.stop_watch()  # before the launcher re-reads the pinned files itself
