@@ -638,6 +638,8 @@ OVERHEAD_LINES = {
     "val_plain_s": r"plain validation\s*:\s*([\d.]+) s",
     "val_referee_s": r"referee validation\s*:\s*([\d.]+) s",
     "val_ratio": r"referee validation.*ratio ([\d.]+)",
+    "val_outside_forward_plain_s": r"outside the forward\s*:\s*([\d.]+) s plain",
+    "val_outside_forward_referee_s": r"outside the forward\s*:.*?([\d.]+) s refereed",
     "startup_init_s": r"launch to init\(\) ([\d.]+) s",
     "startup_start_s": r"to start\(\) ([\d.]+) s",
 }
