@@ -671,6 +671,33 @@ def test_an_interrupted_compare_keeps_both_sides_with_verdicts_and_writes_no_res
         assert rundir.read_json(out / side / "verdict.json")["status"] == "interrupted"
 
 
+def test_a_second_stop_while_the_evidence_is_written_is_let_go():
+    """Ctrl-C again (or SIGTERM) while the launcher seals and records what the first stop left does not cut that
+    short; afterwards Ctrl-C raises again."""
+    import signal
+    import threading
+    import time
+
+    from speedrun.referee import launcher
+
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signal handlers can be set only from the main thread")
+    saved = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        done = []
+        with launcher.shielded():
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)  # both delivered and handled here
+            done.append(True)
+        assert done and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+    finally:
+        signal.signal(signal.SIGINT, saved)
+
+
 def test_a_ladder_point_whose_run_was_interrupted_runs_again(tmp_path):
     """An interrupted run now keeps its repetition (marked): a ladder must still see the point as unfinished."""
     import json

@@ -74,7 +74,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
                                   report=console.progress(), sandbox=args.sandbox)
     except launcher.Interrupted as stop:  # what ran is kept: its verdict says "interrupted"
         if not args.no_verify:
-            print_verdict(verify.verify_run_dir(stop.run_dir))
+            with launcher.shielded():
+                print_verdict(verify.verify_run_dir(stop.run_dir))
         raise
     failed = [r["k"] for r in rundir.read_json(run_dir / rundir.MANIFEST)["repetitions"] if r["status"] != "ok"]
     if args.no_verify:

@@ -79,9 +79,10 @@ def compare(a: Path, b: Path, track: Track, runs: int = 3, nproc: int = 2, out: 
             for name in ("A", "B") if k % 2 else ("B", "A"):
                 sides[name].repetition(k)
     except KeyboardInterrupt as exc:  # each side keeps what ran and a verdict that says interrupted; no result
-        for job in sides.values():
-            job.interrupted(k, exc)
-            verify.verify_run_dir(job.run_dir)
+        with launcher.shielded():
+            for job in sides.values():
+                job.interrupted(k, exc)
+                verify.verify_run_dir(job.run_dir)
         report.line(f"comparison interrupted ({stop_signal(exc)} in repetition {k} of side {name}): no result; "
                     f"the runs so far are kept in {out}, each side's verdict says interrupted")
         raise launcher.Interrupted(out, signal_name(exc)) from None

@@ -29,6 +29,7 @@ passed through to torchrun for one-node runs that need them; the tracks' hardwar
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import re
@@ -349,6 +350,28 @@ def kill_leftovers(before: set[int]) -> list[int]:
     return left
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+@contextlib.contextmanager
+def shielded():
+    """While the launcher writes what a stop leaves (the interrupted repetition's seal and record, the manifest,
+    the verdict), a further Ctrl-C or SIGTERM is let go: the stop already under way ends the program once the
+    evidence is whole. (Only the main thread can set handlers; elsewhere this does nothing.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = {}
+    for signum in STOP_SIGNALS:
+        if signal.getsignal(signum) not in (signal.SIG_IGN, None):
+            saved[signum] = signal.signal(signum, lambda *_: None)
+    try:
+        yield
+    finally:
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
+
+
 def _kill_group(proc: subprocess.Popen) -> None:
     try:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -404,7 +427,8 @@ def run_processes(cmd: list[str], env: dict, log: Path, rep: Repetition, timeout
                     _kill_group(proc)
                     break
         except KeyboardInterrupt:
-            _kill_group(proc)
+            with shielded():
+                _kill_group(proc)
             raise
         wall = time.perf_counter() - began
         try:
@@ -533,14 +557,15 @@ class Launch:
             why = (interrupted_text(exc) if interrupted else
                    f"the launcher failed before the repetition ended ({type(exc).__name__}: {exc})")
             try:
-                kill_leftovers(before)
-                rep_ref.close(None, stopped=why)
-                if place is not None:
-                    place.remove()
-                if sink is not None:
-                    sink.finish("interrupted")
-                self._record({"k": k, "status": "interrupted" if interrupted else "failed", "exit_code": None,
-                              "wall_s": round(time.perf_counter() - began, 3), "seed": seed, "error": why})
+                with shielded():
+                    kill_leftovers(before)
+                    rep_ref.close(None, stopped=why)
+                    if place is not None:
+                        place.remove()
+                    if sink is not None:
+                        sink.finish("interrupted")
+                    self._record({"k": k, "status": "interrupted" if interrupted else "failed", "exit_code": None,
+                                  "wall_s": round(time.perf_counter() - began, 3), "seed": seed, "error": why})
             except Exception:
                 pass
             raise
@@ -642,7 +667,8 @@ def launch(script: Path, track, nproc: int, runs: int, out: str | None, seed: in
         for k in range(1, runs + 1):
             job.repetition(k)
     except KeyboardInterrupt as exc:
-        job.interrupted(max(k, 1), exc)
+        with shielded():
+            job.interrupted(max(k, 1), exc)
         report.line(f"  {job.run_dir.name} interrupted: {job.manifest['interrupted']}")
         raise Interrupted(job.run_dir, signal_name(exc)) from None
     for problem in job.close():
