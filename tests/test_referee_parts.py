@@ -157,7 +157,7 @@ class Judge:
         scoring = [r for r, a in zip(sorted(self.ref.ranks), answers) if a.get("score")]
         if scoring:
             shape = {k: answers[scoring[0]][k] for k in ("batch_tokens", "seq_len", "layout")}
-            return self.validate({r: t + 1 for r in scoring}, {r: t + 2 for r in scoring}, None, fn, shape)
+            return self.validate({r: t for r in scoring}, {r: t + 1 for r in scoring}, None, fn, shape)
         return {}
 
     def close(self, code: int = 0) -> dict:
@@ -631,7 +631,7 @@ def test_validation_time_beyond_its_budget_counts_as_timed(tmp_path):
     assert second["charged_s"] == pytest.approx(0.725)
     assert summary["timed_s"] == pytest.approx(18.0 - 1.0 - 9.2 - 1.275 + 0.3)
     assert events.last("finish")["charged_s"] == pytest.approx(0.3 + 0.8 + 0.725)
-    assert events.last("finish")["val_untimed_s"] == pytest.approx(9.2 + 1.275)
+    assert events.last("finish")["val_untimed_s"] == pytest.approx(9.2 + 1.275 + 1.0)  # + the scored one's 1 s
 
 
 def test_training_hidden_in_a_free_validation_is_charged_back(tmp_path):
@@ -649,6 +649,38 @@ def test_training_hidden_in_a_free_validation_is_charged_back(tmp_path):
     cap = 4096 * first["timed_s"] / (30 * 1024)
     assert first["untimed_s"] == pytest.approx(cap, abs=1e-3) and first["charged_s"] == pytest.approx(30.0 - cap, abs=1e-3)
     assert summary["timed_s"] > 29.9                              # the hidden work is on the clock after all
+
+
+def test_training_between_finish_and_the_scored_validation_is_on_the_clock(tmp_path):
+    """A script that asks for finish() itself (the clock stops) and trains for 20 s before it has its final
+    model measured on the scored tokens: the wait counts as timed."""
+    j = Judge(tmp_path)
+    j.honest_until_start()
+    j.start(0, 1.0)
+    j.start(1, 1.0)
+    j.steps(3, 2.0)
+    j.validate({0: 5.0, 1: 5.0}, {0: 6.0, 1: 6.0}, step=3)
+    answers = j.everyone("finish", 7.0, inductor=[])
+    shape = {k: answers[0][k] for k in ("batch_tokens", "seq_len", "layout")}
+    j.validate({0: 27.0, 1: 27.0}, {0: 28.0, 1: 28.0}, None, uniform, shape)
+    summary = j.close()
+    scored = j.events().of("val")[-1]
+    assert scored["split"] == "scored" and scored["charged_s"] == pytest.approx(20.0)
+    assert summary["timed_s"] == pytest.approx(7.0 - 1.0 - 1.0 + 20.0)
+    assert j.events().last("finish")["timed_s"] == pytest.approx(25.0)
+
+
+def test_a_finish_without_the_scored_validation_is_missing_it(tmp_path):
+    """finish() asked for, the scored tokens never measured: the final loss would be the monitor split's."""
+    j = Judge(tmp_path)
+    j.honest_until_start()
+    j.start(0, 1.0)
+    j.start(1, 1.0)
+    j.steps(3, 2.0)
+    j.validate({0: 5.0, 1: 5.0}, {0: 6.0, 1: 6.0}, step=3)
+    assert all(a["score"] for a in j.everyone("finish", 7.0, inductor=[]))
+    summary = j.close()
+    assert any("never measured the scored val tokens after finish()" in p for p in summary["problems"])
 
 
 def test_shared_buffers_and_ipc_handles_carry_tensors_only(tmp_path):

@@ -294,7 +294,10 @@ def check_repetition(track, events: rundir.Events, rep: dict, seed: int | None, 
                 break
             paused += v.get("untimed_s", v.get("seconds", 0.0))
         timed = finish.get("timed_s", 0.0)
-        span = finish.get("t", 0.0) - start.get("t", 0.0) - paused
+        # the scored validation after finish(): what it was charged (its wait after finish() and its part beyond
+        # the validation cap) counts as timed, after the clock stopped
+        late = sum(v.get("charged_s", 0.0) for v in timeline if v.get("t", 0.0) > finish.get("t", 0.0))
+        span = finish.get("t", 0.0) - start.get("t", 0.0) - paused + late
         if abs(span - timed) > TIMING_SLACK_S:
             problems.append(f"repetition {k}: clock inconsistent: {span:.4f} s between start and finish outside "
                             f"validation, but {timed:.4f} s timed")

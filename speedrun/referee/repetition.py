@@ -104,6 +104,7 @@ class Referee:
         self.val_untimed = 0.0       # validation seconds taken off the clock so far
         self.val_budgeted = 0.0      # the part of them after the `val_free` first validations (the budget's use)
         self.charged = 0.0           # seconds outside the clock beyond their budgets, counted as timed
+        self.late = 0.0              # the part of them after finish() (the clock had stopped: added to it)
 
     # --- helpers ---------------------------------------------------------------------------------------------
 
@@ -397,7 +398,9 @@ class Referee:
         split_tokens = entries[0]["msg"].get("split_tokens", self.track.val_tokens)
         after_finish = all(s.finish_t is not None for s in states)
         if after_finish:  # the scored validation finish() asked for: the clock has stopped already
-            timed_s, off, charged = self.timed_at(max(s.finish_t for s in states)), seconds, 0.0
+            finish_t = max(s.finish_t for s in states)
+            timed_s = self.timed_at(finish_t)
+            off, charged = self._score_budget(seconds, max(0.0, t_begin - finish_t), timed_s, split_tokens)
         else:
             timed_s = self.timed_at(t_begin)
             off, charged = self._val_budget(index, seconds, timed_s, split_tokens)
@@ -485,6 +488,23 @@ class Referee:
         self.charged += seconds - off
         return off, seconds - off
 
+    def _score_budget(self, seconds: float, gap: float, timed_s: float, tokens: int) -> tuple[float, float]:
+        """(seconds off the clock, seconds added to it) of the scored validation that follows finish().
+
+        The clock stopped at finish(), and the harness's finish() begins the scored validation at once: the
+        `gap` between the two is added to the timed seconds whole (a script that asks for finish() itself could
+        otherwise train there, off the clock, before its final model is measured), and the validation is untimed
+        up to the same `VAL_COST` cap as any other (it is not charged to `val_fraction`: it is the one
+        validation every run must make)."""
+        trained = max((s.tokens for s in self.ranks.values()), default=0)
+        cap = seconds if trained == 0 else VAL_COST * tokens * timed_s / trained
+        off = min(seconds, cap)
+        charged = gap + seconds - off
+        self.val_untimed += off
+        self.charged += charged
+        self.late += charged
+        return off, charged
+
     def _on_log(self, st: RankState, msg: dict, t: float) -> None:
         if st.rank == 0:
             self.logged += 1
@@ -552,6 +572,9 @@ class Referee:
                                   if where not in ("timed", "val") else ""))
             if st.vals and st.vals[-1]["msg"] is None:
                 missing.append(f"rank {r} did not finish its validation at step {st.vals[-1]['step']}")
+            elif st.finish_t is not None and st.agent is not None and st.agent.score_pending:
+                missing.append(f"rank {r} never measured the scored val tokens after finish() (its final loss "
+                               f"would be the monitor split's)")
             if self.require_exit and st.finish_t is not None and st.exit is None:
                 missing.append(f"rank {r} ended without the bootstrap's final report (the script cut its own "
                                f"process short, e.g. os._exit)")
@@ -612,7 +635,7 @@ class Referee:
         summary = {"finished": finished, "timed_s": None, "steps": None, "final_loss": self.last_loss}
         if finished and self.start_t is not None:
             finish_t = max(s.finish_t for s in states)
-            timed = max(0.0, finish_t - self.start_t - self.paused)
+            timed = max(0.0, finish_t - self.start_t - self.paused) + self.late
             steps = states[0].finish_steps
             self._emit("finish", t=self._t(finish_t), batches=steps, timed_s=round(timed, 4),
                        tokens=states[0].tokens,
