@@ -164,10 +164,15 @@ def test_honest_submission_qualifies_and_leaves_complete_evidence(env, tmp_path,
     assert monitor[0]["tokens"] == 16384 and monitor[0]["loss"] != val["loss"]
     start, finish = events.last("start"), events.last("finish")
     assert start["start_loss"] >= start["no_data_level"] - 1e-9
-    assert finish["timed_s"] == pytest.approx(finish["t"] - start["t"] - monitor[0]["untimed_s"], abs=1e-3)
-    assert val["t"] > finish["t"] and val["timed_s"] == pytest.approx(finish["timed_s"], abs=1e-3)
+    # the moments between finish() and the scored validation's first batch are on the clock (for an honest
+    # script, which has the harness's finish() begin it at once, a few milliseconds)
+    late = val["charged_s"]
+    assert 0 <= late < 0.5
+    assert finish["timed_s"] == pytest.approx(finish["t"] - start["t"] - monitor[0]["untimed_s"] + late, abs=1e-3)
+    assert val["t"] > finish["t"] and val["timed_s"] == pytest.approx(finish["timed_s"] - late, abs=1e-3)
     budget = events.last("budget")
-    assert budget["charged_s"] == 0 and budget["pre_start_budget_s"] == 300 and finish["charged_s"] == 0
+    assert budget["charged_s"] == 0 and budget["pre_start_budget_s"] == 300
+    assert finish["charged_s"] == pytest.approx(late, abs=1e-4)
     verdict = json.loads((out / "verdict.json").read_text())
     assert verdict["qualifies"] and verdict["problems"] == [] and verdict["throughput"]["tokens_per_s"] > 0
     assert schema.check(verdict, schema.VERDICT_FIELDS, "verdict") is None
