@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -119,6 +121,28 @@ def test_a_closed_folder_on_the_way_to_python_is_covered_and_the_environment_bou
     triples = list(zip(args, args[1:], args[2:]))
     cover, back = triples.index(("--tmpfs", str(closed), "--ro-bind")), triples.index(("--ro-bind", str(prefix), str(prefix)))
     assert args.index("/tmp") < cover < back
+
+
+@pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed")
+def test_another_copy_of_the_data_in_a_user_folder_is_out_of_sight(tmp_path, request):
+    """A second clone's data/ or a dataset copied to /home, /root, /mnt...: the data watch follows only the run's
+    own files, so the sandbox covers every top-level folder that is not the system's; the Python environment
+    and the harness are bound back (the ranks still import them)."""
+    place = next((Path("/", d) for d in ["srv", "mnt", "home", *Path.home().parts[1:2], "root"]
+                  if d not in sandbox.SYSTEM_DIRS and os.access(Path("/", d), os.W_OK)), None)
+    if place is None:
+        pytest.skip("no writable folder outside the system's for the copy")
+    copy = Path(tempfile.mkdtemp(prefix=".speedrun-copy-", dir=place)) / "tiny_val_000000.bin"
+    request.addfinalizer(lambda: shutil.rmtree(copy.parent, ignore_errors=True))
+    copy.write_bytes(b"\0" * 1024)
+    script = tmp_path / "run" / "train.py"
+    script.parent.mkdir()
+    script.write_text("print('x')\n")
+    box, why = sandbox.prepare(script.parent, script)
+    assert why is None and place in box.private
+    look = f"import os, speedrun, torch; print('seen' if os.path.exists({str(copy)!r}) else 'hidden')"
+    done = subprocess.run(box.wrap([sys.executable, "-c", look]), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.split() == ["hidden"], done.stderr[-2000:]
 
 
 @pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed")

@@ -7,7 +7,9 @@ $HOME for the next repetition, read the records or other data. The sandbox takes
 wraps the torchrun invocation of a repetition in ONE sandbox per node, so the node's ranks share a network
 namespace whose only interface is loopback (enough for gloo/NCCL rendezvous on one node). Inside:
 
-- the root file system read-only (the Python environment and the harness as installed);
+- the root file system read-only (the Python environment and the harness as installed), but every top-level
+  folder that is not the system's (/home, /root, /work, /mnt, /srv, ...) covered by an empty tmpfs, with the
+  environment and the harness bound back: other checkouts and other copies of the data stay out of sight;
 - a private /proc in its own PID namespace (`--unshare-pid`): the launcher is neither visible nor signalable;
   `--die-with-parent` (the sandbox ends with the launcher) and `--new-session` (no terminal to inject into);
 - /dev minimal, plus the GPU device nodes `/dev/nvidia*` where they exist;
@@ -71,7 +73,7 @@ class Sandbox:
     hide: list[Path] = field(default_factory=list)     # tmpfs over each (parents before children)
     files: list[tuple[Path, Path]] = field(default_factory=list)   # read-only binds: (source, destination)
     environment: list[Path] = field(default_factory=list)  # the Python environment and harness under /tmp
-    private: list[Path] = field(default_factory=list)  # tmpfs over each: folders nobody may not enter (~root)
+    private: list[Path] = field(default_factory=list)  # tmpfs over each: the user folders and closed ones
     uid: int | None = NOBODY                           # None: the caller's uid inside the user namespace
     devices: list[str] = field(default_factory=list)   # /dev/nvidia* bound into /dev
 
@@ -88,7 +90,7 @@ class Sandbox:
         for dev in self.devices:
             args += ["--dev-bind", dev, dev]
         args += ["--tmpfs", "/tmp"]
-        for closed in self.private:  # e.g. a 700 /root holding the interpreter: hidden, the environment bound back
+        for closed in self.private:  # /home, /work, a 700 /root holding the interpreter...: the environment bound back
             args += ["--tmpfs", str(closed)]
         for hidden in self.hide:
             args += ["--tmpfs", str(hidden)]
@@ -181,6 +183,31 @@ def private_dirs() -> list[Path]:
     return [p for i, p in enumerate(out) if not any(_inside(p, q) for q in out[:i])]
 
 
+# the operating system's own top-level folders, left visible (read-only); every other one (/home, /root, /work,
+# /mnt, /srv, /data, ...) is covered, since that is where other checkouts and other copies of the data live
+SYSTEM_DIRS = frozenset({"bin", "boot", "dev", "etc", "lib", "lib32", "lib64", "libx32", "opt", "proc", "run",
+                         "sbin", "sys", "tmp", "usr", "var", "nix", "gnu", "snap"})
+
+
+def user_dirs(root: Path = Path("/")) -> list[Path]:
+    """The top-level folders that are not the system's: a second clone with its own data/, a dataset copied to
+    /mnt or /home, are files the ranks could read without the referee (the data watch follows only the run's
+    own files). The sandbox covers each with an empty tmpfs and binds the environment back
+    (`environment_paths`), as for a closed folder."""
+    try:
+        entries = sorted(root.iterdir())
+    except OSError:
+        return []
+    return [e for e in entries if e.name not in SYSTEM_DIRS and not e.is_symlink() and e.is_dir()]
+
+
+def covered_dirs() -> list[Path]:
+    """What the sandbox covers with a tmpfs before binding the environment back: the user folders and the
+    closed folders on the way to the environment, the outermost of each."""
+    out = sorted({*user_dirs(), *private_dirs()}, key=lambda p: len(p.parts))
+    return [p for i, p in enumerate(out) if not any(_inside(p, q) for q in out[:i])]
+
+
 def environment_paths(private: list[Path] = ()) -> list[Path]:
     """What the ranks import from that the sandbox's fresh /tmp or a tmpfs over a `private` folder would
     cover: the Python environment (a venv made under /tmp, a pyenv interpreter under /root), the harness (a
@@ -223,7 +250,7 @@ def prepare(run_dir: Path, script_copy: Path, hide: list[Path] = (),
     exe = exe or shutil.which("bwrap")
     if not exe:
         return None, "bwrap (bubblewrap) is not installed"
-    private = private_dirs()
+    private = covered_dirs()
     copy = Path(os.path.abspath(script_copy))  # bwrap places a bind by its absolute path (a run dir may be relative)
     box = Sandbox(exe, "?", files=[(Path(os.path.realpath(copy)), copy)],
                   environment=environment_paths(private), private=private)
