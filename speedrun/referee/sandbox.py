@@ -184,8 +184,8 @@ def private_dirs() -> list[Path]:
 
 
 # the operating system's own top-level folders, left visible (read-only); every other one (/home, /root, /work,
-# /mnt, /srv, /data, ...) is covered, since that is where other checkouts and other copies of the data live
-SYSTEM_DIRS = frozenset({"bin", "boot", "dev", "etc", "lib", "lib32", "lib64", "libx32", "opt", "proc", "run",
+# /mnt, /srv, /opt, /data, ...) is covered, since that is where other checkouts and other copies of the data live
+SYSTEM_DIRS = frozenset({"bin", "boot", "dev", "etc", "lib", "lib32", "lib64", "libx32", "proc", "run",
                          "sbin", "sys", "tmp", "usr", "var", "nix", "gnu", "snap"})
 
 
