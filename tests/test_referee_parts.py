@@ -613,25 +613,26 @@ def test_validation_time_beyond_its_budget_counts_as_timed(tmp_path):
     j.start(0, 1.0)
     j.start(1, 1.0)
     j.steps(1, 2.0)
-    j.validate({0: 3.0, 1: 3.0}, {0: 13.0, 1: 13.0}, step=1)   # 10 s, of which 9.2 s may be off the clock
+    j.validate({0: 3.0, 1: 3.0}, {0: 13.0, 1: 13.0}, step=1)   # 10 s, of which 4.6 s may be off the clock
     j.steps(1, 14.0)
-    j.validate({0: 15.0, 1: 15.0}, {0: 17.0, 1: 17.0}, step=2)  # 2 s: a quarter of the timed s off the clock
-    final = j.finish(18.0)
+    j.validate({0: 15.0, 1: 15.0}, {0: 19.0, 1: 19.0}, step=2)  # 4 s: a quarter of the timed s off the clock
+    final = j.finish(20.0)
     assert final
     summary = j.close()
     events = j.events()
     first, second, scored = events.of("val")
     budget = events.last("budget")  # 0.8 s before start outside the 0.2 s warm-up: 0.3 s over its budget
     assert budget["pre_start_s"] == pytest.approx(1.0 - 0.0 - 0.2) and budget["charged_s"] == pytest.approx(0.3)
-    # 2.3 s timed for 1,024 train tokens: the 4,096-token validation may take 4 x 2.3 s off the clock
+    # 2.3 s timed for each rank's 1,024 train tokens: each rank's 2,048-token share of the 4,096-token
+    # validation may take 2 x 2.3 s off the clock
     assert first["timed_s"] == pytest.approx(2.3) and first["tokens"] == 4096
-    assert (first["untimed_s"], first["charged_s"]) == (pytest.approx(9.2), pytest.approx(0.8))
-    # 5.1 s timed when the second began: a quarter of it, 1.275 s, untimed; the rest charged
-    assert second["timed_s"] == pytest.approx(5.1) and second["untimed_s"] == pytest.approx(1.275)
-    assert second["charged_s"] == pytest.approx(0.725)
-    assert summary["timed_s"] == pytest.approx(18.0 - 1.0 - 9.2 - 1.275 + 0.3)
-    assert events.last("finish")["charged_s"] == pytest.approx(0.3 + 0.8 + 0.725)
-    assert events.last("finish")["val_untimed_s"] == pytest.approx(9.2 + 1.275 + 1.0)  # + the scored one's 1 s
+    assert (first["untimed_s"], first["charged_s"]) == (pytest.approx(4.6), pytest.approx(5.4))
+    # 9.7 s timed when the second began: a quarter of it, 2.425 s, untimed; the rest charged
+    assert second["timed_s"] == pytest.approx(9.7) and second["untimed_s"] == pytest.approx(2.425)
+    assert second["charged_s"] == pytest.approx(1.575)
+    assert summary["timed_s"] == pytest.approx(20.0 - 1.0 - 4.6 - 2.425 + 0.3)
+    assert events.last("finish")["charged_s"] == pytest.approx(0.3 + 5.4 + 1.575)
+    assert events.last("finish")["val_untimed_s"] == pytest.approx(4.6 + 2.425 + 1.0)  # + the scored one's 1 s
 
 
 def test_training_hidden_in_a_free_validation_is_charged_back(tmp_path):
@@ -646,7 +647,7 @@ def test_training_hidden_in_a_free_validation_is_charged_back(tmp_path):
     j.finish(31.03)
     summary = j.close()
     first = j.events().of("val")[0]
-    cap = 4096 * first["timed_s"] / (30 * 1024)
+    cap = 4096 / 2 * first["timed_s"] / (30 * 1024)  # each rank's share of the split, per rank's train tokens
     assert first["untimed_s"] == pytest.approx(cap, abs=1e-3) and first["charged_s"] == pytest.approx(30.0 - cap, abs=1e-3)
     assert summary["timed_s"] > 29.9                              # the hidden work is on the clock after all
 

@@ -477,8 +477,7 @@ class Referee:
         after them, validations stay untimed while all their untimed seconds fit in `val_fraction` of the timed
         seconds so far. The part beyond counts as timed: training hidden inside a validation is charged back."""
         budget = self.track.budget
-        trained = max((s.tokens for s in self.ranks.values()), default=0)
-        cap = seconds if trained == 0 else VAL_COST * tokens * timed_s / trained
+        cap = self._val_cap(seconds, timed_s, tokens)
         if index <= budget.val_free:
             off = min(seconds, cap)
         else:
@@ -488,6 +487,15 @@ class Referee:
         self.charged += seconds - off
         return off, seconds - off
 
+    def _val_cap(self, seconds: float, timed_s: float, tokens: int) -> float:
+        """The most a validation over `tokens` val tokens may take off the clock: `VAL_COST` x each rank's share
+        of them x the timed seconds per train token of a rank so far (each rank measures its share while it
+        trains on its own batches; the whole split against one rank's tokens would allow world-size times as
+        much). Before any training step there is nothing to measure against: no cap."""
+        trained = max((s.tokens for s in self.ranks.values()), default=0)
+        share = tokens / max(1, self.world_size or len(self.ranks))
+        return seconds if trained == 0 else VAL_COST * share * timed_s / trained
+
     def _score_budget(self, seconds: float, gap: float, timed_s: float, tokens: int) -> tuple[float, float]:
         """(seconds off the clock, seconds added to it) of the scored validation that follows finish().
 
@@ -496,9 +504,7 @@ class Referee:
         otherwise train there, off the clock, before its final model is measured), and the validation is untimed
         up to the same `VAL_COST` cap as any other (it is not charged to `val_fraction`: it is the one
         validation every run must make)."""
-        trained = max((s.tokens for s in self.ranks.values()), default=0)
-        cap = seconds if trained == 0 else VAL_COST * tokens * timed_s / trained
-        off = min(seconds, cap)
+        off = min(seconds, self._val_cap(seconds, timed_s, tokens))
         charged = gap + seconds - off
         self.val_untimed += off
         self.charged += charged
