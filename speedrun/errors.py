@@ -1,13 +1,22 @@
-"""One exception type for every user-facing failure.
+"""One exception type for every user-facing failure, and the signals that stop a command as Ctrl-C does.
 
 The CLI turns a `SpeedrunError` into a single line on stderr and a non-zero exit; anything else is a bug and
-keeps its traceback. Messages name the file and the field (or the event) at fault.
+keeps its traceback. Messages name the file and the field (or the event) at fault. SIGTERM (`kill`, Slurm at
+a job's time limit) and SIGHUP (the terminal closing) are raised as `Stopped`, a KeyboardInterrupt, while a
+command runs (`signal_handlers`, set by the CLI): what ran is kept, and the evidence says which signal.
 """
+
+import contextlib
+import signal
+import threading
+from typing import Callable, Iterator
+
+# the signals taken as Ctrl-C (SIGINT) is
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
 
 class SpeedrunError(Exception):
     """A clear, one-line failure caused by the user's input (a file, a flag, a submission)."""
-
 
 
 class Stopped(KeyboardInterrupt):
@@ -29,3 +38,19 @@ def stop_signal(exc: BaseException) -> str:
     """How a stop is named in the evidence: "SIGINT (Ctrl-C)", or the signal's name."""
     name = signal_name(exc)
     return "SIGINT (Ctrl-C)" if name == "SIGINT" else name
+
+
+@contextlib.contextmanager
+def signal_handlers(signums, handler, replaces: Callable[[object], bool]) -> Iterator[None]:
+    """`handler` for each of `signums` whose present handler `replaces` accepts, the present ones put back on
+    exit. Only the main thread can set handlers: elsewhere this changes nothing."""
+    saved = {}
+    if threading.current_thread() is threading.main_thread():
+        for signum in signums:
+            if replaces(signal.getsignal(signum)):
+                saved[signum] = signal.signal(signum, handler)
+    try:
+        yield
+    finally:
+        for signum, previous in saved.items():
+            signal.signal(signum, previous)

@@ -192,10 +192,11 @@ class Budget:
     """`[budget]`: how much time outside the clock a run may take; beyond it, the time counts as timed.
 
     `val_fraction`: validations pause the clock while all the untimed validation seconds stay within this
-    fraction of the timed seconds so far; `val_free`: the first this many validations are untimed up to what
-    the run's own training throughput says a validation of their size can cost (the referee's `VAL_COST`
-    rule, `speedrun.referee.repetition`); `pre_start_s`: seconds from a rank's first line to `start()`, outside `warmup()`; `warmup_s`:
-    seconds inside `warmup()`. Defaults apply to every track file that does not say otherwise."""
+    fraction of the timed seconds so far; `val_free`: the first this many validations are untimed up to what the run's
+    own training throughput says a validation of their size can cost (the referee's `VAL_COST` rule,
+    `speedrun.referee.repetition`); `pre_start_s`: seconds from a rank's first line to `start()`, outside
+    `warmup()`; `warmup_s`: seconds inside `warmup()`. Defaults apply to every track file that does not say
+    otherwise."""
 
     val_fraction: float = 0.5
     val_free: int = 4

@@ -17,11 +17,7 @@ import sys
 
 from speedrun.version import __version__
 from speedrun import paths
-from speedrun.errors import SpeedrunError, Stopped, signal_name
-
-# signals that stop a command the way Ctrl-C does (what ran is kept, the verdict says interrupted): `kill`, and
-# Slurm at a job's time limit (SIGTERM); the terminal closing (SIGHUP)
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+from speedrun.errors import STOP_SIGNALS, SpeedrunError, Stopped, signal_handlers, signal_name
 
 
 def _stop(signum, frame) -> None:
@@ -102,32 +98,18 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    before = _catch_stop_signals()
-    try:
-        return int(args.func(args) or 0)
-    except SpeedrunError as exc:
-        print(f"speedrun: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt as exc:
-        name = signal_name(exc)
-        print(f"speedrun: interrupted ({name})" if name != "SIGINT" else "speedrun: interrupted", file=sys.stderr)
-        return 128 + getattr(signal, name)
-    finally:
-        for signum, handler in before.items():
-            signal.signal(signum, handler)
-
-
-def _catch_stop_signals() -> dict:
-    """Raise `Stopped` on the stop signals while a command runs (where Python can: the main thread; not for a
-    signal whoever started us chose to ignore); returns the handlers to put back."""
-    import threading
-
-    before = {}
-    if threading.current_thread() is threading.main_thread():
-        for signum in STOP_SIGNALS:
-            if signal.getsignal(signum) == signal.SIG_DFL:
-                before[signum] = signal.signal(signum, _stop)
-    return before
+    # the stop signals as Ctrl-C while the command runs (not one whoever started us chose to ignore: nohup)
+    with signal_handlers(STOP_SIGNALS, _stop, replaces=lambda h: h == signal.SIG_DFL):
+        try:
+            return int(args.func(args) or 0)
+        except SpeedrunError as exc:
+            print(f"speedrun: error: {exc}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt as exc:
+            name = signal_name(exc)
+            print(f"speedrun: interrupted ({name})" if name != "SIGINT" else "speedrun: interrupted",
+                  file=sys.stderr)
+            return 128 + getattr(signal, name)
 
 
 if __name__ == "__main__":

@@ -90,7 +90,8 @@ def track_files(track, data_dir: str | os.PathLike | None = None, generate: bool
     if track.data.source == "generator":
         from speedrun.data import corpus
 
-        return corpus.ensure(track, paths.track_data_dir(track, root), allow_generate=generate, check_sha256=check_sha256)
+        return corpus.ensure(track, paths.track_data_dir(track, root), allow_generate=generate,
+                             check_sha256=check_sha256)
 
     folder = paths.track_data_dir(track, root)
     hint = f"run `speedrun data fetch {track.name}" + (f" --data-dir {root}" if data_dir is not None else "") + "`"

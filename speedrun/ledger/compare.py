@@ -55,9 +55,9 @@ def compare(a: Path, b: Path, track: Track, runs: int = 3, nproc: int = 2, out: 
             seed: int = 0, script_args: list[str] | None = None, timeout: float | None = None,
             report: Reporter = SILENT, progress: Reporter | None = None, sandbox: bool = True) -> Path:
     """Run A and B interleaved `runs` times each; write and return the comparison directory. `report` hears
-    what is compared and the result (`compare_lines`), `progress` (default: `report`) each repetition. `sandbox`: run the ranks in the OS sandbox.
-    Ctrl-C (or SIGTERM) keeps both sides' runs so far, each with a verdict that says interrupted, writes no
-    result and raises `launcher.Interrupted` naming the comparison directory."""
+    what is compared and the result (`compare_lines`), `progress` (default: `report`) each repetition. `sandbox`: run
+    the ranks in the OS sandbox. Ctrl-C (or SIGTERM) keeps both sides' runs so far, each with a verdict that says
+    interrupted, writes no result and raises `launcher.Interrupted` naming the comparison directory."""
     from speedrun.judge import stats
     from speedrun.judge import verify
 

@@ -93,8 +93,8 @@ class AgentData:
 
         # the agents' arithmetic (a validation's cross-entropy, a batch's copy) runs while the rank waits, and is
         # small next to the rank's forward: one thread. More would keep spinning after each operation (OpenMP
-        # workers wait busily for a while) on the cores the ranks compute on: measured, a refereed validation's
-        # forward passes ran slower by that much (scripts/bench_overhead.py)
+        # workers wait busily for a while) on the cores the ranks compute on (scripts/bench_overhead.py on 2
+        # cores: a refereed validation 1.09-1.13x a plain one with 2 threads here, 1.02-1.08x with one)
         torch.set_num_threads(1)
         self.track = track
         self.train_files = [Path(p) for p in train_files]

@@ -18,9 +18,9 @@ others wait (e.g. died mid-validation), or a run past `--timeout` is stopped wit
 That reason, or else the first exception a rank raised (with the script's line it came from), is the
 repetition's root cause: what is missing because of it (ranks that never called finish()) is recorded under
 it, not as problems of its own. A deterministic failure of repetition 1 (a syntax error before launch, an
-import error, a crash before `speedrun.init()`) stops the remaining repetitions. Ctrl-C (or SIGTERM, SIGHUP) keeps what ran:
-the repetition it interrupts is sealed and recorded as "interrupted", the manifest says the run was interrupted,
-and `launch` raises `Interrupted` so that `speedrun run` still writes the verdict.
+import error, a crash before `speedrun.init()`) stops the remaining repetitions. Ctrl-C (or SIGTERM, SIGHUP) keeps
+what ran: the repetition it interrupts is sealed and recorded as "interrupted", the manifest says the run was
+interrupted, and `launch` raises `Interrupted` so that `speedrun run` still writes the verdict.
 
 Multi-node runs are refused for now: each node's launcher would see only its own ranks, and the verdict
 rests on every rank's evidence (the val sums, the probes, the served batches). The `--rdzv-*` flags are
@@ -46,7 +46,7 @@ from speedrun.version import API_VERSION, __version__
 from speedrun.evidence import rundir
 from speedrun.evidence import hardware
 from speedrun import env, paths
-from speedrun.errors import SpeedrunError, Stopped, signal_name, stop_signal
+from speedrun.errors import STOP_SIGNALS, SpeedrunError, Stopped, signal_handlers, signal_name, stop_signal
 from speedrun.report import SILENT, Reporter
 
 TAIL_LINES = 30
@@ -350,26 +350,14 @@ def kill_leftovers(before: set[int]) -> list[int]:
     return left
 
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-
 @contextlib.contextmanager
 def shielded():
     """While the launcher writes what a stop leaves (the interrupted repetition's seal and record, the manifest,
     the verdict), a further Ctrl-C or SIGTERM is let go: the stop already under way ends the program once the
-    evidence is whole. (Only the main thread can set handlers; elsewhere this does nothing.)"""
-    if threading.current_thread() is not threading.main_thread():
+    evidence is whole."""
+    with signal_handlers((signal.SIGINT, *STOP_SIGNALS), lambda *_: None,
+                         replaces=lambda h: h not in (signal.SIG_IGN, None)):
         yield
-        return
-    saved = {}
-    for signum in STOP_SIGNALS:
-        if signal.getsignal(signum) not in (signal.SIG_IGN, None):
-            saved[signum] = signal.signal(signum, lambda *_: None)
-    try:
-        yield
-    finally:
-        for signum, handler in saved.items():
-            signal.signal(signum, handler)
 
 
 def _kill_group(proc: subprocess.Popen) -> None:

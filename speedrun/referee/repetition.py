@@ -470,12 +470,12 @@ class Referee:
     def _val_budget(self, index: int, seconds: float, timed_s: float, tokens: int) -> tuple[float, float]:
         """(seconds off the clock, seconds counted as timed) of validation `index` over `tokens` val tokens.
 
-        No validation is untimed beyond what the run's own training says it can cost: `VAL_COST` x its tokens x
-        the timed seconds per train token so far (a forward pass costs about a third of a training step per
-        token; a validation before any training step is not capped this way: there is nothing to measure
-        against, and no train batch to work on). Within that, the first `val_free` validations are untimed;
-        after them, validations stay untimed while all their untimed seconds fit in `val_fraction` of the timed
-        seconds so far. The part beyond counts as timed: training hidden inside a validation is charged back."""
+        No validation is untimed beyond what the run's own training says it can cost (`_val_cap`: a forward
+        pass costs about a third of a training step per token; a validation before any training step is not
+        capped this way: there is nothing to measure against, and no train batch to work on). Within that, the
+        first `val_free` validations are untimed; after them, validations stay untimed while all their untimed
+        seconds fit in `val_fraction` of the timed seconds so far. The part beyond counts as timed: training
+        hidden inside a validation is charged back."""
         budget = self.track.budget
         cap = self._val_cap(seconds, timed_s, tokens)
         if index <= budget.val_free:
