@@ -21,7 +21,10 @@ the clock, the seeds and the measurement of validation loss:
 `logits_fn(inputs)` returns logits `[B, T, V]` (V >= the track's vocabulary; any float dtype) for the rows
 layout, `logits_fn(inputs, cu_seqlens)` returns `[n, V]` for the flat layout. The referee computes the
 cross-entropy itself, in chunks, over all V columns. `start(logits_fn)` refuses, before the clock starts, a
-function that the layout's call cannot reach (its signature does not take those arguments).
+function that the layout's call cannot reach (its signature does not take those arguments). A validation's rows
+(the flat layout's `cu_seqlens` pieces) come in an order drawn afresh each time, each a piece of val text on its
+own: a model must not attend from one to another. Some batches are the referee's probes (copies of rows still
+to come, cut and continued otherwise), answered like any other.
 
 Loader options: `accum_steps` (micro-batches per step: 1 GPU with 8 gives the same steps as 8 GPUs),
 `layout="flat"` (a flat batch of documents aligned to BOS with `cu_seqlens`, for variable-length attention),

@@ -53,6 +53,7 @@ EXPECT = {
     "forge_evidence": r"modified|forged|does not match|seal|after the run",
     "probe_flag": r"causal",
     "probe_memo": r"causal",
+    "peek_remembered": r"blind probe failed .* it reads its targets from its inputs",
     "swap_track": r"run\.track|track (object|swap|changed)|logits",
     "shadow_track": r"track( file)? .*(differs|changed|not the registered|pin|unknown)|config.*(changed|differs)",
     "edit_track": r"changed during|track file",

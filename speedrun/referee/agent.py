@@ -338,14 +338,17 @@ class Agent:
         def own(b: int, i: int) -> int:
             return s.pieces_of(b)[i]
 
+        # the scored validation after finish() is the one whose rows the rank has never been shown: enough
+        # extra batches there for the blind positions to bound a peek (`evaluation.BLIND_ROWS`), one elsewhere
+        extra = evaluation.extra_batches(len(s), s.k, self.world_size) if phase == "finished" else 1
         steps = evaluation.measuring(len(s), s.k, sl, flat, own, s.val_piece,
                                      lambda pieces: self._make_batch(pieces, layout), self.track.vocab_size,
-                                     s.num_pieces, unigram=self.data.unigram())
+                                     unigram=self.data.unigram(), extra=extra)
         self.val = Validation(msg["step"], split, bt, sl, layout, steps,
                               extras={"split_tokens": s.val_tokens, "share": s.tokens_per_rank})
         if phase == "timed":
             self.last_val = (bt, sl, layout)
-        return {"ok": True, "batches": len(s) + 1, "split": split}
+        return {"ok": True, "batches": len(s) + extra, "split": split}
 
     def _val_next(self, msg: dict, t: float) -> dict | None:
         v = self.val

@@ -6,19 +6,31 @@ The submission hands the referee a function from inputs to logits; everything el
   itself, `logsumexp(logits) - logits[target]`, over *all* columns the model returns (padding the vocabulary
   can only add probability mass it wastes), in float32 chunks of rows, so a [65,536 x 50,304] bf16 batch never
   needs a float32 copy of itself and the 10,485,760 val tokens of gpt2-small are never all in memory. Sums are
-  accumulated in float64.
-- Probes. One extra batch of the same shape, at a random place among the canonical batches, holds copies of
-  this rank's own val rows cut at a random position j: half of them take the rest from another real val row
-  at the same offsets (`splice`), the others from tokens drawn independently from the val set's unigram
-  distribution ("canaries"). A causal model that does not change during validation gives exactly the
-  same outputs before position j for the copy as for the original, which was (or will be) measured in its own
-  canonical batch. The referee reports how far they moved: per-token losses before j - 1 (`nll_diff`; the
-  loss at j - 1 scores a different target) and whole predicted distributions at j - 1 and a few positions
-  before it (`dist_diff`, total variation). And on the canaries' drawn tokens no model can do better in
-  expectation than the unigram entropy (each token is independent of everything before it), while a model
-  that sees the next token scores far below: the canary loss is reported too. The launcher judges them.
-  The extra batch is real val text up to each cut, has the canonical shape and arrives through the same
-  call; its place and contents are drawn from the operating system's randomness, not from the run's seed.
+  accumulated in float64. The rank's pieces come in an order drawn afresh for each validation (a piece's
+  neighbours in a batch are not the text that follows it); the sum is the same in any order.
+- Probes. Extra batches of the same shape, at random places among the canonical batches, hold copies of
+  this rank's own val rows cut at a random position j, each copied from a row that comes *later*: half of
+  them take the rest from another of the rank's val rows at the same offsets (`splice`), the others from
+  tokens drawn independently from the val set's unigram distribution ("canaries"). Three measurements:
+  * Pairs. A causal model that does not change during validation gives exactly the same outputs before
+    position j for the copy as for the original. The referee reports how far they moved: per-token losses
+    before j - 1 (`nll_diff`; the loss at j - 1 scores a different target) and whole predicted distributions
+    at j - 1 and a few positions before it (`dist_diff`, total variation).
+  * Canaries. On the drawn tokens no model can do better in expectation than the unigram entropy (each token
+    is independent of everything before it), while a model that sees the next token scores far below.
+  * Blind positions. When a copy is answered, the token that really follows its position j - 1 (the
+    original's token j) has not been shown to the rank: the copy's prediction there, scored against that
+    token, is what the model can do without seeing it. Over many copies their mean is, for any causal model,
+    the mean canonical loss at the same positions (the copied rows are a uniform draw), whatever the model
+    remembers. A model that reads targets from its inputs scores the canonical rows lower than it can score
+    blind: the referee reports the gaps (blind minus canonical mean at that position), and the launcher
+    judges their mean against its standard error. Pairs can be kept consistent by a script that remembers
+    every row it was shown and answers a row's copy and original alike; the blind gap cannot be argued away
+    that way. Its reach is statistical: `BLIND_ROWS` copies bound what a peek can hide to a few standard
+    errors of a per-token loss over their number.
+  The launcher judges them. The extra batches are real val text up to each cut, have the canonical shape and
+  arrive through the same call; their places and contents are drawn from the operating system's randomness,
+  not from the run's seed.
 
 Nothing here reads files: the caller supplies `val_piece(index)` (the canonical val pieces) and
 `make_batch(pieces)` (a batch in the submission's layout). `measuring()` is a generator that yields each batch
@@ -42,6 +54,8 @@ from speedrun.errors import SpeedrunError
 CHUNK_BYTES = 1 << 28            # float32 bytes per chunk of rows when computing the loss
 DIST_ROWS = 8                    # spliced rows whose whole distributions are compared
 DIST_POSITIONS = 4               # positions per such row
+BLIND_ROWS = 4096                # copies (blind positions) a scored validation gathers over all ranks (at most
+                                 # one per canonical row)
 _RNG = random.SystemRandom()
 
 
@@ -126,43 +140,73 @@ def splice(original: np.ndarray, donor: np.ndarray, j: int) -> np.ndarray:
 
 @dataclass
 class ProbePlan:
-    """Where the extra batch goes and what it holds (drawn from OS randomness per validation)."""
+    """Where the extra batches go, what they hold, and the order of the canonical rows (OS randomness, drawn
+    afresh for each validation). Extra row r belongs to extra batch r // rows; canonical batch b, row i holds
+    the rank's piece at stream slot `order[b * rows + i]` (`piece()`)."""
 
-    at: int                                   # inserted before canonical batch `at` (== n_batches: at the end)
+    at: list[int]                             # extra batch e goes before canonical batch at[e] (sorted)
     sources: list[tuple[int, int]]            # (canonical batch, row) each extra row copies up to its cut
     cuts: list[int]                           # the cut j of each extra row
-    donors: list[int]                         # global val piece supplying the rest of a spliced row
+    donors: list[int]                         # the rank's val piece supplying the rest of a spliced row
     canary: list[bool]                        # True: the rest is drawn from the val unigram instead
     positions: list[list[int]] = field(default_factory=list)  # distribution positions (< j) per row
     seed: int = 0                             # for the canary draws
+    order: list[int] | None = None            # canonical slot -> stream slot; None: the stream's order
+
+    def __post_init__(self):
+        if isinstance(self.at, int):
+            self.at = [self.at]
+
+    def piece(self, own_piece: Callable[[int, int], int], rows: int, b: int, i: int) -> int:
+        """The global val piece at canonical batch b, row i."""
+        slot = b * rows + i if self.order is None else self.order[b * rows + i]
+        return own_piece(*divmod(slot, rows))
 
 
-def plan_probe(n_batches: int, rows: int, seq_len: int, n_pieces: int, own_piece: Callable[[int, int], int],
-               rng: random.Random = _RNG) -> ProbePlan:
-    """An extra batch of `rows` rows copied from this rank's canonical rows up to a cut; after the cut, half
-    of them (one in two validations when there is a single row) continue with the tokens of another real val
-    row, the others with tokens drawn independently from the val set's unigram distribution."""
+def plan_probe(n_batches: int, rows: int, seq_len: int, own_piece: Callable[[int, int], int],
+               rng: random.Random = _RNG, extra: int = 1) -> ProbePlan:
+    """`extra` batches of `rows` rows (at most `n_batches`), each row copied up to a cut from a distinct one of
+    this rank's canonical rows that comes after its batch; after the cut, half of them (one in two
+    validations when there is a single row) continue with the tokens of another of the rank's val rows, the
+    others with tokens drawn independently from the val set's unigram distribution. The donors are the rank's
+    own pieces: no other rank's copy shows a source's text."""
     if seq_len < 4:
         raise SpeedrunError(f"seq_len {seq_len} is too short for the referee's probes (needs at least 4)")
-    everything = [(b, i) for b in range(n_batches) for i in range(rows)]
-    sources = rng.sample(everything, rows) if len(everything) >= rows else \
-        [everything[rng.randrange(len(everything))] for _ in range(rows)]
+    if n_batches < 1 or rows < 1:
+        raise SpeedrunError(f"a validation of {n_batches} batch(es) of {rows} row(s) cannot hold a probe")
+    total = n_batches * rows
+    order = list(range(total))
+    rng.shuffle(order)
+    # random places, the k-th latest no later than k batches from the end: then each extra batch, latest
+    # first, finds `rows` rows to copy after it that no other copies (as many extra batches as canonical ones
+    # at most)
+    m = max(1, min(extra, n_batches))
+    drawn = sorted((rng.randrange(n_batches) for _ in range(m)), reverse=True)
+    at = sorted(min(a, n_batches - 1 - k) for k, a in enumerate(drawn))
+    used: set[int] = set()
+    picked: dict[int, list[int]] = {}
+    for e in reversed(range(m)):
+        fresh = [s for s in range(at[e] * rows, total) if s not in used]
+        picked[e] = rng.sample(fresh, rows)
+        used.update(picked[e])
+    sources = [divmod(s, rows) for e in range(m) for s in picked[e]]
     lo, hi = max(2, seq_len // 8), max(3, seq_len - seq_len // 8)
     cuts = [rng.randrange(lo, hi) for _ in sources]
+    # a donor is a row already shown when its copy comes (else any row no copy is made of): its tail shows the
+    # rank nothing new, so every source's token after its cut stays unseen until the source itself
     donors = []
-    for b, i in sources:
-        mine = own_piece(b, i)
-        d = rng.randrange(n_pieces)
-        if d == mine and n_pieces > 1:
-            d = (d + 1) % n_pieces
-        donors.append(d)
-    flips = rng.sample(range(rows), rows // 2) if rows > 1 else ([0] if rng.random() < 0.5 else [])
-    canary = [i in flips for i in range(rows)]
+    others = [s for s in range(total) if s not in used] or list(range(total))
+    for a in (a for a in at for _ in range(rows)):
+        d = rng.randrange(a * rows) if a else others[rng.randrange(len(others))]
+        donors.append(own_piece(*divmod(order[d], rows)))
+    n = len(sources)
+    flips = set(rng.sample(range(n), n // 2)) if n > 1 else ({0} if rng.random() < 0.5 else set())
+    canary = [r in flips for r in range(n)]
     # the last position before the cut always (a model peeking one token ahead moves only that one), and a
     # few earlier ones at random
     positions = [sorted({j - 1, *rng.sample(range(j - 1), min(DIST_POSITIONS - 1, j - 1))}) for j in cuts[:DIST_ROWS]]
-    return ProbePlan(at=rng.randrange(n_batches + 1), sources=sources, cuts=cuts, donors=donors, canary=canary,
-                     positions=positions, seed=rng.getrandbits(63))
+    return ProbePlan(at=at, sources=sources, cuts=cuts, donors=donors, canary=canary, positions=positions,
+                     seed=rng.getrandbits(63), order=order)
 
 
 def _row(t: torch.Tensor, i: int, seq_len: int, flat: bool) -> torch.Tensor:
@@ -176,26 +220,47 @@ class Measurement:
     probe: dict
 
 
-def _extra_rows(plan: ProbePlan, own_piece, val_piece, unigram: np.ndarray | None) -> list[np.ndarray]:
-    draws = np.random.default_rng(plan.seed)
+def _extra_rows(plan: ProbePlan, e: int, rows: int, piece, val_piece, unigram: np.ndarray | None
+                ) -> list[np.ndarray]:
+    """The rows of extra batch `e`: each source's piece up to its cut, then a donor's tail or unigram draws."""
+    draws = np.random.default_rng([plan.seed, e])
     out = []
-    for (b, i), d, j, canary in zip(plan.sources, plan.donors, plan.cuts, plan.canary):
-        original = val_piece(own_piece(b, i))
-        if canary and unigram is not None:
+    for r in range(e * rows, (e + 1) * rows):
+        original, j = val_piece(piece(*plan.sources[r])), plan.cuts[r]
+        if plan.canary[r] and unigram is not None:
             tail = draws.choice(len(unigram), size=len(original) - j, p=unigram).astype(original.dtype)
             out.append(np.concatenate([original[:j], tail]))
         else:
-            out.append(splice(original, val_piece(d), j))
+            out.append(splice(original, val_piece(plan.donors[r]), j))
     return out
+
+
+class _Shown:
+    """Which tokens of which pieces the rank has been shown so far in this validation: a piece's prefix (from
+    a copy, or the whole of it from its canonical row) and its tail from some offset on (as a splice's donor).
+    A copy's position j - 1 is blind while the original's token j is in neither."""
+
+    def __init__(self):
+        self.prefix: dict[int, int] = {}
+        self.tail: dict[int, int] = {}
+
+    def add_prefix(self, piece: int, length: int) -> None:
+        self.prefix[piece] = max(self.prefix.get(piece, 0), length)
+
+    def add_tail(self, piece: int, offset: int) -> None:
+        self.tail[piece] = min(self.tail.get(piece, offset), offset)
+
+    def seen(self, piece: int, j: int) -> bool:
+        return j < self.prefix.get(piece, 0) or j >= self.tail.get(piece, j + 1)
 
 
 def measure(logits_fn: Callable, n_batches: int, rows: int, seq_len: int, flat: bool,
             own_piece: Callable[[int, int], int], val_piece: Callable[[int], np.ndarray],
-            make_batch: Callable[[Sequence[np.ndarray]], Batch], vocab_size: int, n_pieces: int,
-            plan: ProbePlan | None = None, unigram: np.ndarray | None = None) -> Measurement:
+            make_batch: Callable[[Sequence[np.ndarray]], Batch], vocab_size: int,
+            plan: ProbePlan | None = None, unigram: np.ndarray | None = None, extra: int = 1) -> Measurement:
     """`measuring()` driven by a logits_fn in this process (the unrefereed path and the tests)."""
-    steps = measuring(n_batches, rows, seq_len, flat, own_piece, val_piece, make_batch, vocab_size, n_pieces,
-                      plan, unigram)
+    steps = measuring(n_batches, rows, seq_len, flat, own_piece, val_piece, make_batch, vocab_size, plan, unigram,
+                      extra)
     logits = None
     with torch.no_grad():
         while True:
@@ -206,48 +271,82 @@ def measure(logits_fn: Callable, n_batches: int, rows: int, seq_len: int, flat: 
             logits = batch.call(logits_fn)
 
 
+def extra_batches(n_batches: int, rows: int, world_size: int, blind_rows: int = BLIND_ROWS) -> int:
+    """Extra batches for `blind_rows` copies over all ranks (at least one; at most as many as the canonical
+    ones, so a validation at most doubles)."""
+    per_rank = -(-blind_rows // max(1, world_size))
+    return max(1, min(n_batches, -(-per_rank // max(1, rows))))
+
+
 def measuring(n_batches: int, rows: int, seq_len: int, flat: bool,
               own_piece: Callable[[int, int], int], val_piece: Callable[[int], np.ndarray],
-              make_batch: Callable[[Sequence[np.ndarray]], Batch], vocab_size: int, n_pieces: int,
-              plan: ProbePlan | None = None, unigram: np.ndarray | None = None):
-    """Run one validation: this rank's canonical batches, with one extra batch among them.
+              make_batch: Callable[[Sequence[np.ndarray]], Batch], vocab_size: int,
+              plan: ProbePlan | None = None, unigram: np.ndarray | None = None, extra: int = 1):
+    """Run one validation: this rank's canonical batches, with `extra` probe batches among them.
 
     A generator, so the agent can hand each batch's inputs to a rank and wait for the logits: it yields each
     `Batch` in order and takes its logits through `send()`; its return value (`StopIteration.value`) is the
-    `Measurement`. Everything it keeps (targets, the plan, which batch is the extra one) stays in its frame.
+    `Measurement`. Everything it keeps (targets, the plan, which batches are extra) stays in its frame.
 
-    Canonical batch b holds pieces own_piece(b, 0..rows-1); the extra batch is `plan.at`-th and looks like
-    any other (real val text up to each cut, the same shape, the same call). `unigram`: the val tokens'
-    unigram probabilities, for the rows whose continuation is drawn from it. Returns the float64 sum of
-    per-token losses over the canonical batches, their token count, and the measurements the launcher
-    judges: how far outputs before the cuts moved, and the loss on unigram-drawn continuations."""
-    plan = plan or plan_probe(n_batches, rows, seq_len, n_pieces, own_piece)
+    Canonical batch b holds the pieces `plan.piece(own_piece, rows, b, 0..rows-1)` (the rank's pieces,
+    own_piece(b, i) in the stream's order, shuffled); extra batch e goes before canonical batch `plan.at[e]`
+    and looks like any other (real val text up to each cut, the same shape, the same call). `unigram`: the
+    val tokens' unigram probabilities, for the rows whose continuation is drawn from it. Returns the float64
+    sum of per-token losses over the canonical batches, their token count, and the measurements the launcher
+    judges: how far outputs before the cuts moved, the loss on unigram-drawn continuations, and the gaps
+    between blind and canonical losses."""
+    plan = plan or plan_probe(n_batches, rows, seq_len, own_piece, extra=extra)
+
+    def piece(b: int, i: int) -> int:
+        return plan.piece(own_piece, rows, b, i)
+
     wanted: dict[tuple[int, int], list[int]] = {}
     for p, src in enumerate(plan.sources):
         wanted.setdefault(src, []).append(p)
-    order = list(range(n_batches))
-    order.insert(plan.at, -1)  # -1: the extra batch, at its place
+    order: list[tuple[str, int]] = []
+    for b in range(n_batches):
+        order += [("extra", e) for e, a in enumerate(plan.at) if a == b] + [("canonical", b)]
     kept_nll: dict[int, torch.Tensor] = {}
     kept_dist: dict[int, torch.Tensor] = {}
-    extra_nll, extra_dist = None, {}
+    extra_nll: dict[int, torch.Tensor] = {}
+    extra_dist: dict[int, torch.Tensor] = {}
+    blind: dict[int, float] = {}                       # extra row -> its loss at j - 1 on the original's token
+    shown = _Shown()
+    pos_sum = torch.zeros(seq_len, dtype=torch.float64)  # canonical losses by position, summed over rows
     total = torch.zeros((), dtype=torch.float64)
     tokens = 0
     shape, dtype = None, None
-    for b in order:
-        pieces = (_extra_rows(plan, own_piece, val_piece, unigram) if b < 0
-                  else [val_piece(own_piece(b, i)) for i in range(rows)])
+    for kind, b in order:
+        if kind == "extra":
+            pieces = _extra_rows(plan, b, rows, piece, val_piece, unigram)
+            mine = range(b * rows, (b + 1) * rows)
+            for r in mine:
+                shown.add_prefix(piece(*plan.sources[r]), plan.cuts[r])
+                if not plan.canary[r] or unigram is None:
+                    shown.add_tail(plan.donors[r], plan.cuts[r])
+        else:
+            ids = [piece(b, i) for i in range(rows)]
+            pieces = [val_piece(q) for q in ids]
+            for q in ids:
+                shown.add_prefix(q, seq_len + 1)
         batch = make_batch(pieces)
         logits = plain_logits((yield batch))  # the agent's own tensor: refused if not plain
         with torch.no_grad(), referee_arithmetic():
             nll = token_nll(logits, batch.targets, vocab_size)
-            if b < 0:
-                extra_nll = nll.detach().float().cpu()
-                for p, positions in enumerate(plan.positions):
-                    extra_dist[p] = _distribution(_row(logits, p, seq_len, flat)[positions])
+            if kind == "extra":
+                for r in mine:
+                    local, q, j = r - b * rows, piece(*plan.sources[r]), plan.cuts[r]
+                    extra_nll[r] = _row(nll, local, seq_len, flat).detach().float().cpu()
+                    if r < len(plan.positions):
+                        extra_dist[r] = _distribution(_row(logits, local, seq_len, flat)[plan.positions[r]])
+                    if not shown.seen(q, j):
+                        at_cut = _row(logits, local, seq_len, flat)[j - 1].detach().double().cpu()
+                        blind[r] = float(torch.logsumexp(at_cut, 0) - at_cut[int(val_piece(q)[j])])
             else:
                 shape, dtype = list(logits.shape), str(logits.dtype)
                 total += nll.double().sum().cpu()
                 tokens += nll.numel()
+                pos_sum += nll.detach().double().cpu().reshape(rows, seq_len).sum(0)
                 for i in range(rows):
                     for p in wanted.get((b, i), ()):
                         kept_nll[p] = _row(nll, i, seq_len, flat).detach().float().cpu()
@@ -259,7 +358,7 @@ def measuring(n_batches: int, rows: int, seq_len: int, flat: bool,
     nll_diff, dist_diff = 0.0, 0.0
     canary = torch.zeros(3, dtype=torch.float64)  # count, sum, sum of squares
     for p, j in enumerate(plan.cuts):
-        mine = _row(extra_nll, p, seq_len, flat)
+        mine = extra_nll[p]
         if j > 1:
             nll_diff = max(nll_diff, float((mine[:j - 1] - kept_nll[p][:j - 1]).abs().max()))
         if p in extra_dist:
@@ -268,11 +367,15 @@ def measuring(n_batches: int, rows: int, seq_len: int, flat: bool,
             tail = mine[j - 1:].double()  # targets j .. seq_len: the drawn tokens
             canary += torch.stack([torch.tensor(float(tail.numel()), dtype=torch.float64), tail.sum(),
                                    (tail * tail).sum()])
+    gaps = torch.tensor([loss - float(pos_sum[plan.cuts[r] - 1]) / (n_batches * rows) for r, loss in blind.items()],
+                        dtype=torch.float64)
     if not (np.isfinite(nll_diff) and np.isfinite(dist_diff)):
         nll_diff = dist_diff = float("inf")
     probe = {"rows": len(plan.cuts), "nll_diff": nll_diff, "dist_diff": dist_diff,
              "logits_shape": shape or [], "logits_dtype": dtype or "",
-             "canary_tokens": int(canary[0]), "canary_nll_sum": float(canary[1]), "canary_nll_sq": float(canary[2])}
+             "canary_tokens": int(canary[0]), "canary_nll_sum": float(canary[1]), "canary_nll_sq": float(canary[2]),
+             "blind_rows": int(gaps.numel()), "blind_gap_sum": float(gaps.sum()),
+             "blind_gap_sq": float((gaps * gaps).sum())}
     return Measurement(float(total), tokens, probe)
 
 

@@ -38,10 +38,18 @@ PROBE_TOL_FP32 = 1e-3       # nats: allowed movement of earlier outputs on a CPU
 PROBE_TOL_LOW = 2e-2        # nats: on a GPU or with 16-bit logits (kernels differ between batch compositions)
 LOW_PRECISION = ("torch.bfloat16", "torch.float16")
 CANARY_SIGMAS, CANARY_MIN_SLACK = 5.0, 0.05   # slack below the no-data level for the canary's sample mean
+BLIND_SIGMAS, BLIND_MIN_GAP = 4.0, 0.02       # the bar for the mean gap of blind over canonical losses (nats)
+BLIND_MIN_ROWS = 64                           # fewer blind positions than this are reported, not judged
 
 PHASE_WORDS = {"boot": "before the script started", "script": "before speedrun.init()",
                "init": "before start() outside warmup()", "ready": "before start() outside warmup()",
                "val": "during a validation", "finished": "after finish()", "exited": "after the script ended"}
+
+
+def _count(obj, key: str) -> int:
+    """obj[key] when obj is a dict holding a non-negative int there, else 0 (a malformed report counts nothing)."""
+    value = obj.get(key) if isinstance(obj, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 @dataclass
@@ -397,13 +405,16 @@ class Referee:
         split = entries[0]["msg"].get("split", "scored")
         split_tokens = entries[0]["msg"].get("split_tokens", self.track.val_tokens)
         after_finish = all(s.finish_t is not None for s in states)
+        # the referee's own extra batches (the probes' copies) are its cost, not the script's: the caps count them
+        measured = split_tokens + self.world_size * max(
+            (_count(e["msg"].get("probe"), "rows") * _count(e["msg"], "seq_len") for e in entries), default=0)
         if after_finish:  # the scored validation finish() asked for: the clock has stopped already
             finish_t = max(s.finish_t for s in states)
             timed_s = self.timed_at(finish_t)
-            off, charged = self._score_budget(seconds, max(0.0, t_begin - finish_t), timed_s, split_tokens)
+            off, charged = self._score_budget(seconds, max(0.0, t_begin - finish_t), timed_s, measured)
         else:
             timed_s = self.timed_at(t_begin)
-            off, charged = self._val_budget(index, seconds, timed_s, split_tokens)
+            off, charged = self._val_budget(index, seconds, timed_s, measured)
             self.paused += off
         share = split_tokens // self.world_size
         loss_sum, tokens, ranks = 0.0, 0, []
@@ -453,6 +464,8 @@ class Referee:
                           "t_begin": self._t(e["t_begin"]), "t_end": self._t(e["t_end"]),
                           "batch_tokens": m["batch_tokens"], "seq_len": m["seq_len"], "layout": m["layout"],
                           "probe": probe})
+        if split == "scored":
+            self._judge_blind(step, [r["probe"] for r in ranks])
         loss = loss_sum / split_tokens
         if tokens != split_tokens:
             self.problem(f"validation at step {step} covered {tokens} tokens, the {split} split has {split_tokens}")
@@ -466,6 +479,32 @@ class Referee:
         for rank, cid in sorted(self._awaiting.items()):
             self._out.append((cid, {"done": True, "loss": loss, "split": split}))
         self._awaiting.clear()
+
+    def _judge_blind(self, step, probes: list[dict]) -> None:
+        """The blind positions of every rank's copies at the scored validation, pooled: a model that reads its
+        targets from its inputs scores the canonical rows lower than it can where the target was never shown
+        (`evaluation`). A problem when the mean gap clears max(BLIND_MIN_GAP, BLIND_SIGMAS standard errors);
+        each rank's probe records the pooled figures and fails with it. Only the scored split is judged: its
+        rows are new to the rank, and the gap there is the one the verdict rests on (a monitor split's rows
+        come again and again, and a small sample's skewed mean would only risk accusing an honest run)."""
+        counted = [p for p in probes if isinstance(p.get("blind_rows"), int) and "tolerance" in p]
+        n = sum(p["blind_rows"] for p in counted)
+        if n < BLIND_MIN_ROWS:
+            self.warn_once(f"the scored validation at step {step} held {n} blind positions, fewer than "
+                           f"{BLIND_MIN_ROWS}: too few to judge whether the model reads its targets (longer rows "
+                           f"make fewer of them)")
+            return
+        mean = sum(p["blind_gap_sum"] for p in counted) / n
+        sd = math.sqrt(max(0.0, sum(p["blind_gap_sq"] for p in counted) / n - mean ** 2))
+        bar = max(BLIND_MIN_GAP, BLIND_SIGMAS * sd / math.sqrt(n))
+        reads = not mean <= bar
+        for p in counted:
+            p.update(blind_gap=mean, blind_bar=bar)
+            p["passed"] = p["passed"] and not reads
+        if reads:
+            self.problem(f"blind probe failed at validation step {step}: the model's loss where it could not see "
+                         f"the next token is {mean:.3f} nats above its loss on the canonical rows at the same "
+                         f"positions ({n} positions, bar {bar:.3f}): it reads its targets from its inputs")
 
     def _val_budget(self, index: int, seconds: float, timed_s: float, tokens: int) -> tuple[float, float]:
         """(seconds off the clock, seconds counted as timed) of validation `index` over `tokens` val tokens.
