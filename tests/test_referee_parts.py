@@ -785,3 +785,15 @@ def test_the_start_check_is_handed_once_and_small(tmp_path):
     assert "error" in j.say(0, "start_check", 0.8, **VAL)
     problems = [e["message"] for e in j.events().of("problem")]
     assert any("start check again" in p for p in problems), problems
+
+
+def test_a_logits_buffer_is_as_big_as_the_batch_in_hand_needs(tmp_path):
+    """The launcher makes the rank's logits buffers: one asked for with no batch handed out, or far larger than
+    a batch's logits can be (a terabyte of shared memory), is refused."""
+    j = Judge(tmp_path)
+    j.honest_until_start()
+    assert "no validation batch handed out" in j.say(0, "val_buffer", 0.65, nbytes=1024)["error"]
+    a = j.say(0, "start_check", 0.7, **VAL)
+    tokens = j.inputs(a).numel()
+    assert "at most" in j.say(0, "val_buffer", 0.71, nbytes=1 << 40)["error"]
+    assert "buf" in j.say(0, "val_buffer", 0.72, nbytes=tokens * 80 * 4)   # 80 columns of float32: padded

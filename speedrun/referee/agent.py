@@ -394,8 +394,15 @@ class Agent:
         from speedrun.referee.shared import SharedBuffer
 
         nbytes = msg["nbytes"]
-        if not 0 < nbytes <= 1 << 40:
-            raise SpeedrunError(f"a logits buffer of {nbytes} bytes")
+        # room for the logits of the batch in hand, at most: float64, up to twice the vocabulary plus 1,024
+        # columns (padding past the vocabulary only wastes probability); anything more is not for logits
+        batch = self.val.batch if self.val is not None else self.start_batch
+        if batch is None:
+            raise SpeedrunError("a logits buffer asked for with no validation batch handed out")
+        limit = batch.targets.numel() * (2 * self.track.vocab_size + 1024) * 8
+        if not 0 < nbytes <= limit:
+            raise SpeedrunError(f"a logits buffer of {nbytes} bytes for a batch of {batch.targets.numel()} tokens "
+                                f"(at most {limit})")
         for buf in list(self.logits.values()):
             buf.close()
         buf = SharedBuffer.create(nbytes, self.referee.shared_place)
