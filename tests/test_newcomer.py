@@ -505,8 +505,9 @@ def test_a_timeout_is_said_once(smoke, tmp_path, capsys):
     out = tmp_path / "run"
     assert speedrun_run(script, out, "--timeout", "4", "--nproc", "2") == 1
     printed, progress = capsys.readouterr()
-    (problem,) = verdict_of(out)["problems"]
-    assert problem.startswith("repetition 1 failed") and problem.endswith(": stopped after the 4 s timeout")
+    problems = verdict_of(out)["problems"]
+    assert len(problems) == 1, problems
+    assert problems[0].startswith("repetition 1 failed") and problems[0].endswith(": stopped after the 4 s timeout")
     assert not verdict_of(out)["warnings"]
     for text in (progress, printed):
         assert text.count("stopped after the 4 s timeout") == 1, text

@@ -400,16 +400,20 @@ class Toy(torch.nn.Module):
 
 
 def _measure(model, tokens: np.ndarray, rows: int = 4, seq_len: int = 32, batches: int = 3, extra: int = 1,
-             canaries: bool = True):
+             canaries: bool = True, flat: bool = False):
     def val_piece(i):
         return tokens[i * seq_len:(i + 1) * seq_len + 1]
 
     def make(pieces_):
         inputs = torch.from_numpy(np.stack([p[:-1] for p in pieces_]).astype(np.int64))
         targets = torch.from_numpy(np.stack([p[1:] for p in pieces_]).astype(np.int64))
+        if flat:  # one sequence per piece (the test's model looks at one token, or the next, only)
+            cu = torch.arange(0, inputs.numel() + 1, seq_len, dtype=torch.int32)
+            return evaluation.Batch(inputs.reshape(-1), targets.reshape(-1), cu)
         return evaluation.Batch(inputs, targets)
 
-    return evaluation.measure(model, batches, rows, seq_len, False, lambda b, i: b * rows + i, val_piece, make,
+    fn = model if not flat else (lambda inputs, cu_seqlens: model(inputs))
+    return evaluation.measure(fn, batches, rows, seq_len, flat, lambda b, i: b * rows + i, val_piece, make,
                               64, unigram=np.full(64, 1 / 64) if canaries else None, extra=extra)
 
 
@@ -481,6 +485,40 @@ def test_blind_positions_catch_a_peeker_that_keeps_its_pairs_consistent():
     assert peeker.loss_sum < honest.loss_sum - 0.5 * honest.tokens                # it gains a lot
     mean, se = _gap(peeker)
     assert peeker.probe["blind_rows"] == 64 and mean > 1.0 and mean > 8 * se
+    # the flat layout: the same positions, read from [n, V] logits
+    honest = _measure(Toy(), tokens, rows=8, batches=16, extra=8, canaries=False, flat=True)
+    mean, se = _gap(honest)
+    assert honest.probe["blind_rows"] == 64 and abs(mean) < 4 * se + 1e-9
+    mean, se = _gap(_measure(Toy(peek=True), tokens, rows=8, batches=16, extra=8, canaries=False, flat=True))
+    assert mean > 1.0 and mean > 8 * se
+
+
+def test_the_blind_gap_is_pooled_over_ranks_and_adjusted_by_its_covariate(tmp_path):
+    """The launcher's arithmetic: the gaps' mean less beta x the covariate's mean, beta their regression, the bar
+    4 residual standard errors; a shift of the gaps (canonical rows scored lower than the model can do blind)
+    clears it while the same spread without it does not."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(0.0, 1.5, 4000)
+    g = 0.8 * x + rng.normal(0.0, 1.0, 4000)  # gaps the covariate explains in part, mean zero
+
+    def probes(g, x):
+        return [{"blind_rows": len(h), "blind_gap_sum": g[h].sum(), "blind_gap_sq": (g[h] ** 2).sum(),
+                 "blind_x_sum": x[h].sum(), "blind_x_sq": (x[h] ** 2).sum(), "blind_gx_sum": (g[h] * x[h]).sum(),
+                 "tolerance": 1e-3, "passed": True} for h in np.array_split(np.arange(len(g)), 2)]
+
+    j = Judge(tmp_path)
+    honest = probes(g, x)
+    j.ref._judge_blind(9, honest)
+    beta = np.polyfit(x, g, 1)[0]
+    assert honest[1]["blind_gap"] == pytest.approx(g.mean() - beta * x.mean())
+    assert honest[1]["blind_sd"] == pytest.approx(np.std(g - beta * x))
+    assert honest[1]["blind_bar"] == pytest.approx(4 * np.std(g - beta * x) / np.sqrt(4000))
+    assert honest[1]["blind_bar"] < 0.7 * 4 * g.std() / np.sqrt(4000)  # the covariate took the spread out
+    assert all(p["passed"] for p in honest) and not j.ref.problems
+    peeked = probes(g + 0.15, x)  # the canonical rows scored 0.15 nats better than the model can blind
+    j.ref._judge_blind(9, peeked)
+    assert not any(p["passed"] for p in peeked)
+    assert "blind probe failed at validation step 9" in j.ref.problems[-1]
 
 
 def test_each_validation_shuffles_its_rows_and_copies_only_rows_still_to_come():

@@ -65,11 +65,13 @@ REQUESTS = ("loader", "next", "warmup_begin", "start_check", "start", "val_begin
 # rows: extra rows compared; nll_diff: the largest change (nats) of a per-token loss before a cut; dist_diff:
 # the largest total-variation distance between predicted distributions before a cut; canary_*: count, sum and
 # sum of squares of the per-token losses on tokens drawn from the val unigram after a cut; blind_*: count, sum
-# and sum of squares of the gaps between a copy's loss at its cut on the original's (unshown) token and the
-# mean canonical loss at that position
+# and sum of squares of the gaps g between a copy's loss at its cut on the original's (unshown) token and the
+# mean canonical loss at that position, of the covariate x (that token's unigram surprisal less its mean over
+# the canonical targets), and the sum of g * x
 PROBE = {"rows": int, "nll_diff": NUM, "dist_diff": NUM, "logits_shape": list, "logits_dtype": str,
          "canary_tokens": int, "canary_nll_sum": NUM, "canary_nll_sq": NUM,
-         "blind_rows": int, "blind_gap_sum": NUM, "blind_gap_sq": NUM}
+         "blind_rows": int, "blind_gap_sum": NUM, "blind_gap_sq": NUM, "blind_x_sum": NUM, "blind_x_sq": NUM,
+         "blind_gx_sum": NUM}
 
 # --- 2. events in run-K.jsonl -------------------------------------------------------------------------------------
 # every event has "event" (its kind); referee events also have "t" (launcher seconds since the repetition was

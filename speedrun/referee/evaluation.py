@@ -23,8 +23,10 @@ The submission hands the referee a function from inputs to logits; everything el
     token, is what the model can do without seeing it. Over many copies their mean is, for any causal model,
     the mean canonical loss at the same positions (the copied rows are a uniform draw), whatever the model
     remembers. A model that reads targets from its inputs scores the canonical rows lower than it can score
-    blind: the referee reports the gaps (blind minus canonical mean at that position), and the launcher
-    judges their mean against its standard error. Pairs can be kept consistent by a script that remembers
+    blind: the referee reports the gaps (blind minus canonical mean at that position) with the unigram
+    surprisal of each blind token (less its mean over the canonical targets: a covariate that depends on the
+    tokens alone, which takes much of the spread out of the gaps), and the launcher judges their adjusted mean
+    against its standard error. Pairs can be kept consistent by a script that remembers
     every row it was shown and answers a row's copy and original alike; the blind gap cannot be argued away
     that way. Its reach is statistical: `BLIND_ROWS` copies bound what a peek can hide to a few standard
     errors of a per-token loss over their number.
@@ -310,7 +312,12 @@ def measuring(n_batches: int, rows: int, seq_len: int, flat: bool,
     kept_dist: dict[int, torch.Tensor] = {}
     extra_nll: dict[int, torch.Tensor] = {}
     extra_dist: dict[int, torch.Tensor] = {}
-    blind: dict[int, float] = {}                       # extra row -> its loss at j - 1 on the original's token
+    blind: dict[int, tuple[float, int]] = {}           # extra row -> (its loss at j - 1, the original's token j)
+    # each token's unigram surprisal: a covariate of the loss the model cannot touch (it depends on the tokens
+    # alone), whose mean over the canonical targets is known exactly; it takes much of the token-to-token
+    # spread out of the blind gaps (`_judge_blind` in the launcher)
+    surprisal = torch.from_numpy(-np.log(np.maximum(unigram, 1e-300))) if unigram is not None else None
+    x_sum = 0.0
     shown = _Shown()
     pos_sum = torch.zeros(seq_len, dtype=torch.float64)  # canonical losses by position, summed over rows
     total = torch.zeros((), dtype=torch.float64)
@@ -334,19 +341,26 @@ def measuring(n_batches: int, rows: int, seq_len: int, flat: bool,
         with torch.no_grad(), referee_arithmetic():
             nll = token_nll(logits, batch.targets, vocab_size)
             if kind == "extra":
+                cuts_seen = []  # (extra row, its original's token j, the cut's flat position) of blind copies
                 for r in mine:
                     local, q, j = r - b * rows, piece(*plan.sources[r]), plan.cuts[r]
                     extra_nll[r] = _row(nll, local, seq_len, flat).detach().float().cpu()
                     if r < len(plan.positions):
                         extra_dist[r] = _distribution(_row(logits, local, seq_len, flat)[plan.positions[r]])
                     if not shown.seen(q, j):
-                        at_cut = _row(logits, local, seq_len, flat)[j - 1].detach().double().cpu()
-                        blind[r] = float(torch.logsumexp(at_cut, 0) - at_cut[int(val_piece(q)[j])])
+                        cuts_seen.append((r, int(val_piece(q)[j]), local * seq_len + j - 1))
+                if cuts_seen:  # the blind copies' predictions at their cuts, in one gather and one copy
+                    at_cut = logits.reshape(-1, logits.shape[-1])[[c for _, _, c in cuts_seen]].double().cpu()
+                    losses = torch.logsumexp(at_cut, -1) - at_cut[torch.arange(len(cuts_seen)),
+                                                                   [t for _, t, _ in cuts_seen]]
+                    blind.update({r: (float(loss), t) for (r, t, _), loss in zip(cuts_seen, losses)})
             else:
                 shape, dtype = list(logits.shape), str(logits.dtype)
                 total += nll.double().sum().cpu()
                 tokens += nll.numel()
                 pos_sum += nll.detach().double().cpu().reshape(rows, seq_len).sum(0)
+                if surprisal is not None:
+                    x_sum += float(surprisal[batch.targets.reshape(-1).cpu()].sum())
                 for i in range(rows):
                     for p in wanted.get((b, i), ()):
                         kept_nll[p] = _row(nll, i, seq_len, flat).detach().float().cpu()
@@ -367,15 +381,20 @@ def measuring(n_batches: int, rows: int, seq_len: int, flat: bool,
             tail = mine[j - 1:].double()  # targets j .. seq_len: the drawn tokens
             canary += torch.stack([torch.tensor(float(tail.numel()), dtype=torch.float64), tail.sum(),
                                    (tail * tail).sum()])
-    gaps = torch.tensor([loss - float(pos_sum[plan.cuts[r] - 1]) / (n_batches * rows) for r, loss in blind.items()],
-                        dtype=torch.float64)
+    gaps = torch.tensor([loss - float(pos_sum[plan.cuts[r] - 1]) / (n_batches * rows)
+                         for r, (loss, _) in blind.items()], dtype=torch.float64)
+    covariate = torch.zeros_like(gaps)
+    if surprisal is not None and tokens:
+        covariate = torch.tensor([float(surprisal[token]) for _, token in blind.values()],
+                                 dtype=torch.float64) - x_sum / tokens
     if not (np.isfinite(nll_diff) and np.isfinite(dist_diff)):
         nll_diff = dist_diff = float("inf")
     probe = {"rows": len(plan.cuts), "nll_diff": nll_diff, "dist_diff": dist_diff,
              "logits_shape": shape or [], "logits_dtype": dtype or "",
              "canary_tokens": int(canary[0]), "canary_nll_sum": float(canary[1]), "canary_nll_sq": float(canary[2]),
              "blind_rows": int(gaps.numel()), "blind_gap_sum": float(gaps.sum()),
-             "blind_gap_sq": float((gaps * gaps).sum())}
+             "blind_gap_sq": float((gaps * gaps).sum()), "blind_x_sum": float(covariate.sum()),
+             "blind_x_sq": float((covariate * covariate).sum()), "blind_gx_sum": float((gaps * covariate).sum())}
     return Measurement(float(total), tokens, probe)
 
 

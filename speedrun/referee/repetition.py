@@ -494,12 +494,22 @@ class Referee:
                            f"{BLIND_MIN_ROWS}: too few to judge whether the model reads its targets (longer rows "
                            f"make fewer of them)")
             return
-        mean = sum(p["blind_gap_sum"] for p in counted) / n
-        sd = math.sqrt(max(0.0, sum(p["blind_gap_sq"] for p in counted) / n - mean ** 2))
+        def pooled(key: str) -> float:
+            return sum(p.get(key, 0.0) for p in counted) / n
+
+        # a control variate: the gaps' mean less beta x the covariate's (whose expectation is 0), beta the
+        # regression of the gaps on it; the spread left is the gaps' less the part the covariate explains
+        g, x = pooled("blind_gap_sum"), pooled("blind_x_sum")
+        sgg, sxx = pooled("blind_gap_sq") - g * g, pooled("blind_x_sq") - x * x
+        sgx = pooled("blind_gx_sum") - g * x
+        beta = sgx / sxx if sxx > 1e-12 else 0.0
+        mean = g - beta * x
+        sd = math.sqrt(max(0.0, sgg - beta * sgx))
         bar = max(BLIND_MIN_GAP, BLIND_SIGMAS * sd / math.sqrt(n))
         reads = not mean <= bar
         for p in counted:
-            p.update(blind_gap=mean, blind_bar=bar)
+            p.update(blind_gap=mean, blind_bar=bar, blind_sd=sd, blind_raw_gap=g,
+                     blind_raw_sd=math.sqrt(max(0.0, sgg)))
             p["passed"] = p["passed"] and not reads
         if reads:
             self.problem(f"blind probe failed at validation step {step}: the model's loss where it could not see "
@@ -658,8 +668,12 @@ class Referee:
         if states:
             ref = states[0]
             for s in states[1:]:
-                if [c for _, c in s.configs] != [c for _, c in ref.configs] or \
-                        [f for f, _ in s.configs] != [f for f, _ in ref.configs]:
+                # a rank stopped early (a timeout, a crash) may not have asked for every shape yet: only shapes
+                # both asked for can disagree, and a count only when both finished
+                mine, theirs = list(s.configs), list(ref.configs)
+                both = min(len(mine), len(theirs))
+                if mine[:both] != theirs[:both] or (len(mine) != len(theirs) and s.finish_t is not None
+                                                    and ref.finish_t is not None):
                     self.problem(f"ranks disagree on the train loader's shapes: rank {s.rank} vs rank {ref.rank}")
                 if s.finish_steps is not None and ref.finish_steps is not None and s.finish_steps != ref.finish_steps:
                     self.problem(f"ranks disagree on steps served: rank {s.rank} {s.finish_steps}, rank {ref.rank} "
