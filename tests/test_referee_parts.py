@@ -477,18 +477,19 @@ def test_blind_positions_catch_a_peeker_that_keeps_its_pairs_consistent():
     canonical rows better than it can blind, however it keeps copy and original alike."""
     tokens = np.random.default_rng(0).integers(0, 64, 16 * 8 * 32 + 64).astype(np.uint16)
     honest = _measure(Toy(), tokens, rows=8, batches=16, extra=8, canaries=False)
-    assert honest.probe["rows"] == 64 and honest.probe["blind_rows"] == 64
+    # every copy is blind at its cut but a whole-row copy whose next piece was shown already
+    assert honest.probe["rows"] == 64 and honest.probe["blind_rows"] >= 56
     mean, se = _gap(honest)
     assert abs(mean) < 4 * se + 1e-9
     peeker = _measure(Remembers(), tokens, rows=8, batches=16, extra=8, canaries=False)
     assert peeker.probe["nll_diff"] == 0.0 and peeker.probe["dist_diff"] == 0.0  # the pairs see nothing
     assert peeker.loss_sum < honest.loss_sum - 0.5 * honest.tokens                # it gains a lot
     mean, se = _gap(peeker)
-    assert peeker.probe["blind_rows"] == 64 and mean > 1.0 and mean > 8 * se
+    assert peeker.probe["blind_rows"] >= 56 and mean > 1.0 and mean > 8 * se
     # the flat layout: the same positions, read from [n, V] logits
     honest = _measure(Toy(), tokens, rows=8, batches=16, extra=8, canaries=False, flat=True)
     mean, se = _gap(honest)
-    assert honest.probe["blind_rows"] == 64 and abs(mean) < 4 * se + 1e-9
+    assert honest.probe["blind_rows"] >= 56 and abs(mean) < 4 * se + 1e-9
     mean, se = _gap(_measure(Toy(peek=True), tokens, rows=8, batches=16, extra=8, canaries=False, flat=True))
     assert mean > 1.0 and mean > 8 * se
 

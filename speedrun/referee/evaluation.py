@@ -192,8 +192,9 @@ def plan_probe(n_batches: int, rows: int, seq_len: int, own_piece: Callable[[int
         picked[e] = rng.sample(fresh, rows)
         used.update(picked[e])
     sources = [divmod(s, rows) for e in range(m) for s in picked[e]]
-    lo, hi = max(2, seq_len // 8), max(3, seq_len - seq_len // 8)
-    cuts = [rng.randrange(lo, hi) for _ in sources]
+    # cuts anywhere in the row (a copy cut at seq_len is the whole row): the blind positions j - 1 then cover
+    # every position, and no stretch of a row is left where a peek would go unmeasured
+    cuts = [rng.randrange(1, seq_len + 1) for _ in sources]
     # a donor is a row already shown when its copy comes (else any row no copy is made of): its tail shows the
     # rank nothing new, so every source's token after its cut stays unseen until the source itself
     donors = []
@@ -319,6 +320,7 @@ def measuring(n_batches: int, rows: int, seq_len: int, flat: bool,
     surprisal = torch.from_numpy(-np.log(np.maximum(unigram, 1e-300))) if unigram is not None else None
     x_sum = 0.0
     shown = _Shown()
+    own = {piece(b, i) for b in range(n_batches) for i in range(rows)}
     pos_sum = torch.zeros(seq_len, dtype=torch.float64)  # canonical losses by position, summed over rows
     total = torch.zeros((), dtype=torch.float64)
     tokens = 0
@@ -347,7 +349,10 @@ def measuring(n_batches: int, rows: int, seq_len: int, flat: bool,
                     extra_nll[r] = _row(nll, local, seq_len, flat).detach().float().cpu()
                     if r < len(plan.positions):
                         extra_dist[r] = _distribution(_row(logits, local, seq_len, flat)[plan.positions[r]])
-                    if not shown.seen(q, j):
+                    # token seq_len of a piece is the next piece's first: unseen only if that piece is this
+                    # rank's own and not shown yet (another rank's pieces go to a script that may share them)
+                    unseen = not shown.seen(q, j) if j < seq_len else (q + 1 in own and not shown.seen(q + 1, 0))
+                    if unseen:
                         cuts_seen.append((r, int(val_piece(q)[j]), local * seq_len + j - 1))
                 if cuts_seen:  # the blind copies' predictions at their cuts, in one gather and one copy
                     at_cut = logits.reshape(-1, logits.shape[-1])[[c for _, _, c in cuts_seen]].double().cpu()
