@@ -836,3 +836,19 @@ def test_a_logits_buffer_is_as_big_as_the_batch_in_hand_needs(tmp_path):
     tokens = j.inputs(a).numel()
     assert "at most" in j.say(0, "val_buffer", 0.71, nbytes=1 << 40)["error"]
     assert "buf" in j.say(0, "val_buffer", 0.72, nbytes=tokens * 80 * 4)   # 80 columns of float32: padded
+
+
+def test_a_validation_of_too_few_rows_for_the_blind_probe_is_refused(tmp_path):
+    """Each scored row gives the blind probe one position at most: a script validating in very long rows would
+    leave it too few to judge, so the shape is refused at the first validation, with the longest row allowed."""
+    assert evaluation.min_rows(262_144) == 512 and evaluation.min_rows(10_485_760) == 512
+    assert evaluation.min_rows(4096) == 32
+    j = Judge(tmp_path)
+    j.honest_until_start()
+    j.start(0, 1.0)
+    j.start(1, 1.0)
+    j.steps(1, 2.0)
+    refused = j.say(0, "val_begin", 3.0, step=1, **dict(VAL, seq_len=256))
+    assert "cut the 4096 scored val tokens into 16; the referee's blind probe needs at least 32 (rows of at " \
+           "most 128 tokens)" in refused["error"]
+    assert j.say(0, "val_begin", 3.1, step=1, **VAL)["ok"]

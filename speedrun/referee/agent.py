@@ -325,8 +325,14 @@ class Agent:
                                  "warmup": "validate() inside warmup()", "finished": "validate() after finish()"}
                                 .get(phase, f"validate() {REFUSALS.get(phase, 'now')}"))
         bt, sl, layout = msg["batch_tokens"], msg["seq_len"], msg["layout"]
-        # the shape must tile the scored tokens, which finish() will measure at it: say so at the first validation
-        self.data.val_stream("scored", bt, sl, self.st.rank, self.world_size, layout)
+        # the shape must tile the scored tokens, which finish() will measure at it, in rows enough for the blind
+        # probe: say so at the first validation
+        scored = self.data.val_stream("scored", bt, sl, self.st.rank, self.world_size, layout)
+        least = evaluation.min_rows(scored.val_tokens)
+        if scored.num_pieces < least:
+            raise SpeedrunError(f"validation rows of {sl} tokens cut the {scored.val_tokens} scored val tokens into "
+                                f"{scored.num_pieces}; the referee's blind probe needs at least {least} (rows of "
+                                f"at most {scored.val_tokens // least} tokens)")
         if split == "monitor" and self.data.monitor < bt:
             split = "scored"
             self.referee.warn_once(f"the track's monitor split ({self.data.monitor} val tokens) holds no whole "

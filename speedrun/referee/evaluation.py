@@ -58,7 +58,16 @@ DIST_ROWS = 8                    # spliced rows whose whole distributions are co
 DIST_POSITIONS = 4               # positions per such row
 BLIND_ROWS = 4096                # copies (blind positions) a scored validation gathers over all ranks (at most
                                  # one per canonical row)
+MIN_ROWS = 512                   # rows the scored tokens must be cut into, at least (`min_rows`)
 _RNG = random.SystemRandom()
+
+
+def min_rows(val_tokens: int) -> int:
+    """The fewest rows a validation shape may cut `val_tokens` scored tokens into: each row gives the blind
+    probe one position at most, and a script choosing very long rows would otherwise leave it too few to
+    judge. `MIN_ROWS` (tiny: rows of at most 512 tokens; gpt2-small: 20,480), fewer for a scored split too small
+    to hold that many 128-token rows (the test suite's tracks)."""
+    return max(1, min(MIN_ROWS, val_tokens // 128))
 
 
 @dataclass
