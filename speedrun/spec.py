@@ -31,7 +31,8 @@ Loader options: `accum_steps` (micro-batches per step: 1 GPU with 8 gives the sa
 `align_to_bos`, `max_doc_len`, and `train.set(batch_tokens=..., seq_len=..., accum_steps=...)` between steps for
 batch-size and sequence-length schedules. Which tokens a step sees never depends on the world size or the
 accumulation (`speedrun.data.streams`). Validation takes the same `batch_tokens`, `seq_len` and `layout` keywords
-(default: one micro-batch of the loader); they must tile the track's val tokens exactly.
+(default: one micro-batch of the loader); they must tile the track's val tokens exactly, in at least 512 rows
+(tiny: rows of at most 512 tokens; gpt2-small: 20,480).
 
 API 1 scripts keep running unchanged: `run.validate(loss_fn, step=..., logits_fn=...)` (the loss_fn is no
 longer called), `run.start()` without arguments (the start check then calls the model given to `warmup()`).

@@ -842,13 +842,13 @@ def test_a_validation_of_too_few_rows_for_the_blind_probe_is_refused(tmp_path):
     """Each scored row gives the blind probe one position at most: a script validating in very long rows would
     leave it too few to judge, so the shape is refused at the first validation, with the longest row allowed."""
     assert evaluation.min_rows(262_144) == 512 and evaluation.min_rows(10_485_760) == 512
-    assert evaluation.min_rows(4096) == 32
-    j = Judge(tmp_path)
+    assert evaluation.min_rows(4096) == 8
+    j = Judge(tmp_path, track=TRACK.replace("max_seq_len = 256", "max_seq_len = 2048"))
     j.honest_until_start()
     j.start(0, 1.0)
     j.start(1, 1.0)
     j.steps(1, 2.0)
-    refused = j.say(0, "val_begin", 3.0, step=1, **dict(VAL, seq_len=256))
-    assert "cut the 4096 scored val tokens into 16; the referee's blind probe needs at least 32 (rows of at " \
-           "most 128 tokens)" in refused["error"]
+    refused = j.say(0, "val_begin", 3.0, step=1, **dict(VAL, batch_tokens=2048, seq_len=1024))
+    assert "cut the 4096 scored val tokens into 4; the referee's blind probe needs at least 8 (rows of at " \
+           "most 512 tokens)" in refused["error"]
     assert j.say(0, "val_begin", 3.1, step=1, **VAL)["ok"]

@@ -66,8 +66,8 @@ def min_rows(val_tokens: int) -> int:
     """The fewest rows a validation shape may cut `val_tokens` scored tokens into: each row gives the blind
     probe one position at most, and a script choosing very long rows would otherwise leave it too few to
     judge. `MIN_ROWS` (tiny: rows of at most 512 tokens; gpt2-small: 20,480), fewer for a scored split too small
-    to hold that many 128-token rows (the test suite's tracks)."""
-    return max(1, min(MIN_ROWS, val_tokens // 128))
+    to hold that many rows of 512 tokens (the test suite's tracks)."""
+    return max(1, min(MIN_ROWS, val_tokens // 512))
 
 
 @dataclass
