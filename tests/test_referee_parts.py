@@ -136,6 +136,13 @@ class Judge:
         self.everyone("batch", 0.5)
         self.everyone("warmup_end", 0.6, seconds=0.1, digest_before="a", digest_after="a", restored=True)
 
+    def started(self, steps: int, t: float = 2.0) -> None:
+        """Both ranks honest up to start() at t = 1.0, then `steps` training steps' batches taken at `t`."""
+        self.honest_until_start()
+        self.start(0, 1.0)
+        self.start(1, 1.0)
+        self.steps(steps, t)
+
     def steps(self, n: int, t: float) -> list:
         return [self.everyone("next", t) for _ in range(n * LOADER["accum_steps"])]
 
@@ -712,10 +719,7 @@ def test_validation_time_beyond_its_budget_counts_as_timed(tmp_path):
     # the first validation is free up to what the run's training says it can cost; later ones are untimed
     # while the budgeted ones fit in 25% of the timed seconds
     j = Judge(tmp_path, track=budgeted)
-    j.honest_until_start()
-    j.start(0, 1.0)
-    j.start(1, 1.0)
-    j.steps(1, 2.0)
+    j.started(1)
     j.validate({0: 3.0, 1: 3.0}, {0: 13.0, 1: 13.0}, step=1)   # 10 s, of which 5.75 s may be off the clock
     j.steps(1, 14.0)
     j.validate({0: 15.0, 1: 15.0}, {0: 19.0, 1: 19.0}, step=2)  # 4 s: a quarter of the timed s off the clock
@@ -743,10 +747,7 @@ def test_training_hidden_in_a_free_validation_is_charged_back(tmp_path):
     """The batches fetched in a blink on the clock, the work done inside a validation (in the logits_fn, the
     clock paused): the validation may only take what the run's own timed seconds per train token justify."""
     j = Judge(tmp_path)
-    j.honest_until_start()
-    j.start(0, 1.0)
-    j.start(1, 1.0)
-    j.steps(30, 1.01)                                             # 30 steps' batches in 0.01 s
+    j.started(30, 1.01)                                             # 30 steps' batches in 0.01 s
     j.validate({0: 1.02, 1: 1.02}, {0: 31.02, 1: 31.02}, step=30)  # a first (free) validation of 30 s
     j.finish(31.03)
     summary = j.close()
@@ -760,10 +761,7 @@ def test_training_between_finish_and_the_scored_validation_is_on_the_clock(tmp_p
     """A script that asks for finish() itself (the clock stops) and trains for 20 s before it has its final
     model measured on the scored tokens: the wait counts as timed."""
     j = Judge(tmp_path)
-    j.honest_until_start()
-    j.start(0, 1.0)
-    j.start(1, 1.0)
-    j.steps(3, 2.0)
+    j.started(3)
     j.validate({0: 5.0, 1: 5.0}, {0: 6.0, 1: 6.0}, step=3)
     answers = j.everyone("finish", 7.0, inductor=[])
     shape = {k: answers[0][k] for k in ("batch_tokens", "seq_len", "layout")}
@@ -778,10 +776,7 @@ def test_training_between_finish_and_the_scored_validation_is_on_the_clock(tmp_p
 def test_a_finish_without_the_scored_validation_is_missing_it(tmp_path):
     """finish() asked for, the scored tokens never measured: the final loss would be the monitor split's."""
     j = Judge(tmp_path)
-    j.honest_until_start()
-    j.start(0, 1.0)
-    j.start(1, 1.0)
-    j.steps(3, 2.0)
+    j.started(3)
     j.validate({0: 5.0, 1: 5.0}, {0: 6.0, 1: 6.0}, step=3)
     assert all(a["score"] for a in j.everyone("finish", 7.0, inductor=[]))
     summary = j.close()
@@ -844,10 +839,7 @@ def test_a_validation_of_too_few_rows_for_the_blind_probe_is_refused(tmp_path):
     assert evaluation.min_rows(262_144) == 512 and evaluation.min_rows(10_485_760) == 512
     assert evaluation.min_rows(4096) == 8
     j = Judge(tmp_path, track=TRACK.replace("max_seq_len = 256", "max_seq_len = 2048"))
-    j.honest_until_start()
-    j.start(0, 1.0)
-    j.start(1, 1.0)
-    j.steps(1, 2.0)
+    j.started(1)
     refused = j.say(0, "val_begin", 3.0, step=1, **dict(VAL, batch_tokens=2048, seq_len=1024))
     assert "cut the 4096 scored val tokens into 4; the referee's blind probe needs at least 8 (rows of at " \
            "most 512 tokens)" in refused["error"]

@@ -160,18 +160,13 @@ class ProbePlan:
     cuts: list[int]                           # the cut j of each extra row
     donors: list[int]                         # the rank's val piece supplying the rest of a spliced row
     canary: list[bool]                        # True: the rest is drawn from the val unigram instead
+    order: list[int]                          # canonical slot b * rows + i -> the stream's slot shown there
     positions: list[list[int]] = field(default_factory=list)  # distribution positions (< j) per row
     seed: int = 0                             # for the canary draws
-    order: list[int] | None = None            # canonical slot -> stream slot; None: the stream's order
-
-    def __post_init__(self):
-        if isinstance(self.at, int):
-            self.at = [self.at]
 
     def piece(self, own_piece: Callable[[int, int], int], rows: int, b: int, i: int) -> int:
         """The global val piece at canonical batch b, row i."""
-        slot = b * rows + i if self.order is None else self.order[b * rows + i]
-        return own_piece(*divmod(slot, rows))
+        return own_piece(*divmod(self.order[b * rows + i], rows))
 
 
 def plan_probe(n_batches: int, rows: int, seq_len: int, own_piece: Callable[[int, int], int],
@@ -217,8 +212,8 @@ def plan_probe(n_batches: int, rows: int, seq_len: int, own_piece: Callable[[int
     # the last position before the cut always (a model peeking one token ahead moves only that one), and a
     # few earlier ones at random
     positions = [sorted({j - 1, *rng.sample(range(j - 1), min(DIST_POSITIONS - 1, j - 1))}) for j in cuts[:DIST_ROWS]]
-    return ProbePlan(at=at, sources=sources, cuts=cuts, donors=donors, canary=canary, positions=positions,
-                     seed=rng.getrandbits(63), order=order)
+    return ProbePlan(at=at, sources=sources, cuts=cuts, donors=donors, canary=canary, order=order,
+                     positions=positions, seed=rng.getrandbits(63))
 
 
 def _row(t: torch.Tensor, i: int, seq_len: int, flat: bool) -> torch.Tensor:

@@ -487,6 +487,7 @@ class Referee:
         each rank's probe records the pooled figures and fails with it. Only the scored split is judged: its
         rows are new to the rank, and the gap there is the one the verdict rests on (a monitor split's rows
         come again and again, and a small sample's skewed mean would only risk accusing an honest run)."""
+        # the probes that passed their schema check (the loop above gave them a tolerance)
         counted = [p for p in probes if isinstance(p.get("blind_rows"), int) and "tolerance" in p]
         n = sum(p["blind_rows"] for p in counted)
         if n < BLIND_MIN_ROWS:
@@ -494,6 +495,7 @@ class Referee:
                            f"{BLIND_MIN_ROWS}: too few to judge whether the model reads its targets (longer rows "
                            f"make fewer of them)")
             return
+
         def pooled(key: str) -> float:
             return sum(p.get(key, 0.0) for p in counted) / n
 
