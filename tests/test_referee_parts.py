@@ -407,7 +407,7 @@ class Toy(torch.nn.Module):
 
 
 def _measure(model, tokens: np.ndarray, rows: int = 4, seq_len: int = 32, batches: int = 3, extra: int = 1,
-             canaries: bool = True, flat: bool = False):
+             canaries: bool = True, flat: bool = False, surprisal=None):
     def val_piece(i):
         return tokens[i * seq_len:(i + 1) * seq_len + 1]
 
@@ -421,7 +421,8 @@ def _measure(model, tokens: np.ndarray, rows: int = 4, seq_len: int = 32, batche
 
     fn = model if not flat else (lambda inputs, cu_seqlens: model(inputs))
     return evaluation.measure(fn, batches, rows, seq_len, flat, lambda b, i: b * rows + i, val_piece, make,
-                              64, unigram=np.full(64, 1 / 64) if canaries else None, extra=extra)
+                              64, unigram=np.full(64, 1 / 64) if canaries else None, extra=extra,
+                              surprisal=surprisal)
 
 
 def test_probes_catch_peeking_and_models_that_change_during_validation():
@@ -501,6 +502,35 @@ def test_blind_positions_catch_a_peeker_that_keeps_its_pairs_consistent():
     assert mean > 1.0 and mean > 8 * se
 
 
+def test_the_surprisal_covariates_take_the_spread_out_of_a_real_measurement():
+    """Text from a Markov chain and a model that knows the chain: its loss at each blind position is the bigram
+    surprisal there, so the covariates leave little spread; the peeker is refused all the same."""
+    from speedrun.judge import stats
+    from speedrun.referee.surprisal import Surprisal
+
+    rng = np.random.default_rng(4)
+    chain = torch.softmax(torch.from_numpy(rng.normal(0.0, 2.0, (64, 64))), -1).numpy()
+
+    def walk(n):
+        out = [0]
+        for u in rng.random(n - 1):
+            out.append(min(63, int(np.searchsorted(np.cumsum(chain[out[-1]]), u))))
+        return np.array(out, dtype=np.uint16)
+
+    tokens, train = walk(24 * 8 * 32 + 64), walk(100_000)
+    surprisal = Surprisal(train, 64).centre(tokens[:24 * 8 * 32 + 1])
+    knows = Toy()
+    with torch.no_grad():
+        knows.table.copy_(torch.from_numpy(np.log(chain)))
+    probes = [_measure(m, tokens, rows=8, batches=24, extra=12, canaries=False, surprisal=surprisal).probe
+              for m in (knows, Remembers(model=knows))]
+    for p in probes:
+        p["tolerance"] = 1e-3
+    honest, peeker = (stats.blind_gap([p]) for p in probes)
+    assert honest.positions >= 84 and honest.sd < 0.3 * honest.raw_sd and not honest.reads
+    assert peeker.reads and probes[1]["blind_y_sq"] > 0
+
+
 def test_the_blind_gap_is_pooled_over_ranks_and_adjusted_by_its_covariate(tmp_path):
     """The launcher's arithmetic: the gaps' mean less beta x the covariate's mean, beta their regression, the bar
     4 residual standard errors; a shift of the gaps (canonical rows scored lower than the model can do blind)
@@ -509,13 +539,8 @@ def test_the_blind_gap_is_pooled_over_ranks_and_adjusted_by_its_covariate(tmp_pa
     x = rng.normal(0.0, 1.5, 4000)
     g = 0.8 * x + rng.normal(0.0, 1.0, 4000)  # gaps the covariate explains in part, mean zero
 
-    def probes(g, x):
-        return [{"blind_rows": len(h), "blind_gap_sum": g[h].sum(), "blind_gap_sq": (g[h] ** 2).sum(),
-                 "blind_x_sum": x[h].sum(), "blind_x_sq": (x[h] ** 2).sum(), "blind_gx_sum": (g[h] * x[h]).sum(),
-                 "tolerance": 1e-3, "passed": True} for h in np.array_split(np.arange(len(g)), 2)]
-
     j = Judge(tmp_path)
-    honest = probes(g, x)
+    honest = _blind_probes(g, x, 2)
     j.ref._judge_blind(9, honest)
     beta = np.polyfit(x, g, 1)[0]
     assert honest[1]["blind_gap"] == pytest.approx(g.mean() - beta * x.mean())
@@ -523,10 +548,94 @@ def test_the_blind_gap_is_pooled_over_ranks_and_adjusted_by_its_covariate(tmp_pa
     assert honest[1]["blind_bar"] == pytest.approx(4 * np.std(g - beta * x) / np.sqrt(4000))
     assert honest[1]["blind_bar"] < 0.7 * 4 * g.std() / np.sqrt(4000)  # the covariate took the spread out
     assert all(p["passed"] for p in honest) and not j.ref.problems
-    peeked = probes(g + 0.15, x)  # the canonical rows scored 0.15 nats better than the model can blind
+    peeked = _blind_probes(g + 0.15, x, 2)  # the canonical rows scored 0.15 nats better than the model can blind
     j.ref._judge_blind(9, peeked)
     assert not any(p["passed"] for p in peeked)
     assert "blind probe failed at validation step 9" in j.ref.problems[-1]
+
+
+def _blind_probes(g, x, parts: int, y=None) -> list[dict]:
+    """Probes as the referee leaves them (checked: a tolerance) holding the blind sums of gaps g, covariates x
+    and (when given) y."""
+    out = []
+    for h in np.array_split(np.arange(len(g)), parts):
+        p = {"blind_rows": len(h), "blind_gap_sum": g[h].sum(), "blind_gap_sq": (g[h] ** 2).sum(),
+             "blind_x_sum": x[h].sum(), "blind_x_sq": (x[h] ** 2).sum(), "blind_gx_sum": (g[h] * x[h]).sum(),
+             "tolerance": 1e-3, "passed": True}
+        if y is not None:
+            p.update(blind_y_sum=y[h].sum(), blind_y_sq=(y[h] ** 2).sum(), blind_gy_sum=(g[h] * y[h]).sum(),
+                     blind_xy_sum=(x[h] * y[h]).sum())
+        out.append(p)
+    return out
+
+
+def test_the_blind_gap_regresses_on_both_covariates():
+    """Two covariates (unigram and bigram surprisal) regressed together, as least squares would; evidence
+    without the second (written before it) regresses on the first alone."""
+    from speedrun.judge import stats
+
+    rng = np.random.default_rng(2)
+    x = rng.normal(0.0, 1.0, 5000)
+    y = 0.6 * x + rng.normal(0.0, 0.8, 5000)  # correlated with x, as the two surprisals are
+    g = 0.3 * x + 0.7 * y + rng.normal(0.0, 0.6, 5000)
+    both = stats.blind_gap(_blind_probes(g, x, 3, y))
+    design = np.stack([np.ones_like(x), x, y], 1)
+    coef, *_ = np.linalg.lstsq(design, g, rcond=None)
+    resid = g - design @ coef
+    assert both.gap == pytest.approx(g.mean() - coef[1] * x.mean() - coef[2] * y.mean())
+    assert both.sd == pytest.approx(resid.std()) and both.raw_sd == pytest.approx(g.std())
+    one = stats.blind_gap(_blind_probes(g, x, 3))
+    beta = np.polyfit(x, g, 1)[0]
+    assert one.gap == pytest.approx(g.mean() - beta * x.mean()) and one.sd == pytest.approx(np.std(g - beta * x))
+    assert both.sd < 0.8 * one.sd  # the bigram explains what the unigram does not
+    assert stats.blind_gap(_blind_probes(g[:60], x[:60], 1)) is None  # too few positions to judge
+
+
+def test_surprisals_are_centred_on_the_scored_targets_and_finite_for_unseen_pairs():
+    from speedrun.referee.surprisal import Surprisal
+
+    rng = np.random.default_rng(3)
+    # a chain where token t is mostly followed by t + 1: the bigram knows it, the unigram cannot
+    train = np.cumsum(rng.choice([1, 1, 1, 7], 20000)) % 50
+    s = Surprisal(train, 64)
+    scored = np.cumsum(rng.choice([1, 1, 1, 7], 3000)) % 50
+    raw = s.of(scored[:-1], scored[1:], centred=False)
+    assert raw[:, 1].mean() < 0.5 * raw[:, 0].mean()  # the bigram predicts the chain far better
+    s.centre(scored, chunk=256)
+    assert np.allclose(s.of(scored[:-1], scored[1:]).mean(0), 0.0, atol=1e-9)
+    unseen = s.of([60, 3], [61, 50], centred=False)  # pairs (and tokens) never counted: finite, large
+    assert np.isfinite(unseen).all() and (unseen[:, 1] > raw[:, 1].max()).all()
+
+
+def test_the_verdict_pools_the_blind_positions_of_all_repetitions():
+    """A peek kept under each repetition's bar lowers every repetition: pooled over three, the bar is sqrt(3)
+    lower and the verdict refuses it; honest repetitions pooled pass, and one repetition is left to the referee."""
+    from speedrun.judge import integrity, stats
+
+    rng = np.random.default_rng(1)
+
+    def runs(shift: float, n_reps: int = 3) -> dict:
+        out = {}
+        for k in range(1, n_reps + 1):
+            x, e = rng.normal(0.0, 1.0, (2, 1000))
+            x, e = x - x.mean(), e - e.mean()  # each repetition's adjusted gap is the shift exactly
+            g = 0.7 * x + e + shift
+            monitor = {"event": "val", "split": "monitor", "ranks": [{"probe": p} for p in _blind_probes(g + 5, x, 2)]}
+            scored = {"event": "val", "split": "scored", "ranks": [{"probe": p} for p in _blind_probes(g, x, 2)]}
+            out[k] = rundir.Events([{"event": "init"}, monitor, scored])
+        return out
+
+    peeked = runs(0.1)
+    for events in peeked.values():  # each repetition alone stays under its bar
+        assert not stats.blind_gap([r["probe"] for r in events.of("val")[1]["ranks"]]).reads
+    test, problems = integrity.blind_pooled(peeked)
+    assert test.positions == 3000 and test.reads and test.bar == pytest.approx(4 * test.sd / np.sqrt(3000))
+    assert problems == [f"blind probe failed over repetitions 1, 2, 3 pooled: the model's loss where it could not "
+                        f"see the next token is {test.gap:.3f} nats above its loss on the canonical rows at the "
+                        f"same positions (3000 positions, bar {test.bar:.3f}): it reads its targets from its inputs"]
+    test, problems = integrity.blind_pooled(runs(0.0))
+    assert test.positions == 3000 and not test.reads and problems == []
+    assert integrity.blind_pooled(runs(0.5, n_reps=1)) == (None, [])
 
 
 def test_each_validation_shuffles_its_rows_and_copies_only_rows_still_to_come():

@@ -67,6 +67,11 @@ def print_verdict(verdict: dict) -> None:
         extra = f", {tp['flops_per_token']:.3g} FLOPs/token" if tp.get("flops_per_token") else ""
         extra += f", MFU {tp['mfu']:.1%}" if tp.get("mfu") else ""
         console.print(f"throughput: {tp['tokens_per_s']:,.0f} tokens/s{extra}", markup=False)
+    blind = verdict.get("blind")
+    if blind:
+        console.print(f"blind positions: loss {blind['gap']:+.3f} nats against the canonical rows' where the "
+                      f"next token was never shown ({blind['positions']:,} positions, all repetitions pooled; "
+                      f"refused above {blind['bar']:.3f})", markup=False, soft_wrap=True)
     if verdict.get("sandbox") and not verdict.get("sandboxed") and not verdict["self_reported"]:
         console.print(f"sandbox: {verdict['sandbox']}: this run can never be a record", style="yellow",
                       markup=False, soft_wrap=True)

@@ -66,12 +66,13 @@ REQUESTS = ("loader", "next", "warmup_begin", "start_check", "start", "val_begin
 # the largest total-variation distance between predicted distributions before a cut; canary_*: count, sum and
 # sum of squares of the per-token losses on tokens drawn from the val unigram after a cut; blind_*: count, sum
 # and sum of squares of the gaps g between a copy's loss at its cut on the original's (unshown) token and the
-# mean canonical loss at that position, of the covariate x (that token's unigram surprisal less its mean over
-# the canonical targets), and the sum of g * x
+# mean canonical loss at that position, of the covariates x and y (that token's unigram and bigram surprisals,
+# each less its mean over the canonical targets), and the sums of g * x, g * y and x * y (evidence written
+# before the bigram lacks the y sums: readers take them as 0)
 PROBE = {"rows": int, "nll_diff": NUM, "dist_diff": NUM, "logits_shape": list, "logits_dtype": str,
          "canary_tokens": int, "canary_nll_sum": NUM, "canary_nll_sq": NUM,
          "blind_rows": int, "blind_gap_sum": NUM, "blind_gap_sq": NUM, "blind_x_sum": NUM, "blind_x_sq": NUM,
-         "blind_gx_sum": NUM}
+         "blind_gx_sum": NUM, "blind_y_sum": NUM, "blind_y_sq": NUM, "blind_gy_sum": NUM, "blind_xy_sum": NUM}
 
 # --- 2. events in run-K.jsonl -------------------------------------------------------------------------------------
 # every event has "event" (its kind); referee events also have "t" (launcher seconds since the repetition was
@@ -129,10 +130,12 @@ VERDICT_FIELDS = {
     "warnings": list, "target": dict, "metric": dict, "throughput": dict, "repetitions": list,
     "judged_step": OPT_INT, "script_sha256": OPT_STR, "hardware": OPT_STR, "hardware_fingerprint": (dict, type(None)),
     "harness_version": OPT_STR, "harness": dict, "verified_by": str, "verified_at": str,
-    "status": str, "problem_details": dict,
+    "status": str, "problem_details": dict, "blind": (dict, type(None)),
 }
 # added in harness 0.3: a verdict written earlier lacks them (readers use .get)
-VERDICT_OPTIONAL = {"status", "problem_details"}
+VERDICT_OPTIONAL = {"status", "problem_details", "blind"}
+# verdict["blind"]: the blind positions of all repetitions' scored validations pooled (`stats.BlindGap`: positions,
+# gap, sd, bar, raw_gap, raw_sd, reads), or null for fewer than two repetitions judged on them
 # verdict["status"]: "qualifies", "does not qualify", or "interrupted" (the launcher was stopped: never qualifies)
 # verdict["problem_details"]: problem (as in "problems") -> {"where": the script's line an exception came from,
 # "log": the repetition's full log, "consequences": [what followed from it, not problems of their own]}, for the

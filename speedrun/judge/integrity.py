@@ -12,6 +12,9 @@ questions it asks of the manifest and the events, each answered with readable ph
   between those hashes and the files now, is a problem.
 - Plausibility: a final val loss below the track's entropy floor (nothing can beat the generator's entropy
   rate: the figure is not a model's loss), and a timed run of zero steps.
+- Blind positions, all repetitions pooled: the referee judges each repetition's blind gap on its own
+  (`speedrun.referee.repetition`); a peek kept under that bar in every repetition still lowers all of them, and
+  pooling n repetitions lowers the bar by sqrt(n).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import math
 from pathlib import Path
 
 from speedrun.evidence import rundir
+from speedrun.judge import stats
 
 
 def sandbox_status(manifest: dict) -> tuple[bool, str]:
@@ -63,3 +67,34 @@ def plausibility(track, results: list[dict], events_by_k: dict) -> list[str]:
         if finish is not None and finish.get("batches") == 0:
             problems.append(f"repetition {k}: the timed run took no training step")
     return problems
+
+
+def blind_words(test: "stats.BlindGap") -> str:
+    """What a failed blind test says (after where it was measured)."""
+    return (f"the model's loss where it could not see the next token is {test.gap:.3f} nats above its loss on the "
+            f"canonical rows at the same positions ({test.positions} positions, bar {test.bar:.3f}): it reads its "
+            f"targets from its inputs")
+
+
+def blind_pooled(events_by_k: dict) -> tuple["stats.BlindGap | None", list[str]]:
+    """The blind positions of every repetition's scored validations pooled (the probes the referee judged), and
+    the problem when the pooled gap clears its bar. None with a single repetition: the referee judged it. A
+    probe counts once the referee checked it (it holds a tolerance): a malformed one is a problem already."""
+    probes = []
+    judged = set()
+    for k, events in events_by_k.items():
+        for v in events.of("val"):
+            if v.get("split", "scored") != "scored":
+                continue
+            for r in v.get("ranks") or []:
+                p = r.get("probe") if isinstance(r, dict) else None
+                if isinstance(p, dict) and "tolerance" in p and isinstance(p.get("blind_rows"), int):
+                    probes.append(p)
+                    judged.add(k)
+    if len(judged) < 2:
+        return None, []
+    test = stats.blind_gap(probes)
+    if test is None or not test.reads:
+        return test, []
+    return test, [f"blind probe failed over repetitions {', '.join(map(str, sorted(judged)))} pooled: "
+                  f"{blind_words(test)}"]

@@ -15,6 +15,9 @@ Comparisons are defined once, here:
   what decides instead.
 - judging step: the loss of every repetition at one declared step (`values_at_step`), and the earliest step
   at which the rule holds across all repetitions (`earliest_passing_step`).
+- blind gap (`blind_gap`): does a model score the canonical val rows better than it can where it never saw the
+  next token (`speedrun.referee.evaluation`)? The referee asks it of each repetition's ranks pooled, the verdict
+  of all repetitions pooled.
 
 numpy is imported inside the functions that need it, and scipy nowhere: `speedrun --help` and `speedrun verify`
 must not pay for them.
@@ -42,6 +45,10 @@ PAIRWISE_MARGIN = 0.004
 # tiny: the smaller of its two records' final-loss sds over 3 seeds (records/tiny/*/verdict.json, harness
 # 0.2.0): AdamW 0.00291, Muon 0.000405 -> 0.0004.
 SD_FLOORS = {"tiny": 0.0004}
+# The blind probe's bar: a mean gap above max(BLIND_MIN_GAP, BLIND_SIGMAS standard errors) is a model reading
+# its targets (4 sigmas: an honest run is accused about once in 30,000). Fewer positions are reported, not judged.
+BLIND_SIGMAS, BLIND_MIN_GAP = 4.0, 0.02
+BLIND_MIN_ROWS = 64
 ZERO_SPREAD = "repetitions are identical (sd = 0): the seed has no effect, so they are not independent runs"
 
 
@@ -325,3 +332,58 @@ def earliest_passing_step(vals_by_rep: Mapping[object, Sequence[Mapping]], targe
         if result.passed:
             return EarliestStep(step, result, steps[:steps.index(step) + 1])
     return EarliestStep(None, None, steps)
+
+
+@dataclass(frozen=True)
+class BlindGap:
+    """The pooled blind positions: the mean gap of blind over canonical losses after the control variate, its
+    residual spread, the bar it must stay under, and the raw figures before the covariate."""
+
+    positions: int
+    gap: float
+    sd: float
+    bar: float
+    raw_gap: float
+    raw_sd: float
+
+    @property
+    def reads(self) -> bool:
+        """The model reads its targets from its inputs (NaN counts as reading: nothing vouches for it)."""
+        return not self.gap <= self.bar
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "reads": self.reads}
+
+
+def blind_gap(probes: Sequence[Mapping]) -> BlindGap | None:
+    """Pool the probes' blind sums (count, sums and squares of the gaps g and of the covariates x and y, their
+    cross sums: `speedrun.evidence.schema.PROBE`) and judge the mean gap; None for fewer than BLIND_MIN_ROWS
+    positions.
+
+    The covariates (the blind token's unigram and bigram surprisals, each less its mean over the canonical
+    targets: `speedrun.referee.surprisal`) depend on the tokens alone, so their expectation is 0 whatever the
+    script does: the mean gap less b . (their means), b the regression of the gaps on them, is unbiased, and
+    its spread is what the covariates leave. Evidence from before the bigram (no y sums) regresses on x alone;
+    a covariate without spread is left out."""
+    n = sum(p["blind_rows"] for p in probes)
+    if n < BLIND_MIN_ROWS:
+        return None
+
+    def pooled(key: str) -> float:
+        return math.fsum(p.get(key, 0.0) for p in probes) / n
+
+    g, x, y = pooled("blind_gap_sum"), pooled("blind_x_sum"), pooled("blind_y_sum")
+    sgg = pooled("blind_gap_sq") - g * g
+    sxx, syy, sxy = pooled("blind_x_sq") - x * x, pooled("blind_y_sq") - y * y, pooled("blind_xy_sum") - x * y
+    sgx, sgy = pooled("blind_gx_sum") - g * x, pooled("blind_gy_sum") - g * y
+    bx = by = 0.0
+    det = sxx * syy - sxy * sxy
+    if sxx > 1e-12 and syy > 1e-12 and det > 1e-9 * sxx * syy:
+        bx, by = (syy * sgx - sxy * sgy) / det, (sxx * sgy - sxy * sgx) / det
+    elif sxx > 1e-12:
+        bx = sgx / sxx
+    elif syy > 1e-12:
+        by = sgy / syy
+    sd = math.sqrt(max(0.0, sgg - bx * sgx - by * sgy))
+    return BlindGap(n, g - bx * x - by * y, sd, max(BLIND_MIN_GAP, BLIND_SIGMAS * sd / math.sqrt(n)), g,
+                    math.sqrt(max(0.0, sgg)))

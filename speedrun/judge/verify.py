@@ -46,7 +46,7 @@ from speedrun.judge import integrity
 from speedrun.errors import SpeedrunError
 
 if TYPE_CHECKING:
-    from speedrun.judge.stats import EarliestStep, TargetResult
+    from speedrun.judge.stats import BlindGap, EarliestStep, TargetResult
     from speedrun.tracks import Track
 
 TIMING_SLACK_S = 2e-3
@@ -494,6 +494,7 @@ class Judgement:
     harness: dict = field(default_factory=dict)  # the run's harness against this one: information, not a problem
     details: dict = field(default_factory=dict)  # problem -> what explains it (verdict["problem_details"])
     interrupted: str | None = None  # the launcher was interrupted (the manifest's "interrupted")
+    blind: "BlindGap | None" = None  # refereed: the blind positions of all repetitions pooled (None: one or none)
 
     @property
     def self_reported(self) -> bool:
@@ -547,6 +548,7 @@ class Judgement:
             "metric": {"name": self.track.metric, "unit": self.track.metric_unit, "values": values, "mean": mean,
                        "sd": sd},
             "throughput": throughput(manifest, good, self.events) if self.kind.referee else {},
+            "blind": self.blind.to_dict() if self.blind is not None else None,
             "repetitions": [r.to_dict() for r in self.repetitions],
             "script_sha256": (manifest.get("script") or {}).get("sha256"),
             "hardware": manifest.get("hardware"),
@@ -702,6 +704,10 @@ def judge(run_dir: str | Path, step: int | None = None, manifest: dict | None = 
         problems += identical_repetitions([r.to_dict() for r in results])
         problems += integrity.evidence_problems(run_dir, manifest)
         problems += integrity.plausibility(track, [r.to_dict() for r in results], events_by_k)
+        blind, blind_problems = integrity.blind_pooled(events_by_k)
+        problems += blind_problems
+    else:
+        blind = None
     for skipped in (manifest.get("skipped_files") or []) if kind.self_reported else []:
         warnings.append(f"{skipped.get('name')} was not imported: {skipped.get('reason')}")
     good = [r for r in results if r.good]
@@ -719,7 +725,7 @@ def judge(run_dir: str | Path, step: int | None = None, manifest: dict | None = 
     problems, warnings = list(dict.fromkeys(problems)), list(dict.fromkeys(warnings))
     return Judgement(run_dir, manifest, track, kind, refereed, results, problems, warnings, target, judged_step,
                      earliest, events_by_k, datetime.now(timezone.utc).isoformat(timespec="seconds"), harness,
-                     details, interrupted)
+                     details, interrupted, blind)
 
 
 def _interrupted_head(r: RepetitionResult) -> bool:

@@ -30,6 +30,7 @@ and `run-K.jsonl` stay in `speedrun.referee.repetition`.
 
 from __future__ import annotations
 
+import concurrent.futures
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,6 +104,9 @@ class AgentData:
         self.monitor, self.monitor_files, self.monitor_start = monitor_split(track, self.val_files, self.train_files)
         self.device = device
         self._unigram = None
+        counting = concurrent.futures.ThreadPoolExecutor(1, "surprisal")
+        self._surprisal = counting.submit(self._count_surprisal)
+        counting.shutdown(wait=False)  # the thread ends with its one task
         self._val: dict = {}
 
     def unigram(self) -> np.ndarray:
@@ -111,6 +115,28 @@ class AgentData:
 
             self._unigram = streams.val_unigram(self.val_files, self.track.val_tokens, self.track.vocab_size)
         return self._unigram
+
+    def surprisal(self):
+        """The blind probe's covariates (`speedrun.referee.surprisal`): counted from the head of the train
+        shards and centred on the scored split in a thread started with the agents (gpt2-small: seconds, which
+        a scored validation must not spend)."""
+        return self._surprisal.result()
+
+    def _count_surprisal(self):
+        from speedrun.data import shards
+        from speedrun.referee.surprisal import COUNT_TOKENS, Surprisal
+
+        head, n = [], 0
+        for path in self.train_files:
+            if n >= COUNT_TOKENS:
+                break
+            head.append(np.asarray(shards.read_shard(path))[:COUNT_TOKENS - n])
+            n += len(head[-1])
+        if n < 2:  # no train tokens to count (a track of val tokens alone): no covariates
+            return None
+        counted = Surprisal(np.concatenate(head), self.track.vocab_size)
+        scored = np.concatenate([np.asarray(shards.read_shard(p)) for p in self.val_files])[:self.track.val_tokens + 1]
+        return counted.centre(scored)
 
     def val_stream(self, split: str, batch_tokens: int, seq_len: int, rank: int, world_size: int, layout: str):
         """This rank's share of a split at a validation shape: "scored" (the track's val tokens) or "monitor"
@@ -346,10 +372,13 @@ class Agent:
 
         # the scored validation after finish() is the one whose rows the rank has never been shown: enough
         # extra batches there for the blind positions to bound a peek (`evaluation.BLIND_ROWS`), one elsewhere
-        extra = evaluation.extra_batches(len(s), s.k, self.world_size) if phase == "finished" else 1
+        # (and the covariates that sharpen them: the other validations are not judged on them)
+        scored = phase == "finished"
+        extra = evaluation.extra_batches(len(s), s.k, self.world_size) if scored else 1
         steps = evaluation.measuring(len(s), s.k, sl, flat, own, s.val_piece,
                                      lambda pieces: self._make_batch(pieces, layout), self.track.vocab_size,
-                                     unigram=self.data.unigram(), extra=extra)
+                                     unigram=self.data.unigram(), extra=extra,
+                                     surprisal=self.data.surprisal() if scored else None)
         self.val = Validation(msg["step"], split, bt, sl, layout, steps,
                               extras={"split_tokens": s.val_tokens, "share": s.tokens_per_rank})
         if phase == "timed":

@@ -23,10 +23,10 @@ The submission hands the referee a function from inputs to logits; everything el
     token, is what the model can do without seeing it. Over many copies their mean is, for any causal model,
     the mean canonical loss at the same positions (the copied rows are a uniform draw), whatever the model
     remembers. A model that reads targets from its inputs scores the canonical rows lower than it can score
-    blind: the referee reports the gaps (blind minus canonical mean at that position) with the unigram
-    surprisal of each blind token (less its mean over the canonical targets: a covariate that depends on the
-    tokens alone, which takes much of the spread out of the gaps), and the launcher judges their adjusted mean
-    against its standard error. Pairs can be kept consistent by a script that remembers
+    blind: the referee reports the gaps (blind minus canonical mean at that position) with each blind token's
+    unigram and bigram surprisals (less their means over the canonical targets: covariates that depend on the
+    tokens alone, which take much of the spread out of the gaps; `speedrun.referee.surprisal`), and the
+    launcher judges their adjusted mean against its standard error. Pairs can be kept consistent by a script that remembers
     every row it was shown and answers a row's copy and original alike; the blind gap cannot be argued away
     that way. Its reach is statistical: `BLIND_ROWS` copies bound what a peek can hide to a few standard
     errors of a per-token loss over their number.
@@ -52,6 +52,7 @@ import torch
 import torch.nn.functional as F
 
 from speedrun.errors import SpeedrunError
+from speedrun.referee.surprisal import Surprisal
 
 CHUNK_BYTES = 1 << 28            # float32 bytes per chunk of rows when computing the loss
 DIST_ROWS = 8                    # spliced rows whose whole distributions are compared
@@ -264,10 +265,11 @@ class _Shown:
 def measure(logits_fn: Callable, n_batches: int, rows: int, seq_len: int, flat: bool,
             own_piece: Callable[[int, int], int], val_piece: Callable[[int], np.ndarray],
             make_batch: Callable[[Sequence[np.ndarray]], Batch], vocab_size: int,
-            plan: ProbePlan | None = None, unigram: np.ndarray | None = None, extra: int = 1) -> Measurement:
+            plan: ProbePlan | None = None, unigram: np.ndarray | None = None, extra: int = 1,
+            surprisal: Surprisal | None = None) -> Measurement:
     """`measuring()` driven by a logits_fn in this process (the unrefereed path and the tests)."""
     steps = measuring(n_batches, rows, seq_len, flat, own_piece, val_piece, make_batch, vocab_size, plan, unigram,
-                      extra)
+                      extra, surprisal)
     logits = None
     with torch.no_grad():
         while True:
@@ -288,7 +290,8 @@ def extra_batches(n_batches: int, rows: int, world_size: int, blind_rows: int = 
 def measuring(n_batches: int, rows: int, seq_len: int, flat: bool,
               own_piece: Callable[[int, int], int], val_piece: Callable[[int], np.ndarray],
               make_batch: Callable[[Sequence[np.ndarray]], Batch], vocab_size: int,
-              plan: ProbePlan | None = None, unigram: np.ndarray | None = None, extra: int = 1):
+              plan: ProbePlan | None = None, unigram: np.ndarray | None = None, extra: int = 1,
+              surprisal: Surprisal | None = None):
     """Run one validation: this rank's canonical batches, with `extra` probe batches among them.
 
     A generator, so the agent can hand each batch's inputs to a rank and wait for the logits: it yields each
@@ -298,7 +301,8 @@ def measuring(n_batches: int, rows: int, seq_len: int, flat: bool,
     Canonical batch b holds the pieces `plan.piece(own_piece, rows, b, 0..rows-1)` (the rank's pieces,
     own_piece(b, i) in the stream's order, shuffled); extra batch e goes before canonical batch `plan.at[e]`
     and looks like any other (real val text up to each cut, the same shape, the same call). `unigram`: the
-    val tokens' unigram probabilities, for the rows whose continuation is drawn from it. Returns the float64
+    val tokens' unigram probabilities, for the rows whose continuation is drawn from it. `surprisal`: the blind
+    gaps' covariates (the scored validation's, the one judged on them; without it they are 0). Returns the float64
     sum of per-token losses over the canonical batches, their token count, and the measurements the launcher
     judges: how far outputs before the cuts moved, the loss on unigram-drawn continuations, and the gaps
     between blind and canonical losses."""
@@ -317,12 +321,8 @@ def measuring(n_batches: int, rows: int, seq_len: int, flat: bool,
     kept_dist: dict[int, torch.Tensor] = {}
     extra_nll: dict[int, torch.Tensor] = {}
     extra_dist: dict[int, torch.Tensor] = {}
-    blind: dict[int, tuple[float, int]] = {}           # extra row -> (its loss at j - 1, the original's token j)
-    # each token's unigram surprisal: a covariate of the loss the model cannot touch (it depends on the tokens
-    # alone), whose mean over the canonical targets is known exactly; it takes much of the token-to-token
-    # spread out of the blind gaps (`_judge_blind` in the launcher)
-    surprisal = torch.from_numpy(-np.log(np.maximum(unigram, 1e-300))) if unigram is not None else None
-    x_sum = 0.0
+    # extra row -> (its loss at j - 1, the original's tokens j - 1 and j)
+    blind: dict[int, tuple[float, int, int]] = {}
     shown = _Shown()
     own = {piece(b, i) for b in range(n_batches) for i in range(rows)}
     pos_sum = torch.zeros(seq_len, dtype=torch.float64)  # canonical losses by position, summed over rows
@@ -357,19 +357,18 @@ def measuring(n_batches: int, rows: int, seq_len: int, flat: bool,
                     # rank's own and not shown yet (another rank's pieces go to a script that may share them)
                     unseen = not shown.seen(q, j) if j < seq_len else (q + 1 in own and not shown.seen(q + 1, 0))
                     if unseen:
-                        cuts_seen.append((r, int(val_piece(q)[j]), local * seq_len + j - 1))
+                        text = val_piece(q)
+                        cuts_seen.append((r, int(text[j - 1]), int(text[j]), local * seq_len + j - 1))
                 if cuts_seen:  # the blind copies' predictions at their cuts, in one gather and one copy
-                    at_cut = logits.reshape(-1, logits.shape[-1])[[c for _, _, c in cuts_seen]].double().cpu()
+                    at_cut = logits.reshape(-1, logits.shape[-1])[[c[-1] for c in cuts_seen]].double().cpu()
                     losses = torch.logsumexp(at_cut, -1) - at_cut[torch.arange(len(cuts_seen)),
-                                                                   [t for _, t, _ in cuts_seen]]
-                    blind.update({r: (float(loss), t) for (r, t, _), loss in zip(cuts_seen, losses)})
+                                                                   [c[2] for c in cuts_seen]]
+                    blind.update({r: (float(loss), a, t) for (r, a, t, _), loss in zip(cuts_seen, losses)})
             else:
                 shape, dtype = list(logits.shape), str(logits.dtype)
                 total += nll.double().sum().cpu()
                 tokens += nll.numel()
                 pos_sum += nll.detach().double().cpu().reshape(rows, seq_len).sum(0)
-                if surprisal is not None:
-                    x_sum += float(surprisal[batch.targets.reshape(-1).cpu()].sum())
                 for i in range(rows):
                     for p in wanted.get((b, i), ()):
                         kept_nll[p] = _row(nll, i, seq_len, flat).detach().float().cpu()
@@ -390,20 +389,23 @@ def measuring(n_batches: int, rows: int, seq_len: int, flat: bool,
             tail = mine[j - 1:].double()  # targets j .. seq_len: the drawn tokens
             canary += torch.stack([torch.tensor(float(tail.numel()), dtype=torch.float64), tail.sum(),
                                    (tail * tail).sum()])
-    gaps = torch.tensor([loss - float(pos_sum[plan.cuts[r] - 1]) / (n_batches * rows)
-                         for r, (loss, _) in blind.items()], dtype=torch.float64)
-    covariate = torch.zeros_like(gaps)
-    if surprisal is not None and tokens:
-        covariate = torch.tensor([float(surprisal[token]) for _, token in blind.values()],
-                                 dtype=torch.float64) - x_sum / tokens
+    gaps = np.array([loss - float(pos_sum[plan.cuts[r] - 1]) / (n_batches * rows)
+                     for r, (loss, _, _) in blind.items()], dtype=np.float64)
+    # covariates of the loss the model cannot touch (the tokens' surprisals, centred on the scored targets):
+    # they take much of the token-to-token spread out of the gaps
+    x = np.zeros((len(gaps), 2))
+    if surprisal is not None and len(gaps):
+        x = surprisal.of([a for _, a, _ in blind.values()], [t for _, _, t in blind.values()])
     if not (np.isfinite(nll_diff) and np.isfinite(dist_diff)):
         nll_diff = dist_diff = float("inf")
     probe = {"rows": len(plan.cuts), "nll_diff": nll_diff, "dist_diff": dist_diff,
              "logits_shape": shape or [], "logits_dtype": dtype or "",
              "canary_tokens": int(canary[0]), "canary_nll_sum": float(canary[1]), "canary_nll_sq": float(canary[2]),
-             "blind_rows": int(gaps.numel()), "blind_gap_sum": float(gaps.sum()),
-             "blind_gap_sq": float((gaps * gaps).sum()), "blind_x_sum": float(covariate.sum()),
-             "blind_x_sq": float((covariate * covariate).sum()), "blind_gx_sum": float((gaps * covariate).sum())}
+             "blind_rows": len(gaps), "blind_gap_sum": float(gaps.sum()), "blind_gap_sq": float(gaps @ gaps),
+             "blind_x_sum": float(x[:, 0].sum()), "blind_x_sq": float(x[:, 0] @ x[:, 0]),
+             "blind_gx_sum": float(gaps @ x[:, 0]), "blind_y_sum": float(x[:, 1].sum()),
+             "blind_y_sq": float(x[:, 1] @ x[:, 1]), "blind_gy_sum": float(gaps @ x[:, 1]),
+             "blind_xy_sum": float(x[:, 0] @ x[:, 1])}
     return Measurement(float(total), tokens, probe)
 
 

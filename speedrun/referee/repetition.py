@@ -31,6 +31,8 @@ from typing import Callable
 
 from speedrun.evidence import schema
 from speedrun.evidence.rundir import EventWriter
+from speedrun.judge import stats
+from speedrun.judge.integrity import blind_words
 
 TRAIN_EVENT_EVERY = 10      # one `train` event every this many steps of rank 0
 VAL_COST = 1.0              # a validation's untimed seconds per val token <= this x timed seconds per train token
@@ -38,8 +40,6 @@ PROBE_TOL_FP32 = 1e-3       # nats: allowed movement of earlier outputs on a CPU
 PROBE_TOL_LOW = 2e-2        # nats: on a GPU or with 16-bit logits (kernels differ between batch compositions)
 LOW_PRECISION = ("torch.bfloat16", "torch.float16")
 CANARY_SIGMAS, CANARY_MIN_SLACK = 5.0, 0.05   # slack below the no-data level for the canary's sample mean
-BLIND_SIGMAS, BLIND_MIN_GAP = 4.0, 0.02       # the bar for the mean gap of blind over canonical losses (nats)
-BLIND_MIN_ROWS = 64                           # fewer blind positions than this are reported, not judged
 
 PHASE_WORDS = {"boot": "before the script started", "script": "before speedrun.init()",
                "init": "before start() outside warmup()", "ready": "before start() outside warmup()",
@@ -483,40 +483,25 @@ class Referee:
     def _judge_blind(self, step, probes: list[dict]) -> None:
         """The blind positions of every rank's copies at the scored validation, pooled: a model that reads its
         targets from its inputs scores the canonical rows lower than it can where the target was never shown
-        (`evaluation`). A problem when the mean gap clears max(BLIND_MIN_GAP, BLIND_SIGMAS standard errors);
+        (`evaluation`). A problem when the mean gap clears its bar (`stats.blind_gap`);
         each rank's probe records the pooled figures and fails with it. Only the scored split is judged: its
         rows are new to the rank, and the gap there is the one the verdict rests on (a monitor split's rows
         come again and again, and a small sample's skewed mean would only risk accusing an honest run)."""
         # the probes that passed their schema check (the loop above gave them a tolerance)
         counted = [p for p in probes if isinstance(p.get("blind_rows"), int) and "tolerance" in p]
-        n = sum(p["blind_rows"] for p in counted)
-        if n < BLIND_MIN_ROWS:
+        test = stats.blind_gap(counted)
+        if test is None:
+            n = sum(p["blind_rows"] for p in counted)
             self.warn_once(f"the scored validation at step {step} held {n} blind positions, fewer than "
-                           f"{BLIND_MIN_ROWS}: too few to judge whether the model reads its targets (longer rows "
-                           f"make fewer of them)")
+                           f"{stats.BLIND_MIN_ROWS}: too few to judge whether the model reads its targets (longer "
+                           f"rows make fewer of them)")
             return
-
-        def pooled(key: str) -> float:
-            return sum(p.get(key, 0.0) for p in counted) / n
-
-        # a control variate: the gaps' mean less beta x the covariate's (whose expectation is 0), beta the
-        # regression of the gaps on it; the spread left is the gaps' less the part the covariate explains
-        g, x = pooled("blind_gap_sum"), pooled("blind_x_sum")
-        sgg, sxx = pooled("blind_gap_sq") - g * g, pooled("blind_x_sq") - x * x
-        sgx = pooled("blind_gx_sum") - g * x
-        beta = sgx / sxx if sxx > 1e-12 else 0.0
-        mean = g - beta * x
-        sd = math.sqrt(max(0.0, sgg - beta * sgx))
-        bar = max(BLIND_MIN_GAP, BLIND_SIGMAS * sd / math.sqrt(n))
-        reads = not mean <= bar
         for p in counted:
-            p.update(blind_gap=mean, blind_bar=bar, blind_sd=sd, blind_raw_gap=g,
-                     blind_raw_sd=math.sqrt(max(0.0, sgg)))
-            p["passed"] = p["passed"] and not reads
-        if reads:
-            self.problem(f"blind probe failed at validation step {step}: the model's loss where it could not see "
-                         f"the next token is {mean:.3f} nats above its loss on the canonical rows at the same "
-                         f"positions ({n} positions, bar {bar:.3f}): it reads its targets from its inputs")
+            p.update(blind_gap=test.gap, blind_bar=test.bar, blind_sd=test.sd, blind_raw_gap=test.raw_gap,
+                     blind_raw_sd=test.raw_sd)
+            p["passed"] = p["passed"] and not test.reads
+        if test.reads:
+            self.problem(f"blind probe failed at validation step {step}: {blind_words(test)}")
 
     def _val_budget(self, index: int, seconds: float, timed_s: float, tokens: int) -> tuple[float, float]:
         """(seconds off the clock, seconds counted as timed) of validation `index` over `tokens` val tokens.
