@@ -19,7 +19,7 @@ import synthetic
 
 from speedrun.evidence import rundir
 from speedrun.evidence import schema
-from speedrun.judge import verify
+from speedrun.judge import integrity, verify
 from speedrun.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -178,6 +178,9 @@ def test_honest_submission_qualifies_and_leaves_complete_evidence(env, tmp_path,
     assert schema.check(verdict, schema.VERDICT_FIELDS, "verdict") is None
     assert schema.check(manifest, schema.MANIFEST_FIELDS, "manifest") is None
     assert (out / "run-2.log").read_text().count("final val_loss") == 1
+    # the blind positions of both repetitions, pooled by the verdict
+    pooled, _ = integrity.blind_pooled({k: rundir.read_events(out / f"run-{k}.jsonl") for k in (1, 2)})
+    assert verdict["blind"] == (pooled.to_dict() if pooled is not None else None)
 
     # editing the evidence afterwards is caught, and so is editing the script copy
     lines = (out / "run-1.jsonl").read_text().splitlines()

@@ -69,9 +69,9 @@ def print_verdict(verdict: dict) -> None:
         console.print(f"throughput: {tp['tokens_per_s']:,.0f} tokens/s{extra}", markup=False)
     blind = verdict.get("blind")
     if blind:
-        console.print(f"blind positions: loss {blind['gap']:+.3f} nats against the canonical rows' where the "
-                      f"next token was never shown ({blind['positions']:,} positions, all repetitions pooled; "
-                      f"refused above {blind['bar']:.3f})", markup=False, soft_wrap=True)
+        console.print(f"blind positions: where the next token was never shown the loss is {blind['gap']:+.3f} "
+                      f"nats from the canonical rows' ({blind['positions']:,} positions, all repetitions pooled; "
+                      f"refused above +{blind['bar']:.3f})", markup=False, soft_wrap=True)
     if verdict.get("sandbox") and not verdict.get("sandboxed") and not verdict["self_reported"]:
         console.print(f"sandbox: {verdict['sandbox']}: this run can never be a record", style="yellow",
                       markup=False, soft_wrap=True)
