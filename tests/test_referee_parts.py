@@ -500,6 +500,14 @@ def test_blind_positions_catch_a_peeker_that_keeps_its_pairs_consistent():
     assert honest.probe["blind_rows"] >= 56 and abs(mean) < 4 * se + 1e-9
     mean, se = _gap(_measure(Toy(peek=True), tokens, rows=8, batches=16, extra=8, canaries=False, flat=True))
     assert mean > 1.0 and mean > 8 * se
+    # every row copied twice (the later copy cut later, each blind at its cut): twice the positions
+    honest = _measure(Toy(), tokens, rows=8, batches=16, extra=32, canaries=False)
+    mean, se = _gap(honest)
+    assert honest.probe["rows"] == 256 and honest.probe["blind_rows"] >= 224 and abs(mean) < 4 * se + 1e-9
+    assert honest.probe["nll_diff"] == 0.0 and honest.probe["dist_diff"] == 0.0
+    peeker = _measure(Remembers(), tokens, rows=8, batches=16, extra=32, canaries=False)
+    mean, se = _gap(peeker)
+    assert peeker.probe["blind_rows"] >= 224 and mean > 1.0 and mean > 8 * se
 
 
 def test_the_surprisal_covariates_take_the_spread_out_of_a_real_measurement():
@@ -647,9 +655,18 @@ def test_each_validation_shuffles_its_rows_and_copies_only_rows_still_to_come():
         assert len(set(plan.sources)) == 12                                    # distinct while there are enough
         assert set(plan.donors) <= set(range(100, 140))                        # donors: the rank's own pieces
     assert plans[0].order != plans[1].order
-    assert evaluation.extra_batches(20, 64, 8, 2048) == 4 and evaluation.extra_batches(3, 1, 2) == 3
-    assert evaluation.extra_batches(20, 64, 8) == 8  # gpt2-small at 524,288 tokens a batch: 40% more
-    assert evaluation.extra_batches(100, 4096, 1) == 1
+    # more extra batches than canonical ones: a row is copied twice at most, the later copy cut later
+    plan = evaluation.plan_probe(5, 4, 32, lambda b, i: 4 * b + i, extra=10)
+    assert len(plan.at) == 10 and len(plan.sources) == 40
+    for e, a in enumerate(plan.at):
+        assert all(b >= a for b, _ in plan.sources[e * 4:(e + 1) * 4]) and len(set(plan.sources[e * 4:(e + 1) * 4])) == 4
+    cuts: dict = {}
+    for source, j in zip(plan.sources, plan.cuts):
+        cuts.setdefault(source, []).append(j)
+    assert len(cuts) == 20 and all(len(js) == 2 and js[0] <= js[1] for js in cuts.values())
+    assert evaluation.extra_batches(20, 64, 8, 2048) == 4 and evaluation.extra_batches(3, 1, 2) == 6
+    assert evaluation.extra_batches(20, 64, 8) == 16  # gpt2-small at 524,288 tokens a batch: 80% more
+    assert evaluation.extra_batches(100, 4096, 1) == 2
 
 
 def test_source_scan_ignores_comments_but_not_code():

@@ -57,8 +57,9 @@ from speedrun.referee.surprisal import Surprisal
 CHUNK_BYTES = 1 << 28            # float32 bytes per chunk of rows when computing the loss
 DIST_ROWS = 8                    # spliced rows whose whole distributions are compared
 DIST_POSITIONS = 4               # positions per such row
-BLIND_ROWS = 4096                # copies (blind positions) a scored validation gathers over all ranks (at most
-                                 # one per canonical row)
+BLIND_ROWS = 8192                # copies (blind positions) a scored validation gathers over all ranks (at most
+                                 # COPIES per canonical row)
+COPIES = 2                       # copies of one row at most (at ascending cuts: each is blind at its own)
 MIN_ROWS = 512                   # rows the scored tokens must be cut into, at least (`min_rows`)
 _RNG = random.SystemRandom()
 
@@ -172,11 +173,13 @@ class ProbePlan:
 
 def plan_probe(n_batches: int, rows: int, seq_len: int, own_piece: Callable[[int, int], int],
                rng: random.Random = _RNG, extra: int = 1) -> ProbePlan:
-    """`extra` batches of `rows` rows (at most `n_batches`), each row copied up to a cut from a distinct one of
-    this rank's canonical rows that comes after its batch; after the cut, half of them (one in two
-    validations when there is a single row) continue with the tokens of another of the rank's val rows, the
-    others with tokens drawn independently from the val set's unigram distribution. The donors are the rank's
-    own pieces: no other rank's copy shows a source's text."""
+    """`extra` batches of `rows` rows (at most `COPIES` x `n_batches`), each row copied up to a cut from one of
+    this rank's canonical rows that comes after its batch, distinct within a batch; a row is copied at most
+    ceil(extra / n_batches) times, at cuts that ascend in the order the copies are shown (so each copy's next
+    token is still unseen). After the cut, half of them (one in two validations when there is a single row)
+    continue with the tokens of another of the rank's val rows, the others with tokens drawn independently
+    from the val set's unigram distribution. The donors are the rank's own pieces: no other rank's copy shows
+    a source's text."""
     if seq_len < 4:
         raise SpeedrunError(f"seq_len {seq_len} is too short for the referee's probes (needs at least 4)")
     if n_batches < 1 or rows < 1:
@@ -184,26 +187,39 @@ def plan_probe(n_batches: int, rows: int, seq_len: int, own_piece: Callable[[int
     total = n_batches * rows
     order = list(range(total))
     rng.shuffle(order)
-    # random places, the k-th latest no later than k batches from the end: then each extra batch, latest
-    # first, finds `rows` rows to copy after it that no other copies (as many extra batches as canonical ones
-    # at most)
-    m = max(1, min(extra, n_batches))
+    # random places, the k-th latest no later than k // c batches from the end: then each extra batch, latest
+    # first, finds `rows` rows after it copied fewer than c times (it takes the least copied)
+    m = max(1, min(extra, COPIES * n_batches))
+    c = -(-m // n_batches)
     drawn = sorted((rng.randrange(n_batches) for _ in range(m)), reverse=True)
-    at = sorted(min(a, n_batches - 1 - k) for k, a in enumerate(drawn))
-    used: set[int] = set()
+    at = sorted(min(a, n_batches - 1 - k // c) for k, a in enumerate(drawn))
+    used = [0] * total
     picked: dict[int, list[int]] = {}
     for e in reversed(range(m)):
-        fresh = [s for s in range(at[e] * rows, total) if s not in used]
-        picked[e] = rng.sample(fresh, rows)
-        used.update(picked[e])
-    sources = [divmod(s, rows) for e in range(m) for s in picked[e]]
+        fresh = [s for s in range(at[e] * rows, total) if used[s] < c]
+        rng.shuffle(fresh)
+        fresh.sort(key=lambda s: used[s])  # stable: at random among the rows copied as often
+        if len(fresh) < rows:
+            raise SpeedrunError(f"probe plan: {len(fresh)} rows to copy after batch {at[e]}, {rows} needed")
+        picked[e] = fresh[:rows]
+        for s in picked[e]:
+            used[s] += 1
+    slots = [s for e in range(m) for s in picked[e]]
+    sources = [divmod(s, rows) for s in slots]
     # cuts anywhere in the row (a copy cut at seq_len is the whole row): the blind positions j - 1 then cover
-    # every position, and no stretch of a row is left where a peek would go unmeasured
-    cuts = [rng.randrange(1, seq_len + 1) for _ in sources]
+    # every position, and no stretch of a row is left where a peek would go unmeasured. The copies of one row
+    # get ascending cuts in the order they are shown (extra batch e before e + 1)
+    cuts = [0] * len(slots)
+    copies_of: dict[int, list[int]] = {}
+    for r, s in enumerate(slots):
+        copies_of.setdefault(s, []).append(r)
+    for rs in copies_of.values():
+        for r, j in zip(rs, sorted(rng.randrange(1, seq_len + 1) for _ in rs)):
+            cuts[r] = j
     # a donor is a row already shown when its copy comes (else any row no copy is made of): its tail shows the
     # rank nothing new, so every source's token after its cut stays unseen until the source itself
     donors = []
-    others = [s for s in range(total) if s not in used] or list(range(total))
+    others = [s for s in range(total) if not used[s]] or list(range(total))
     for a in (a for a in at for _ in range(rows)):
         d = rng.randrange(a * rows) if a else others[rng.randrange(len(others))]
         donors.append(own_piece(*divmod(order[d], rows)))
@@ -281,10 +297,10 @@ def measure(logits_fn: Callable, n_batches: int, rows: int, seq_len: int, flat: 
 
 
 def extra_batches(n_batches: int, rows: int, world_size: int, blind_rows: int = BLIND_ROWS) -> int:
-    """Extra batches for `blind_rows` copies over all ranks (at least one; at most as many as the canonical
-    ones, so a validation at most doubles)."""
+    """Extra batches for `blind_rows` copies over all ranks (at least one; at most `COPIES` x the canonical
+    ones, so a validation at most triples)."""
     per_rank = -(-blind_rows // max(1, world_size))
-    return max(1, min(n_batches, -(-per_rank // max(1, rows))))
+    return max(1, min(COPIES * n_batches, -(-per_rank // max(1, rows))))
 
 
 def measuring(n_batches: int, rows: int, seq_len: int, flat: bool,
