@@ -26,10 +26,11 @@ The submission hands the referee a function from inputs to logits; everything el
     blind: the referee reports the gaps (blind minus canonical mean at that position) with each blind token's
     unigram and bigram surprisals (less their means over the canonical targets: covariates that depend on the
     tokens alone, which take much of the spread out of the gaps; `speedrun.referee.surprisal`), and the
-    launcher judges their adjusted mean against its standard error. Pairs can be kept consistent by a script that remembers
-    every row it was shown and answers a row's copy and original alike; the blind gap cannot be argued away
-    that way. Its reach is statistical: `BLIND_ROWS` copies bound what a peek can hide to a few standard
-    errors of a per-token loss over their number.
+    launcher judges their adjusted mean against its standard error (`verify` again with all repetitions
+    pooled). Pairs can be kept consistent by a script that remembers every row it was shown and answers a
+    row's copy and original alike; the blind gap cannot be argued away that way. Its reach is statistical:
+    `BLIND_ROWS` copies (a row copied twice at most, at a later cut the second time) bound what a peek can
+    hide to a few standard errors of a per-token loss over their number.
   The launcher judges them. The extra batches are real val text up to each cut, have the canonical shape and
   arrive through the same call; their places and contents are drawn from the operating system's randomness,
   not from the run's seed.
@@ -59,14 +60,14 @@ DIST_ROWS = 8                    # spliced rows whose whole distributions are co
 DIST_POSITIONS = 4               # positions per such row
 BLIND_ROWS = 8192                # copies (blind positions) a scored validation gathers over all ranks (at most
                                  # COPIES per canonical row)
-COPIES = 2                       # copies of one row at most (at ascending cuts: each is blind at its own)
+COPIES = 2                       # copies of one row at most (at distinct ascending cuts: each blind at its own)
 MIN_ROWS = 512                   # rows the scored tokens must be cut into, at least (`min_rows`)
 _RNG = random.SystemRandom()
 
 
 def min_rows(val_tokens: int) -> int:
     """The fewest rows a validation shape may cut `val_tokens` scored tokens into: each row gives the blind
-    probe one position at most, and a script choosing very long rows would otherwise leave it too few to
+    probe `COPIES` positions at most, and a script choosing very long rows would otherwise leave it too few to
     judge. `MIN_ROWS` (tiny: rows of at most 512 tokens; gpt2-small: 20,480), fewer for a scored split too small
     to hold that many rows of 512 tokens (the test suite's tracks)."""
     return max(1, min(MIN_ROWS, val_tokens // 512))
@@ -208,24 +209,33 @@ def plan_probe(n_batches: int, rows: int, seq_len: int, own_piece: Callable[[int
     sources = [divmod(s, rows) for s in slots]
     # cuts anywhere in the row (a copy cut at seq_len is the whole row): the blind positions j - 1 then cover
     # every position, and no stretch of a row is left where a peek would go unmeasured. The copies of one row
-    # get ascending cuts in the order they are shown (extra batch e before e + 1)
+    # get distinct cuts, ascending in the order they are shown (extra batch e before e + 1)
     cuts = [0] * len(slots)
     copies_of: dict[int, list[int]] = {}
     for r, s in enumerate(slots):
         copies_of.setdefault(s, []).append(r)
     for rs in copies_of.values():
-        for r, j in zip(rs, sorted(rng.randrange(1, seq_len + 1) for _ in rs)):
+        for r, j in zip(rs, sorted(rng.sample(range(1, seq_len + 1), len(rs)))):
             cuts[r] = j
-    # a donor is a row already shown when its copy comes (else any row no copy is made of): its tail shows the
-    # rank nothing new, so every source's token after its cut stays unseen until the source itself
-    donors = []
-    others = [s for s in range(total) if not used[s]] or list(range(total))
-    for a in (a for a in at for _ in range(rows)):
-        d = rng.randrange(a * rows) if a else others[rng.randrange(len(others))]
-        donors.append(own_piece(*divmod(order[d], rows)))
+    # a donor is a row already shown when its copy comes, else (an extra batch before the first canonical one)
+    # a row no copy at or after it is made of: its tail shows the rank nothing a copy still needs, so every
+    # source's token after its cut stays unseen until its next copy or the source itself. Where no such row
+    # is left (every row copied from then on), the copy's rest is drawn from the unigram instead
+    last: dict[int, int] = {}
+    for e in range(m):
+        for s in picked[e]:
+            last[s] = e
+    donors, forced = [], set()
+    for e, a in enumerate(at):
+        safe = [] if a else [s for s in range(total) if last.get(s, -1) < e]
+        for i in range(rows):
+            d = rng.randrange(a * rows) if a else safe[rng.randrange(len(safe))] if safe else rng.randrange(total)
+            if not a and not safe:
+                forced.add(e * rows + i)
+            donors.append(own_piece(*divmod(order[d], rows)))
     n = len(sources)
     flips = set(rng.sample(range(n), n // 2)) if n > 1 else ({0} if rng.random() < 0.5 else set())
-    canary = [r in flips for r in range(n)]
+    canary = [r in flips or r in forced for r in range(n)]
     # the last position before the cut always (a model peeking one token ahead moves only that one), and a
     # few earlier ones at random
     positions = [sorted({j - 1, *rng.sample(range(j - 1), min(DIST_POSITIONS - 1, j - 1))}) for j in cuts[:DIST_ROWS]]
