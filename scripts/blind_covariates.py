@@ -8,7 +8,13 @@ harness), scores every position of the first val tokens, and prints the spread o
 `speedrun.referee.surprisal`: the unigram surprisal, the bigram surprisal, both. It prints the figures at
 several points of training (a weak model is mostly a unigram model; a better one, mostly a bigram one).
 
-    python scripts/blind_covariates.py --steps 1500 --every 500
+At the end it checks the bar's calibration with the trained model's own losses: the referee's plan for two
+ranks (each row of a rank copied `--copies` times at distinct random cuts) is drawn `--trials` times; a causal
+model's blind loss is its canonical loss at that position, so each draw's adjusted gap over its standard error
+(`speedrun.judge.stats.blind_gap`) should be a standard normal: the bar of 4 is then passed by an honest run
+about once in 30,000.
+
+    python scripts/blind_covariates.py --steps 1500 --every 500 [--copies 2] [--trials 2000]
 """
 
 from __future__ import annotations
@@ -69,6 +75,28 @@ def spreads(nll: np.ndarray, inputs: np.ndarray, targets: np.ndarray, surprisal:
     return out
 
 
+def calibration(nll: np.ndarray, cov: np.ndarray, copies: int, trials: int, rng) -> np.ndarray:
+    """The z of `trials` honest probe plans (two ranks, each row copied `copies` times at distinct cuts)."""
+    from speedrun.judge import stats
+
+    rows, t = nll.shape
+    zs = []
+    for _ in range(trials):
+        probes = []
+        for own in np.array_split(rng.permutation(rows), 2):
+            canonical = nll[own].mean(0)
+            q = np.repeat(own, copies)
+            j = np.concatenate([np.sort(rng.choice(np.arange(1, t + 1), copies, replace=False)) for _ in own])
+            g, x = nll[q, j - 1] - canonical[j - 1], cov[q, j - 1]
+            probes.append({"blind_rows": len(g), "blind_gap_sum": g.sum(), "blind_gap_sq": g @ g,
+                           "blind_x_sum": x[:, 0].sum(), "blind_x_sq": x[:, 0] @ x[:, 0], "blind_gx_sum": g @ x[:, 0],
+                           "blind_y_sum": x[:, 1].sum(), "blind_y_sq": x[:, 1] @ x[:, 1], "blind_gy_sum": g @ x[:, 1],
+                           "blind_xy_sum": x[:, 0] @ x[:, 1]})
+        test = stats.blind_gap(probes)
+        zs.append(test.gap / (test.sd / np.sqrt(test.positions)))
+    return np.array(zs)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(paths.data_dir() / "tiny"), help="the tiny track's data folder")
@@ -76,6 +104,8 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=500, help="measure every this many steps")
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--val-tokens", type=int, default=262144)
+    parser.add_argument("--copies", type=int, default=2, help="copies of a row in the calibration's plans")
+    parser.add_argument("--trials", type=int, default=2000, help="probe plans drawn for the calibration")
     args = parser.parse_args()
     torch.manual_seed(0)
     vocab, t = 512, args.seq_len
@@ -109,6 +139,11 @@ def main() -> None:
             s = spreads(nll, inputs, targets, surprisal)
             print(f"{step:>6} {nll.mean():>9.4f} {s['raw']:>7.3f} {s['unigram']:>8.3f} {s['bigram']:>7.3f} "
                   f"{s['both']:>6.3f}   ({time.time() - start:.0f} s)", flush=True)
+    cov = surprisal.of(inputs.ravel(), targets.ravel()).reshape(inputs.shape + (2,))
+    zs = calibration(nll, cov, args.copies, args.trials, rng)
+    print(f"calibration, {args.trials} honest plans ({args.copies} copies a row): z mean {zs.mean():+.3f}, sd "
+          f"{zs.std():.3f}, P(z > 3) {np.mean(zs > 3):.4f} (normal: 0.0013), P(z > 4) {np.mean(zs > 4):.4f}, "
+          f"largest {zs.max():.2f}")
 
 
 if __name__ == "__main__":
