@@ -823,7 +823,7 @@ def test_tracks_without_val_tokens_after_the_scored_ones_keep_v2_validations(tmp
     streams.write_shard(tmp_path / "v.bin", np.arange(4096 + 1) % 64)
     track = tracks.parse_track(TRACK, "unit.toml")
     data = agent.AgentData(track, [], [str(tmp_path / "v.bin")])
-    assert data.monitor == 0
+    assert data.monitor == 0 and data.surprisal() is None  # no train tokens to count: no covariates
     declared = tracks.parse_track(TRACK + "[val]\nmonitor_tokens = 5000\n", "unit.toml")
     with pytest.raises(SpeedrunError, match="monitor_tokens = 5000"):
         agent.monitor_tokens(declared, [str(tmp_path / "v.bin")])
@@ -848,6 +848,11 @@ def test_a_generated_corpus_monitors_on_the_tail_of_its_last_train_shard(tmp_pat
     assert rows == {tuple(last[i:i + 128].tolist()) for i in range(start, start + used, 128)}
     scored = data.val_stream("scored", 1024, 128, 0, 1, "rows")
     assert not rows & {tuple(r.tolist()) for inputs, _ in scored for r in inputs}
+    # the blind probe's covariates: counted from the head of the train shards, centred on the scored targets
+    val_tokens = np.asarray(streams.read_shard(val[0]))[:track.val_tokens + 1].astype(np.int64)
+    surprisal = data.surprisal()
+    assert np.allclose(surprisal.of(val_tokens[:-1], val_tokens[1:]).mean(0), 0.0, atol=1e-9)
+    assert surprisal.counts.sum() == sum(len(streams.read_shard(f)) for f in train) - 1  # under COUNT_TOKENS
 
 
 def test_validation_time_beyond_its_budget_counts_as_timed(tmp_path):
