@@ -13,6 +13,8 @@ repetition's events as the launcher wrote them, and checks that
 - the clock is consistent: the timed seconds equal finish - start - pauses from the launcher's timestamps and
   never exceed the process wallclock; the last validation directly precedes finish();
 - no two repetitions are identical (that would mean the seed had no effect);
+- the blind positions of all repetitions' scored validations, pooled, show no model reading its targets (the
+  referee judged each repetition alone; pooled, the bar is sqrt(n) lower: `integrity.blind_pooled`);
 - the script's sha256 matches its copy; the track's source rules hold (comments do not count);
 - the final losses (or the losses at a declared judging step, `--step`) meet the target by the track's rule.
 It writes `verdict.json` (`speedrun.cli.verify` prints it), and `qualifies` is true only when all of that holds.
