@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from speedrun import paths
 from speedrun.data.shards import read_shard
+from speedrun.judge import stats
 from speedrun.referee.surprisal import COUNT_TOKENS, Surprisal
 
 
@@ -77,8 +78,6 @@ def spreads(nll: np.ndarray, inputs: np.ndarray, targets: np.ndarray, surprisal:
 
 def calibration(nll: np.ndarray, cov: np.ndarray, copies: int, trials: int, rng) -> np.ndarray:
     """The z of `trials` honest probe plans (two ranks, each row copied `copies` times at distinct cuts)."""
-    from speedrun.judge import stats
-
     rows, t = nll.shape
     zs = []
     for _ in range(trials):
@@ -88,10 +87,7 @@ def calibration(nll: np.ndarray, cov: np.ndarray, copies: int, trials: int, rng)
             q = np.repeat(own, copies)
             j = np.concatenate([np.sort(rng.choice(np.arange(1, t + 1), copies, replace=False)) for _ in own])
             g, x = nll[q, j - 1] - canonical[j - 1], cov[q, j - 1]
-            probes.append({"blind_rows": len(g), "blind_gap_sum": g.sum(), "blind_gap_sq": g @ g,
-                           "blind_x_sum": x[:, 0].sum(), "blind_x_sq": x[:, 0] @ x[:, 0], "blind_gx_sum": g @ x[:, 0],
-                           "blind_y_sum": x[:, 1].sum(), "blind_y_sq": x[:, 1] @ x[:, 1], "blind_gy_sum": g @ x[:, 1],
-                           "blind_xy_sum": x[:, 0] @ x[:, 1]})
+            probes.append(stats.blind_sums(g, x))
         test = stats.blind_gap(probes)
         zs.append(test.gap / (test.sd / np.sqrt(test.positions)))
     return np.array(zs)

@@ -21,7 +21,7 @@ from speedrun.evidence import hardware
 from speedrun.evidence import pins
 from speedrun.referee import repetition
 from speedrun import tracks
-from speedrun.judge import verify
+from speedrun.judge import stats, verify
 from speedrun.errors import SpeedrunError
 
 TRACK = """\
@@ -515,7 +515,6 @@ def test_blind_positions_catch_a_peeker_that_keeps_its_pairs_consistent():
 def test_the_surprisal_covariates_take_the_spread_out_of_a_real_measurement():
     """Text from a Markov chain and a model that knows the chain: its loss at each blind position is the bigram
     surprisal there, so the covariates leave little spread; the peeker is refused all the same."""
-    from speedrun.judge import stats
     from speedrun.referee.surprisal import Surprisal
 
     rng = np.random.default_rng(4)
@@ -567,23 +566,14 @@ def test_the_blind_gap_is_pooled_over_ranks_and_adjusted_by_its_covariate(tmp_pa
 def _blind_probes(g, x, parts: int, y=None) -> list[dict]:
     """Probes as the referee leaves them (checked: a tolerance) holding the blind sums of gaps g, covariates x
     and (when given) y."""
-    out = []
-    for h in np.array_split(np.arange(len(g)), parts):
-        p = {"blind_rows": len(h), "blind_gap_sum": g[h].sum(), "blind_gap_sq": (g[h] ** 2).sum(),
-             "blind_x_sum": x[h].sum(), "blind_x_sq": (x[h] ** 2).sum(), "blind_gx_sum": (g[h] * x[h]).sum(),
-             "tolerance": 1e-3, "passed": True}
-        if y is not None:
-            p.update(blind_y_sum=y[h].sum(), blind_y_sq=(y[h] ** 2).sum(), blind_gy_sum=(g[h] * y[h]).sum(),
-                     blind_xy_sum=(x[h] * y[h]).sum())
-        out.append(p)
-    return out
+    cov = np.stack([x, y], 1) if y is not None else x[:, None]
+    return [dict(stats.blind_sums(g[h], cov[h]), tolerance=1e-3, passed=True)
+            for h in np.array_split(np.arange(len(g)), parts)]
 
 
 def test_the_blind_gap_regresses_on_both_covariates():
     """Two covariates (unigram and bigram surprisal) regressed together, as least squares would; evidence
     without the second (written before it) regresses on the first alone."""
-    from speedrun.judge import stats
-
     rng = np.random.default_rng(2)
     x = rng.normal(0.0, 1.0, 5000)
     y = 0.6 * x + rng.normal(0.0, 0.8, 5000)  # correlated with x, as the two surprisals are
@@ -620,7 +610,7 @@ def test_surprisals_are_centred_on_the_scored_targets_and_finite_for_unseen_pair
 def test_the_verdict_pools_the_blind_positions_of_all_repetitions():
     """A peek kept under each repetition's bar lowers every repetition: pooled over three, the bar is sqrt(3)
     lower and the verdict refuses it; honest repetitions pooled pass, and one repetition is left to the referee."""
-    from speedrun.judge import integrity, stats
+    from speedrun.judge import integrity
 
     rng = np.random.default_rng(1)
 

@@ -116,10 +116,22 @@ def track_files(track, data_dir: str | os.PathLike | None = None, generate: bool
 
 # --- shapes and ownership -----------------------------------------------------------------------------------
 
+def head_tokens(files: Sequence[str | os.PathLike], count: int) -> np.ndarray:
+    """The first `count` tokens of the shards `files` read in order (fewer if they hold fewer), copying only
+    those (a 100M-token shard is not read whole for its head)."""
+    head, n = [], 0
+    for path in files:
+        if n >= count:
+            break
+        head.append(np.asarray(read_shard(path))[:count - n])
+        n += len(head[-1])
+    return np.concatenate(head) if head else np.zeros(0, dtype=np.uint16)
+
+
 def val_unigram(val_files: Sequence[str | os.PathLike], val_tokens: int, vocab_size: int) -> np.ndarray:
     """The unigram distribution (probabilities, float64) of the first `val_tokens` val tokens: what a model
     that has seen no data cannot beat (the referee's start check and its canary tokens)."""
-    tokens = np.concatenate([np.asarray(read_shard(p)) for p in val_files])[:val_tokens]
+    tokens = head_tokens(val_files, val_tokens)
     counts = np.bincount(tokens.astype(np.int64), minlength=vocab_size).astype(np.float64)
     return counts / counts.sum()
 

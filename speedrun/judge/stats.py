@@ -355,6 +355,21 @@ class BlindGap:
         return {**asdict(self), "reads": self.reads}
 
 
+def blind_sums(gaps, covariates) -> dict:
+    """The probe's blind sums (`speedrun.evidence.schema.PROBE`) of `gaps` [n] and `covariates` [n, k]: x the
+    first column, y the second (k = 2; without it no y sums are written, as in evidence from before it)."""
+    import numpy as np
+
+    g, c = np.asarray(gaps, dtype=np.float64), np.asarray(covariates, dtype=np.float64).reshape(len(gaps), -1)
+    out = {"blind_rows": len(g), "blind_gap_sum": float(g.sum()), "blind_gap_sq": float(g @ g),
+           "blind_x_sum": float(c[:, 0].sum()), "blind_x_sq": float(c[:, 0] @ c[:, 0]),
+           "blind_gx_sum": float(g @ c[:, 0])}
+    if c.shape[1] > 1:
+        out.update(blind_y_sum=float(c[:, 1].sum()), blind_y_sq=float(c[:, 1] @ c[:, 1]),
+                   blind_gy_sum=float(g @ c[:, 1]), blind_xy_sum=float(c[:, 0] @ c[:, 1]))
+    return out
+
+
 def blind_gap(probes: Sequence[Mapping]) -> BlindGap | None:
     """Pool the probes' blind sums (count, sums and squares of the gaps g and of the covariates x and y, their
     cross sums: `speedrun.evidence.schema.PROBE`) and judge the mean gap; None for fewer than BLIND_MIN_ROWS

@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import math
+import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -84,6 +86,39 @@ def monitor_split(track, val_files, train_files=()) -> tuple[int, list[Path], in
     return tokens, [last], tail - tokens - 1
 
 
+_COUNTED: dict = {}          # the data files (paths, sizes, mtimes) -> the future of their covariates
+_COUNTED_LOCK = threading.Lock()
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_size, st.st_mtime_ns
+
+
+def _covariates(track, train_files: list[Path], val_files: list[Path]) -> concurrent.futures.Future:
+    """The future of the blind probe's covariates for these data files, counted in a thread of its own (None
+    without train tokens to count), once for all the launcher's repetitions on the same files."""
+    key = (track.vocab_size, track.val_tokens, tuple((str(p), *_stamp(p)) for p in train_files + val_files))
+    with _COUNTED_LOCK:
+        if key not in _COUNTED:
+            _COUNTED.clear()  # one data set at a time: a launcher runs one track
+            counting = concurrent.futures.ThreadPoolExecutor(1, "surprisal")
+            _COUNTED[key] = counting.submit(_count_surprisal, train_files, val_files, track.val_tokens,
+                                            track.vocab_size)
+            counting.shutdown(wait=False)  # the thread ends with its one task
+        return _COUNTED[key]
+
+
+def _count_surprisal(train_files, val_files, val_tokens: int, vocab_size: int):
+    from speedrun.data import streams
+    from speedrun.referee.surprisal import COUNT_TOKENS, Surprisal
+
+    counted = streams.head_tokens(train_files, COUNT_TOKENS)
+    if len(counted) < 2:  # no train tokens to count (a track of val tokens alone): no covariates
+        return None
+    return Surprisal(counted, vocab_size).centre(streams.head_tokens(val_files, val_tokens + 1))
+
+
 class AgentData:
     """What every rank's agent shares: the track, the data files (mapped here, in the referee's process, before
     the launcher arms its watch on them), the val unigram and the monitor split's size."""
@@ -104,9 +139,7 @@ class AgentData:
         self.monitor, self.monitor_files, self.monitor_start = monitor_split(track, self.val_files, self.train_files)
         self.device = device
         self._unigram = None
-        counting = concurrent.futures.ThreadPoolExecutor(1, "surprisal")
-        self._surprisal = counting.submit(self._count_surprisal)
-        counting.shutdown(wait=False)  # the thread ends with its one task
+        self._surprisal = _covariates(track, self.train_files, self.val_files)
         self._val: dict = {}
 
     def unigram(self) -> np.ndarray:
@@ -118,25 +151,10 @@ class AgentData:
 
     def surprisal(self):
         """The blind probe's covariates (`speedrun.referee.surprisal`): counted from the head of the train
-        shards and centred on the scored split in a thread started with the agents (gpt2-small: seconds, which
-        a scored validation must not spend)."""
+        shards and centred on the scored split in a thread started with the first repetition's agents
+        (gpt2-small: seconds, which a scored validation must not spend), and kept for the launcher's later
+        repetitions on the same data files."""
         return self._surprisal.result()
-
-    def _count_surprisal(self):
-        from speedrun.data import shards
-        from speedrun.referee.surprisal import COUNT_TOKENS, Surprisal
-
-        head, n = [], 0
-        for path in self.train_files:
-            if n >= COUNT_TOKENS:
-                break
-            head.append(np.asarray(shards.read_shard(path))[:COUNT_TOKENS - n])
-            n += len(head[-1])
-        if n < 2:  # no train tokens to count (a track of val tokens alone): no covariates
-            return None
-        counted = Surprisal(np.concatenate(head), self.track.vocab_size)
-        scored = np.concatenate([np.asarray(shards.read_shard(p)) for p in self.val_files])[:self.track.val_tokens + 1]
-        return counted.centre(scored)
 
     def val_stream(self, split: str, batch_tokens: int, seq_len: int, rank: int, world_size: int, layout: str):
         """This rank's share of a split at a validation shape: "scored" (the track's val tokens) or "monitor"

@@ -53,6 +53,7 @@ import torch
 import torch.nn.functional as F
 
 from speedrun.errors import SpeedrunError
+from speedrun.judge import stats
 from speedrun.referee.surprisal import Surprisal
 
 CHUNK_BYTES = 1 << 28            # float32 bytes per chunk of rows when computing the loss
@@ -373,7 +374,8 @@ def measuring(n_batches: int, rows: int, seq_len: int, flat: bool,
         with torch.no_grad(), referee_arithmetic():
             nll = token_nll(logits, batch.targets, vocab_size)
             if kind == "extra":
-                cuts_seen = []  # (extra row, its original's token j, the cut's flat position) of blind copies
+                # (extra row, its original's tokens j - 1 and j, the cut's flat position) of blind copies
+                cuts_seen = []
                 for r in mine:
                     local, q, j = r - b * rows, piece(*plan.sources[r]), plan.cuts[r]
                     extra_nll[r] = _row(nll, local, seq_len, flat).detach().float().cpu()
@@ -427,11 +429,7 @@ def measuring(n_batches: int, rows: int, seq_len: int, flat: bool,
     probe = {"rows": len(plan.cuts), "nll_diff": nll_diff, "dist_diff": dist_diff,
              "logits_shape": shape or [], "logits_dtype": dtype or "",
              "canary_tokens": int(canary[0]), "canary_nll_sum": float(canary[1]), "canary_nll_sq": float(canary[2]),
-             "blind_rows": len(gaps), "blind_gap_sum": float(gaps.sum()), "blind_gap_sq": float(gaps @ gaps),
-             "blind_x_sum": float(x[:, 0].sum()), "blind_x_sq": float(x[:, 0] @ x[:, 0]),
-             "blind_gx_sum": float(gaps @ x[:, 0]), "blind_y_sum": float(x[:, 1].sum()),
-             "blind_y_sq": float(x[:, 1] @ x[:, 1]), "blind_gy_sum": float(gaps @ x[:, 1]),
-             "blind_xy_sum": float(x[:, 0] @ x[:, 1])}
+             **stats.blind_sums(gaps, x)}
     return Measurement(float(total), tokens, probe)
 
 

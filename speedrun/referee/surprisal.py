@@ -10,7 +10,7 @@ both explain; the bar a peek must stay under shrinks with the spread (by 15% aga
 
 Both surprisals depend on the tokens alone, counted from the head of the train shards (text the rank is given
 to train on anyway, never the scored tokens), and are centred on their mean over the scored split's
-targets (`centre`, once per repetition: the canonical targets of all ranks together are that split): whatever
+targets (`centre`, once per launcher and data: the canonical targets of all ranks together are that split): whatever
 the script does, their expectation at the blind positions is 0, so the adjustment removes no peek. The bigram is
 smoothed towards the unigram (a Dirichlet prior of `PRIOR` pseudo-counts), so an unseen pair still has a finite
 surprisal; counts are kept sparse (gpt2's 50,257 x 50,257 pairs would not fit dense).
