@@ -16,6 +16,7 @@ import os
 REFEREE_SOCKET = "SPEEDRUN_REFEREE_SOCKET"  # set by the launcher for its ranks: the referee channel's path
 DEVICE = "SPEEDRUN_DEVICE"                  # "cpu" forces the CPU on a GPU machine (kept for the ranks)
 TRACK, SEED = "SPEEDRUN_TRACK", "SPEEDRUN_SEED"
+REPLICA = "SPEEDRUN_REPLICA"                # "0": launches skip the replica check by default (as --no-replica)
 
 
 # --- torchrun and the device --------------------------------------------------------------------------------
@@ -65,3 +66,10 @@ def track() -> str | None:
 def seed() -> int:
     return int(os.environ.get(SEED, 0))
 
+
+
+# --- the launcher ---------------------------------------------------------------------------------------------
+
+def replica_default() -> bool:
+    """Whether a launch runs the replica check unless told (`--no-replica`); a run without it is never a record."""
+    return os.environ.get(REPLICA, "1") != "0"

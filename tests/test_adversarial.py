@@ -54,6 +54,7 @@ EXPECT = {
     "probe_flag": r"causal",
     "probe_memo": r"causal",
     "peek_remembered": r"blind probe failed .* it reads its targets from its inputs",
+    "peek_small": r"replica check failed .* read the tokens that follow",
     "swap_track": r"run\.track|track (object|swap|changed)|logits",
     "shadow_track": r"track( file)? .*(differs|changed|not the registered|pin|unknown)|config.*(changed|differs)",
     "edit_track": r"changed during|track file",
@@ -415,7 +416,7 @@ def launch_spec(name: str, spec, ws: Path, tmp_path: Path,
         (site / ".adversarial-scratch").touch()
     during = start_during_run(spec.DURING_RUN, ws / "out") if getattr(spec, "DURING_RUN", None) else None
     rc, verdict, seconds = launch(script, ws / "out", track=track, runs=getattr(spec, "RUNS", 1), harness=site,
-                                  extra=extra)
+                                  extra=(*extra, *getattr(spec, "LAUNCH_EXTRA", ())))
     side = None
     if during is not None:
         side_rc, side_out = during()

@@ -42,6 +42,7 @@ def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("ledger")
     env = synthetic.make_track(root, rule="margin")  # one repetition qualifies: fewer launches
     env["SPEEDRUN_RECORDS_DIR"] = str(root / "records")
+    env["SPEEDRUN_REPLICA"] = "1"  # records are re-checked runs (speedrun.referee.replica)
     with pytest.MonkeyPatch.context() as mp:  # undone even when a launch below fails (no leak to later files)
         for k, v in env.items():
             mp.setenv(k, v)
@@ -111,7 +112,7 @@ def test_ledger_grows_only_with_faster_verified_runs(world, tmp_path):
     result["a_faster"] = False
     slow_again, script = tmp_path / "slow_again", tmp_path / "slow_again.py"
     script.write_text(world["scripts"]["fast"].read_text() + "# another script\n")
-    assert main(["run", str(script), "--track", "smoke", "--runs", "1", "--out", str(slow_again)]) == 0
+    assert main(["run", str(script), "--track", "smoke", "--runs", "1", "--out", str(slow_again), "--replica"]) == 0
     result["sides"]["A"]["script_sha256"] = json.loads((slow_again / "manifest.json").read_text())["script"]["sha256"]
     result["sides"]["B"]["script_sha256"] = current.script_sha256
     (doctored / "compare.json").write_text(json.dumps(result))
@@ -122,6 +123,7 @@ def test_ledger_grows_only_with_faster_verified_runs(world, tmp_path):
 
 def test_steps_track_records_need_fewer_steps_and_carry_the_pairwise_statistic(tmp_path, monkeypatch):
     env = synthetic.make_track(tmp_path, name="steppy", metric="steps", rule="margin")
+    env["SPEEDRUN_REPLICA"] = "1"
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     root = tmp_path / "records"
@@ -240,3 +242,19 @@ def test_a_run_without_the_sandbox_verifies_but_is_never_a_record(world, tmp_pat
     assert "sandbox: none (--no-sandbox was given): this run can never be a record" in capsys.readouterr().out
     with pytest.raises(SpeedrunError, match=r"ran without the OS sandbox \(sandbox: none \(--no-sandbox was given\)\)"):
         compare.add_record(unboxed, "unboxed", ["@x"], root=tmp_path / "ledger")
+
+
+def test_a_run_without_the_replica_check_verifies_but_is_never_a_record(world, tmp_path, capsys):
+    unchecked = tmp_path / "unchecked"
+    shutil.copytree(world["runs"]["fast"], unchecked)
+    manifest = json.loads((unchecked / "manifest.json").read_text())
+    assert manifest["replica"]["status"] == "checked"  # the launcher's default (the suite turns it on here)
+    why = "the replica check was off (--no-replica, or SPEEDRUN_REPLICA=0)"
+    manifest["replica"] = {"status": "off", "why": why, "seconds": None,
+                           "repetitions": [{**e, "checked": False, "why": why} for e in manifest["replica"]["repetitions"]]}
+    (unchecked / "manifest.json").write_text(json.dumps(manifest))
+    assert main(["verify", str(unchecked)]) == 0
+    assert f"replica check: not every repetition checked (repetition 1: {why}): this run can never be a record" \
+        in capsys.readouterr().out.replace("\n", " ")
+    with pytest.raises(SpeedrunError, match=r"not re-checked by the replica \(repetition 1: the replica check was off"):
+        compare.add_record(unchecked, "unchecked", ["@x"], root=tmp_path / "ledger")

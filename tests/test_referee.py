@@ -120,7 +120,7 @@ def test_honest_submission_qualifies_and_leaves_complete_evidence(env, tmp_path,
     # script's doing, so no problem for the run
     hasher = subprocess.Popen([sys.executable, "-c", OUTSIDE_HASH, env["SPEEDRUN_DATA_DIR"]])
     try:
-        assert launch(script, out, runs=2) == 0
+        assert launch(script, out, "--replica", runs=2) == 0
     finally:
         hasher.kill()
         hasher.wait()
@@ -178,6 +178,13 @@ def test_honest_submission_qualifies_and_leaves_complete_evidence(env, tmp_path,
     assert schema.check(verdict, schema.VERDICT_FIELDS, "verdict") is None
     assert schema.check(manifest, schema.MANIFEST_FIELDS, "manifest") is None
     assert (out / "run-2.log").read_text().count("final val_loss") == 1
+    # the replica check: the script started once more, each repetition's sealed state loaded into its model and
+    # asked for the scored rows cut at secret positions; on the CPU it repeats the scored losses exactly
+    replica = manifest["replica"]
+    assert replica["status"] == "checked" and [e["k"] for e in replica["repetitions"]] == [1, 2]
+    assert all(e["checked"] and e["positions"] > 0 and e["d_max"] == 0.0 for e in replica["repetitions"])
+    assert verdict["replica"]["checked"] and verdict["replica"]["test"]["gap"] == 0.0
+    assert (out / "replica.log").is_file()
     # the blind positions of both repetitions, pooled by the verdict
     pooled, _ = integrity.blind_pooled({k: rundir.read_events(out / f"run-{k}.jsonl") for k in (1, 2)})
     assert verdict["blind"] == (pooled.to_dict() if pooled is not None else None)

@@ -43,7 +43,7 @@ def _cmd_compare(args) -> int:
         nproc, source = compare.default_nproc(track, b)
         report.line(f"{nproc} process(es) per side, from {source} (--nproc to choose)")
     out = compare.compare(a, b, track, args.runs, nproc, args.out, script_args=list(getattr(args, "passthrough", [])),
-                          timeout=args.timeout, report=report, sandbox=args.sandbox,
+                          timeout=args.timeout, report=report, sandbox=args.sandbox, replica=args.replica,
                           progress=console.progress())
     result = rundir.read_json(out / compare.RESULT)
     return 0 if result["a_faster"] else 1

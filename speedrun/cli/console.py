@@ -95,6 +95,13 @@ class DefaultsFormatter(argparse.HelpFormatter):
 
 
 def add_sandbox_flag(parser) -> None:
-    """`--no-sandbox` for the commands that launch ranks (run, compare, replay)."""
+    """`--no-sandbox` and `--no-replica` for the commands that launch ranks (run, compare, replay)."""
+    from speedrun import env
+
     parser.add_argument("--no-sandbox", dest="sandbox", action="store_false",
                         help="run the ranks without the bubblewrap sandbox (such a run can never be a record)")
+    parser.add_argument("--no-replica", dest="replica", action="store_false", default=env.replica_default(),
+                        help="skip the replica check after the repetitions (such a run can never be a record; "
+                             "the default where SPEEDRUN_REPLICA=0)")
+    parser.add_argument("--replica", dest="replica", action="store_true",
+                        help="run the replica check even where SPEEDRUN_REPLICA=0")

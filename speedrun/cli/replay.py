@@ -68,6 +68,6 @@ def _cmd_replay(args) -> int:
         print_prefix_replay(report)
         return 0 if report["identical"] or not report["same_hardware"] else 1
     report = compare.replay(track, args.number, args.runs or track.rule.min_runs, args.nproc, args.out,
-                            args.timeout, report=console.progress(), sandbox=args.sandbox)
+                            args.timeout, report=console.progress(), sandbox=args.sandbox, replica=args.replica)
     print_replay(report)
     return 0 if report["qualifies"] else 1

@@ -71,7 +71,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     try:
         run_dir = launcher.launch(args.script, track, args.nproc, runs, args.out, args.seed, script_args, rdzv,
                                   data_dir=args.data_dir, timeout=args.timeout, wandb=wandb_options(args),
-                                  report=console.progress(), sandbox=args.sandbox)
+                                  report=console.progress(), sandbox=args.sandbox, replica=args.replica)
     except launcher.Interrupted as stop:  # what ran is kept: its verdict says "interrupted"
         if not args.no_verify:
             with launcher.shielded():

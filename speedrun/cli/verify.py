@@ -72,6 +72,16 @@ def print_verdict(verdict: dict) -> None:
         console.print(f"blind positions: where the next token was never shown the loss is {blind['gap']:+.3f} "
                       f"nats from the canonical rows' ({blind['positions']:,} positions, all repetitions pooled; "
                       f"refused above +{blind['bar']:.3f})", markup=False, soft_wrap=True)
+    replica = verdict.get("replica")
+    if replica and replica.get("test"):
+        test = replica["test"]
+        console.print(f"replica check: the scored losses are {-test['gap']:+.4f} nats from the same model's, loaded "
+                      f"afresh and shown nothing after each position ({test['positions']:,} positions, rms "
+                      f"{test['rms']:.2g}; refused below -{test['bar']:.4f})", markup=False, soft_wrap=True)
+    if replica and not replica.get("checked") and not verdict["self_reported"]:
+        why = "; ".join(f"repetition {k}: {w}" for k, w in (replica.get("unchecked") or {}).items())
+        console.print(f"replica check: not every repetition checked ({why or replica.get('status')}): this run can "
+                      f"never be a record", style="yellow", markup=False, soft_wrap=True)
     if verdict.get("sandbox") and not verdict.get("sandboxed") and not verdict["self_reported"]:
         console.print(f"sandbox: {verdict['sandbox']}: this run can never be a record", style="yellow",
                       markup=False, soft_wrap=True)

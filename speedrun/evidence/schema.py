@@ -44,6 +44,11 @@ MESSAGES: dict[str, dict[str, Any]] = {
     "val_buffer": {"nbytes": int},              # a shared buffer for logits of this size -> {buf}
     "finish": {"inductor": list},               # the clock stops -> {score: true, shape} when the scored
                                                 # validation is still to come (a track with a monitor split)
+    "seal_buffer": {"nbytes": int},             # after finish(), before the scored rows: a shared buffer for the
+    "sealed": {"nbytes": int, "training": bool},  # model's state (torch.save bytes), then: it is written (and
+                                                # the model's train/eval mode, which the replica sets again)
+    "replica_state": {"k": int},                # the replica run: repetition k's sealed state -> {buf, nbytes}
+    "replica_next": {"k": int, "logits": OPT_DICT, "error": OPT_STR},  # -> the next cut copies, or {done}
     # reports
     "model": {"params": int, "embedding_params": int, "flops_per_token": NUM, "flops_source": str},
     "batch": {},                                # one random warm-up micro-batch the rank made itself
@@ -59,7 +64,7 @@ MESSAGES: dict[str, dict[str, Any]] = {
 }
 OPTIONAL = {"exit": {"error", "where"}, "params": {"at_start"}}
 REQUESTS = ("loader", "next", "warmup_begin", "start_check", "start", "val_begin", "val_next", "val_buffer",
-            "finish")
+            "finish", "seal_buffer", "sealed", "replica_state", "replica_next")
 
 # the probe measurements a rank reports with each validation (judged by the launcher, not by the rank)
 # rows: extra rows compared; nll_diff: the largest change (nats) of a per-token loss before a cut; dist_diff:
@@ -118,7 +123,15 @@ MANIFEST_FIELDS = {
 # optional: "interrupted" (str): the launcher was interrupted, e.g. "SIGINT (Ctrl-C) during repetition 2 of 3"
 # or "SIGTERM during repetition 1 of 3" (`kill`, Slurm's time limit); the manifest then lists the repetitions
 # that ran, the one it interrupted marked "interrupted"
-MANIFEST_OPTIONAL = {"interrupted": str}
+# "replica" (dict): the replica check (`speedrun.referee.replica`), written by the launcher after the repetitions:
+# {"status": "checked" | "failed" | "none" | "off", "why": why not (or null), "seconds": the replica run's
+# wallclock (or null), "repetitions": [REPLICA per repetition]}
+MANIFEST_OPTIONAL = {"interrupted": str, "replica": dict}
+# one repetition's replica check: checked (every rank's positions scored), why not, and over all ranks the
+# count of positions, the sum and sum of squares of d = replica loss - scored loss, its largest size, and the
+# sums of the scored and the replica losses
+REPLICA = {"k": int, "checked": bool, "why": OPT_STR, "positions": int, "d_sum": NUM, "d_sq": NUM, "d_max": NUM,
+           "live_sum": NUM, "replica_sum": NUM}
 # status: "ok" (exit 0, the referee saw finish() and found no problem), "invalid" (exit 0 and finished, with
 # problems), "failed" (non-zero exit, or the launcher stopped it: timeout, a rank gone), "unfinished" (exit 0
 # without finish()), "interrupted" (the launcher was interrupted while it ran), "stopped" (not run: an earlier
@@ -130,10 +143,12 @@ VERDICT_FIELDS = {
     "warnings": list, "target": dict, "metric": dict, "throughput": dict, "repetitions": list,
     "judged_step": OPT_INT, "script_sha256": OPT_STR, "hardware": OPT_STR, "hardware_fingerprint": (dict, type(None)),
     "harness_version": OPT_STR, "harness": dict, "verified_by": str, "verified_at": str,
-    "status": str, "problem_details": dict, "blind": (dict, type(None)),
+    "status": str, "problem_details": dict, "blind": (dict, type(None)), "replica": (dict, type(None)),
 }
 # added in harness 0.3: a verdict written earlier lacks them (readers use .get)
-VERDICT_OPTIONAL = {"status", "problem_details", "blind"}
+VERDICT_OPTIONAL = {"status", "problem_details", "blind", "replica"}
+# verdict["replica"]: the replica check of the good repetitions (`integrity.replica_status`): {"checked": every
+# good repetition was, "status", "unchecked": {k: why not}, "test": `stats.ReplicaGap` pooled or null, "seconds"}
 # verdict["blind"]: the blind positions of all repetitions' scored validations pooled (`stats.BlindGap`: positions,
 # gap, sd, bar, raw_gap, raw_sd, reads), or null for fewer than two repetitions judged on them
 # verdict["status"]: "qualifies", "does not qualify", or "interrupted" (the launcher was stopped: never qualifies)

@@ -12,6 +12,10 @@ questions it asks of the manifest and the events, each answered with readable ph
   between those hashes and the files now, is a problem.
 - Plausibility: a final val loss below the track's entropy floor (nothing can beat the generator's entropy
   rate: the figure is not a model's loss), and a timed run of zero steps.
+- The replica check (`speedrun.referee.replica`): the scored logits against the sealed model loaded afresh in
+  a process that never saw what follows each checked position. A mean difference over its bar, or logits that
+  are not the sealed model's, is a problem; a repetition the replica did not check is no problem here, but it
+  never becomes a record (`speedrun.ledger.compare.refuse_unchecked`).
 - Blind positions, all repetitions pooled: the referee judges each repetition's blind gap on its own
   (`speedrun.referee.repetition`); a peek kept under that bar in every repetition still lowers all of them, and
   pooling n repetitions lowers the bar by sqrt(n).
@@ -22,7 +26,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from speedrun.evidence import rundir
+from speedrun.evidence import rundir, schema
 from speedrun.judge import stats
 
 
@@ -98,3 +102,54 @@ def blind_pooled(events_by_k: dict) -> tuple["stats.BlindGap | None", list[str]]
         return test, []
     return test, [f"blind probe failed over repetitions {', '.join(map(str, sorted(judged)))} pooled: "
                   f"{blind_words(test)}"]
+
+
+def replica_status(manifest: dict, good: list[int]) -> tuple[dict, list[str]]:
+    """The replica check: (the verdict's `replica`, problems). Every repetition the replica checked is judged;
+    `checked` is true when each of the good repetitions `good` was, and `unchecked` maps the others to why."""
+    record = manifest.get("replica")
+    if manifest.get("self_reported"):
+        return {"checked": False, "status": "not applicable (self-reported evidence)", "unchecked": {}}, []
+    if not isinstance(record, dict):
+        why = f"not recorded (harness {manifest.get('harness_version', '?')})"
+        return {"checked": False, "status": why, "unchecked": {str(k): why for k in good}}, []
+    unchecked, problems, entries = {}, [], []
+    by_k = {}
+    for e in record.get("repetitions") or []:
+        malformed = schema.check(e, schema.REPLICA, f"{rundir.MANIFEST} replica repetition")
+        if malformed:
+            problems.append(malformed)
+        else:
+            by_k[e["k"]] = e
+    # every good repetition, and any other the replica checked (a bad one's finding counts too)
+    for k in sorted(set(good) | {k for k, e in by_k.items() if e["checked"]},
+                    key=lambda k: (0, k, "") if isinstance(k, int) else (1, 0, str(k))):
+        e = by_k.get(k)
+        test = stats.replica_gap([e]) if e is not None and e["checked"] else None
+        if test is None:
+            if k in good:
+                unchecked[str(k)] = (e or {}).get("why") or record.get("why") or "not checked"
+            continue
+        entries.append(e)
+        problems += [f"replica check failed in repetition {k}: {w}" for w in replica_words(test)]
+    pooled = stats.replica_gap(entries) if entries else None
+    if len(entries) > 1 and pooled is not None and not problems:
+        problems += [f"replica check failed over repetitions {', '.join(str(e['k']) for e in entries)} pooled: {w}"
+                     for w in replica_words(pooled)]
+    return {"checked": bool(good) and not unchecked, "status": record.get("status"), "unchecked": unchecked,
+            "test": pooled.to_dict() if pooled is not None else None, "seconds": record.get("seconds")}, problems
+
+
+def replica_words(test: "stats.ReplicaGap") -> list[str]:
+    """What a failed replica check says (after where it was measured)."""
+    out = []
+    if test.reads:
+        out.append(f"the scored losses are {test.gap:.4f} nats below the same model's, loaded afresh and shown "
+                   f"nothing after each position ({test.positions} positions, bar {test.bar:.4f}): the scored "
+                   f"logits read the tokens that follow")
+    if test.differs:
+        out.append(f"the scored logits are not the model finish() sealed, loaded afresh: their losses differ by "
+                   f"{test.rms:.4f} nats (root mean square over {test.positions} positions; rounding stays under "
+                   f"{stats.REPLICA_MAX_RMS}): logits_fn must depend on the model given to warmup() and the "
+                   f"inputs alone")
+    return out

@@ -49,6 +49,10 @@ SD_FLOORS = {"tiny": 0.0004}
 # its targets (4 sigmas: an honest run is accused about once in 30,000). Fewer positions are reported, not judged.
 BLIND_SIGMAS, BLIND_MIN_GAP = 4.0, 0.02
 BLIND_MIN_ROWS = 64
+# the replica check (speedrun.referee.replica): the scored losses may sit below the replica's by this many
+# standard errors of the mean difference, or this many nats, whichever is more; and differ from them by this
+# much at most (root mean square): a causal model loaded afresh repeats its logits up to rounding
+REPLICA_SIGMAS, REPLICA_MIN_GAP, REPLICA_MAX_RMS = 4.0, 0.002, 0.05
 ZERO_SPREAD = "repetitions are identical (sd = 0): the seed has no effect, so they are not independent runs"
 
 
@@ -402,3 +406,44 @@ def blind_gap(probes: Sequence[Mapping]) -> BlindGap | None:
     sd = math.sqrt(max(0.0, sgg - bx * sgx - by * sgy))
     return BlindGap(n, g - bx * x - by * y, sd, max(BLIND_MIN_GAP, BLIND_SIGMAS * sd / math.sqrt(n)), g,
                     math.sqrt(max(0.0, sgg)))
+
+
+@dataclass(frozen=True)
+class ReplicaGap:
+    """The replica check's figures (`speedrun.referee.replica`): over `positions` checked positions, the mean of
+    d = replica loss - scored loss, its spread, its root mean square and largest size, and the bar the mean must
+    stay under."""
+
+    positions: int
+    gap: float
+    sd: float
+    rms: float
+    max: float
+    bar: float
+
+    @property
+    def reads(self) -> bool:
+        """The scored logits beat the same model shown nothing after each position (NaN counts as reading)."""
+        return not self.gap <= self.bar
+
+    @property
+    def differs(self) -> bool:
+        """The scored logits are not the sealed model's (beyond rounding), in either direction."""
+        return not self.rms <= REPLICA_MAX_RMS
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "reads": self.reads, "differs": self.differs}
+
+
+def replica_gap(entries: Sequence[Mapping]) -> ReplicaGap | None:
+    """Pool replica sums (positions, d_sum, d_sq, d_max: `speedrun.evidence.schema.REPLICA`); None with no
+    position. The mean of d is judged against its standard error: a peek that moves few positions moves the
+    mean little, but the positions are drawn in secret from all of them, so a peek worth anything moves many."""
+    n = sum(int(e["positions"]) for e in entries)
+    if n < 1:
+        return None
+    mean = math.fsum(e["d_sum"] for e in entries) / n
+    sq = math.fsum(e["d_sq"] for e in entries) / n
+    sd = math.sqrt(max(0.0, sq - mean * mean))
+    return ReplicaGap(n, mean, sd, math.sqrt(max(0.0, sq)), max(float(e["d_max"]) for e in entries),
+                      max(REPLICA_MIN_GAP, REPLICA_SIGMAS * sd / math.sqrt(n)))

@@ -497,6 +497,7 @@ class Judgement:
     details: dict = field(default_factory=dict)  # problem -> what explains it (verdict["problem_details"])
     interrupted: str | None = None  # the launcher was interrupted (the manifest's "interrupted")
     blind: "BlindGap | None" = None  # refereed: the blind positions of all repetitions pooled (None: one or none)
+    replica: dict | None = None      # refereed: the replica check of the good repetitions (integrity.replica_status)
 
     @property
     def self_reported(self) -> bool:
@@ -551,6 +552,7 @@ class Judgement:
                        "sd": sd},
             "throughput": throughput(manifest, good, self.events) if self.kind.referee else {},
             "blind": self.blind.to_dict() if self.blind is not None else None,
+            "replica": self.replica,
             "repetitions": [r.to_dict() for r in self.repetitions],
             "script_sha256": (manifest.get("script") or {}).get("sha256"),
             "hardware": manifest.get("hardware"),
@@ -708,8 +710,10 @@ def judge(run_dir: str | Path, step: int | None = None, manifest: dict | None = 
         problems += integrity.plausibility(track, [r.to_dict() for r in results], events_by_k)
         blind, blind_problems = integrity.blind_pooled(events_by_k)
         problems += blind_problems
+        replica, replica_problems = integrity.replica_status(manifest, [r.k for r in results if r.good])
+        problems += replica_problems
     else:
-        blind = None
+        blind, replica = None, None
     for skipped in (manifest.get("skipped_files") or []) if kind.self_reported else []:
         warnings.append(f"{skipped.get('name')} was not imported: {skipped.get('reason')}")
     good = [r for r in results if r.good]
@@ -727,7 +731,7 @@ def judge(run_dir: str | Path, step: int | None = None, manifest: dict | None = 
     problems, warnings = list(dict.fromkeys(problems)), list(dict.fromkeys(warnings))
     return Judgement(run_dir, manifest, track, kind, refereed, results, problems, warnings, target, judged_step,
                      earliest, events_by_k, datetime.now(timezone.utc).isoformat(timespec="seconds"), harness,
-                     details, interrupted, blind)
+                     details, interrupted, blind, replica)
 
 
 def _interrupted_head(r: RepetitionResult) -> bool:

@@ -53,7 +53,8 @@ def _metric(verdict: dict) -> list[float]:
 
 def compare(a: Path, b: Path, track: Track, runs: int = 3, nproc: int = 2, out: Path | None = None,
             seed: int = 0, script_args: list[str] | None = None, timeout: float | None = None,
-            report: Reporter = SILENT, progress: Reporter | None = None, sandbox: bool = True) -> Path:
+            report: Reporter = SILENT, progress: Reporter | None = None, sandbox: bool = True,
+            replica: bool | None = None) -> Path:
     """Run A and B interleaved `runs` times each; write and return the comparison directory. `report` hears
     what is compared and the result (`compare_lines`), `progress` (default: `report`) each repetition. `sandbox`: run
     the ranks in the OS sandbox. Ctrl-C (or SIGTERM) keeps both sides' runs so far, each with a verdict that says
@@ -70,7 +71,7 @@ def compare(a: Path, b: Path, track: Track, runs: int = 3, nproc: int = 2, out: 
     out.mkdir(parents=True, exist_ok=True)
     progress = progress or report
     sides = {name: launcher.Launch(script, track, nproc, runs, rundir.compare_side(out, name), seed, script_args or [],
-                                   {}, timeout=timeout, report=progress, sandbox=sandbox)
+                                   {}, timeout=timeout, report=progress, sandbox=sandbox, replica=replica)
              for name, script in zip(rundir.COMPARE_SIDES, (a, b))}
     report.line(f"speedrun compare A={a} B={b} on track {track.name}: {runs} runs each, interleaved -> {out}")
     k, name = 1, "A"
@@ -87,6 +88,7 @@ def compare(a: Path, b: Path, track: Track, runs: int = 3, nproc: int = 2, out: 
                     f"the runs so far are kept in {out}, each side's verdict says interrupted")
         raise launcher.Interrupted(out, signal_name(exc)) from None
     for job in sides.values():
+        job.replica_check()
         job.close()
     verdicts = {name: verify.verify_run_dir(job.run_dir) for name, job in sides.items()}
     result = {
@@ -174,7 +176,7 @@ def prefix_replay(track: Track, number: int, steps: int, nproc: int | None = Non
                             f"needs that many")
     job = launcher.Launch(rec.script, track, nproc or recorded.get("nproc_per_node", 1), 1,
                           str(out) if out else None, (recorded.get("seeds") or [0])[0], [], {}, timeout=timeout,
-                          stop_after_logs=steps, report=report, sandbox=sandbox)
+                          stop_after_logs=steps, report=report, sandbox=sandbox, replica=False)
     job.repetition(1)
     job.close()
     replayed = [e["scalars"] for e in rundir.read_events(rundir.events_path(job.run_dir, 1)).of("log")][:steps]
@@ -185,7 +187,8 @@ def prefix_replay(track: Track, number: int, steps: int, nproc: int | None = Non
 
 
 def replay(track: Track, number: int, runs: int = 3, nproc: int | None = None, out: Path | None = None,
-           timeout: float | None = None, report: Reporter = SILENT, sandbox: bool = True) -> dict:
+           timeout: float | None = None, report: Reporter = SILENT, sandbox: bool = True,
+           replica: bool | None = None) -> dict:
     """Re-run record `number` with its recorded seeds, verify it, and compare with the recorded run.
 
     On the same machine class (equal hardware fingerprints) and harness, a replay reproduces the recorded
@@ -199,7 +202,7 @@ def replay(track: Track, number: int, runs: int = 3, nproc: int | None = None, o
     nproc = nproc or recorded.get("nproc_per_node", 1)
     seed = (recorded.get("seeds") or [0])[0]
     run_dir = launcher.launch(rec.script, track, nproc, runs, str(out) if out else None, seed, [], {},
-                              timeout=timeout, report=report, sandbox=sandbox)
+                              timeout=timeout, report=report, sandbox=sandbox, replica=replica)
     judgement = verify.judge(run_dir)
     verdict = judgement.write()
     manifest = judgement.manifest
@@ -251,6 +254,16 @@ def refuse_unsandboxed(run_dir: Path, verdict: dict) -> None:
                             f"only sandboxed runs can be records; re-run it without --no-sandbox where bwrap works")
 
 
+def refuse_unchecked(run_dir: Path, verdict: dict) -> None:
+    """A record's every repetition was re-checked by the replica (`speedrun.referee.replica`): a run without the
+    check, or with repetitions it could not check, is refused with one line saying why."""
+    replica = verdict.get("replica") or {}
+    if not replica.get("checked"):
+        why = "; ".join(f"repetition {k}: {w}" for k, w in (replica.get("unchecked") or {}).items())
+        raise SpeedrunError(f"{run_dir} was not re-checked by the replica ({why or replica.get('status') or 'not recorded'}): "
+                            f"only runs whose every repetition the replica checked can be records")
+
+
 def add_record(run_dir: Path, description: str, contributors: list[str], *, track_name: str | None = None,
                slug: str | None = None, compare_dir: Path | None = None, compare_runs: int = 3,
                systems_speedup: bool = False, step: int | None = None, root: Path | None = None,
@@ -283,6 +296,7 @@ def add_record(run_dir: Path, description: str, contributors: list[str], *, trac
     if verdict["problems"]:
         raise SpeedrunError(f"{run_dir} is not verified: {verdict['problems'][0]}")
     refuse_unsandboxed(run_dir, verdict)
+    refuse_unchecked(run_dir, verdict)
     if systems_speedup and not track.checks.systems_speedup_without_loss_test:
         raise SpeedrunError(f"track {track.name} does not accept systems speedups without the loss test")
     if not verdict["target"]["passed"] and not systems_speedup:

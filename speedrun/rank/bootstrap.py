@@ -116,6 +116,8 @@ class Session:
         self.seed = int(welcome["seed"])
         self.repetition = int(welcome["repetition"])
         self.run_dir = welcome.get("run_dir") or None
+        self.replica = welcome.get("replica")  # the replica run: the repetitions whose sealed states start() checks
+        self.seals = bool(welcome.get("seal"))  # finish() hands the model's state over (the replica check is on)
         self.train_files = [Path(p) for p in welcome["train_files"]]
         self.val_files = [Path(p) for p in welcome["val_files"]]
         self._send, self._request = client.send, client.request
@@ -266,6 +268,58 @@ class Session:
         """The start check's logits (the agent hands the inputs and computes the loss)."""
         a = self.request("start_check", batch_tokens=batch_tokens, seq_len=seq_len, layout=layout)
         return self._call(logits_fn, a)
+
+    # --- the replica check (speedrun.referee.replica) ------------------------------------------------------
+    def seal(self, model) -> None:
+        """Hand the agent the model's state (`torch.save` bytes through a shared buffer): after the clock stopped,
+        before the scored rows."""
+        import io
+
+        import numpy as np
+        from speedrun.referee.shared import SharedBuffer
+
+        data = io.BytesIO()
+        self._torch.save(model.state_dict(), data)
+        raw = data.getbuffer()
+        buf = SharedBuffer(self.request("seal_buffer", nbytes=len(raw))["buf"])
+        try:
+            buf.tensor(self._torch.uint8, (len(raw),)).numpy()[:] = np.frombuffer(raw, dtype=np.uint8)
+        finally:
+            buf.close()
+        self.request("sealed", nbytes=len(raw), training=bool(getattr(model, "training", False)))
+
+    def run_replica(self, model, logits_fn) -> None:
+        """The replica run's start(): load each repetition's sealed state into the model given to warmup() and
+        answer the agent's cut copies with `logits_fn`, as a validation does."""
+        import io
+
+        from speedrun.referee.shared import SharedBuffer
+
+        torch = self._torch
+        for k in self.replica:
+            a = self.request("replica_state", k=k)
+            buf = SharedBuffer(a["buf"])
+            try:
+                raw = bytes(buf.tensor(torch.uint8, (a["nbytes"],)).numpy())
+            finally:
+                buf.close()
+            model.load_state_dict(torch.load(io.BytesIO(raw), map_location=self.device, weights_only=True))
+            model.train(bool(a["training"]))  # the mode it was scored in
+            meta = None
+            while True:
+                a = self.request("replica_next", timeout=VAL_TIMEOUT_S, k=k, logits=meta, error=None)
+                if a.get("done"):
+                    self._held = None
+                    break
+                try:
+                    meta = self._call(logits_fn, a)
+                except BaseException as exc:
+                    text = f"{type(exc).__name__}: {exc}"[:1000]
+                    try:
+                        self.request("replica_next", k=k, logits=None, error=text)
+                    except SpeedrunError:
+                        pass
+                    raise
 
     # --- torch.distributed and the device, through references taken before the script ran ---------------------
     def capture(self) -> None:

@@ -268,6 +268,8 @@ class Run:
         if logits_fn is not None:  # here, before the timed work, not at the first validate() after it
             check_logits_fn(logits_fn, layout or (self._loader.layout if self._loader else "rows"), "start()")
         fn = logits_fn or (self._model_logits() if self._model is not None else None)
+        if self._session.replica is not None:  # the replica run: it ends here (speedrun.referee.replica)
+            self._replica(fn)
         which = "logits_fn given to start()" if logits_fn else "model given to warmup()"
         logits, detail = None, "ok"
         if fn is None:
@@ -285,6 +287,18 @@ class Run:
         self._session.request("start", inductor=bootstrap.inductor_changes(), logits=logits, detail=detail)
         self._phase = "timed"
         self.clock.started = time.perf_counter()
+
+    def _replica(self, fn) -> None:
+        """The replica run (the script started once more after the repetitions): check each repetition's sealed
+        state with `fn` on rows this process has never seen, then end the process; the script goes no further."""
+        if self._model is None or fn is None:
+            raise SpeedrunError("the replica check loads the sealed state into the model given to warmup(): "
+                                "this script gave none")
+        self._session.run_replica(self._model, fn)
+        self._session.barrier(self.device)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
     def validate(self, fn=None, step: int | None = None, *, logits_fn: LogitsFn | None = None,
                  batch_tokens: int | None = None, seq_len: int | None = None, layout: str | None = None) -> float:
@@ -329,6 +343,8 @@ class Run:
         self.clock.finished = time.perf_counter()
         self._flush_logs()
         if answer.get("score"):  # the scored val tokens, first handed out now (the agent chose the shape)
+            if self._session.seals and self._model is not None:  # before them: the replica check loads it
+                self._session.seal(self._model)
             logits_fn, step = self._last_val
             self._last_loss = self._session.validate(logits_fn, step, answer["batch_tokens"], answer["seq_len"],
                                                      answer["layout"])

@@ -19,6 +19,10 @@ launcher's process; under plain torchrun, the unrefereed referee's thread) and o
   (shared memory on the CPU, a CUDA IPC handle on a GPU); the agent computes the cross-entropy and the probes
   (`speedrun.referee.evaluation.measuring`), so the targets, the probe plan and which batch is the probe never
   enter the rank's process.
+- the seal and the replica check (`speedrun.referee.replica`): after `finish()` and before the scored rows,
+  the rank hands over its model's state, which the agent keeps outside the sandbox; it keeps the scored
+  losses at positions drawn in secret, and in the replica run (the script started once more) it loads each
+  sealed state into the fresh process and serves it those rows cut after each position.
 - the monitor split: intermediate validations measure val tokens after the scored ones (`monitor_tokens`; on a
   generated corpus whose val file holds only the scored set, the tail of its last train shard);
   the scored tokens are first handed out by the validation `finish()` asks for, after which nothing is served.
@@ -44,8 +48,7 @@ from speedrun.errors import SpeedrunError
 MONITOR_MIN = 16               # a default monitor split holds at least val_tokens // MONITOR_MIN tokens
 START_CHECK_PIECES = 8         # val pieces (rows) of the start check, at most: a few thousand tokens per rank
 RING = 4                        # train micro-batch slots per rank: the rank waits for a slot's copy RING-1 later
-REQUESTS = ("loader", "next", "warmup_begin", "start_check", "start", "val_begin", "val_next", "val_buffer",
-            "finish")
+SEAL_MAX_BYTES = 1 << 36       # a sealed model state larger than this (64 GiB a rank) is refused
 LOGIT_DTYPES = {"torch.float32", "torch.bfloat16", "torch.float16", "torch.float64"}
 REFUSALS = {"val": "during a validation", "scoring": "after finish()", "finished": "after finish()",
             "exited": "after the script ended"}
@@ -214,6 +217,12 @@ class Agent:
         self.last_val: tuple | None = None  # (batch_tokens, seq_len, layout) of the last validation
         self.score_pending = False
         self.start_batch = None
+        self.sealed: tuple | None = None  # this repetition's sealed model state (a file outside the sandbox, and
+                                          # whether the model was in train mode)
+        self.pairs = None                 # replica.Pairs of the scored validation in progress
+        self.replica_run = None           # the replica run: (k, Pairs, batches generator, marks in hand)
+        self.replica_batch = None
+        self._seal = self._state_buf = None  # shared buffers of the state going out / coming back in
 
     # --- dispatch -----------------------------------------------------------------------------------------
     def handle(self, kind: str, msg: dict, t: float) -> dict | None:
@@ -223,10 +232,11 @@ class Agent:
             return {"error": str(exc)}
 
     def close(self) -> None:
-        for buf in [self.ring, self.inputs, *self.logits.values()]:
+        for buf in [self.ring, self.inputs, *self.logits.values(), self._seal, self._state_buf]:
             if buf is not None:
                 buf.close()
         self.ring, self.inputs, self.logits = None, None, {}
+        self._seal = self._state_buf = None
 
     # --- the train loader ------------------------------------------------------------------------------------
     def _loader(self, msg: dict, t: float) -> dict:
@@ -393,10 +403,18 @@ class Agent:
         # (and the covariates that sharpen them: the other validations are not judged on them)
         scored = phase == "finished"
         extra = evaluation.extra_batches(len(s), s.k, self.world_size) if scored else 1
+        keep = None
+        if scored and self.sealed is None and self.referee.replica_dir is not None:
+            self.referee.replica_why = "finish() sealed no model state (the script gave warmup() no model)"
+        if scored and self.sealed is not None:  # the positions the replica will check, drawn now, never told
+            from speedrun.referee import replica
+
+            self.pairs = replica.Pairs((bt, sl, layout), s.k)
+            keep = replica.choose([q for b in range(len(s)) for q in s.pieces_of(b)], sl, self.world_size, s.k)
         steps = evaluation.measuring(len(s), s.k, sl, flat, own, s.val_piece,
                                      lambda pieces: self._make_batch(pieces, layout), self.track.vocab_size,
                                      unigram=self.data.unigram(), extra=extra,
-                                     surprisal=self.data.surprisal() if scored else None)
+                                     surprisal=self.data.surprisal() if scored else None, keep=keep)
         self.val = Validation(msg["step"], split, bt, sl, layout, steps,
                               extras={"split_tokens": s.val_tokens, "share": s.tokens_per_rank})
         if phase == "timed":
@@ -439,6 +457,9 @@ class Agent:
         self.referee._on_val_end(self.st, report, t)
         if v.split == "scored":
             self.score_pending = False
+            if m is not None and self.pairs is not None and self.st.phase != "timed":
+                self.pairs.live = dict(m.kept)
+                self.referee.replica_pairs[self.st.rank] = (self.sealed, self.pairs)
         if error is not None:
             return {"done": True, "error": error}
         return None  # answered with the loss once every rank's validation is complete
@@ -449,7 +470,7 @@ class Agent:
         nbytes = msg["nbytes"]
         # room for the logits of the batch in hand, at most: float64, up to twice the vocabulary plus 1,024
         # columns (padding past the vocabulary only wastes probability); anything more is not for logits
-        batch = self.val.batch if self.val is not None else self.start_batch
+        batch = self.val.batch if self.val is not None else self.replica_batch or self.start_batch
         if batch is None:
             raise SpeedrunError("a logits buffer asked for with no validation batch handed out")
         limit = batch.targets.numel() * (2 * self.track.vocab_size + 1024) * 8
@@ -470,10 +491,92 @@ class Agent:
                                 else "finish() called twice")
         self.score_pending = bool(self.data.monitor) and self.last_val is not None and \
             self.data.monitor >= self.last_val[0]
+        if not self.score_pending and self.referee.replica_dir is not None:
+            self.referee.replica_why = ("the scored rows were measured before finish() (the track's monitor split "
+                                        "holds no validation batch): a replica cannot check rows the script saw")
         if self.score_pending:
             bt, sl, layout = self.last_val
             return {"score": True, "batch_tokens": bt, "seq_len": sl, "layout": layout}
         return {"score": False}
+
+    # --- the seal and the replica check (speedrun.referee.replica) -----------------------------------------
+    def _seal_buffer(self, msg: dict, t: float) -> dict:
+        """A shared buffer for the model state finish() hands over, before the scored rows come."""
+        from speedrun.referee.shared import SharedBuffer
+
+        if self.referee.replica_dir is None:
+            raise SpeedrunError("this run keeps no sealed state (the replica check is off)")
+        if self.st.phase != "finished" or not self.score_pending or self.val is not None or self.sealed:
+            raise SpeedrunError("the model state is sealed once, by finish(), before the scored validation")
+        nbytes = msg["nbytes"]
+        if not 0 < nbytes <= SEAL_MAX_BYTES:
+            raise SpeedrunError(f"a sealed model state of {nbytes} bytes (at most {SEAL_MAX_BYTES})")
+        self._seal = SharedBuffer.create(nbytes, self.referee.shared_place)
+        return {"buf": self._seal.path}
+
+    def _sealed(self, msg: dict, t: float) -> dict:
+        buf = self._seal
+        if buf is None or self.sealed or self.val is not None or msg["nbytes"] > buf.size:
+            raise SpeedrunError("no sealed state was asked for")
+        path = Path(self.referee.replica_dir) / f"state-{self.referee.k}-{self.st.rank}.pt"
+        with open(path, "wb") as f:
+            f.write(memoryview(buf._map)[:msg["nbytes"]])
+        buf.close()
+        self._seal, self.sealed = None, (path, bool(msg["training"]))
+        return {"ok": True}
+
+    def _replica_state(self, msg: dict, t: float) -> dict:
+        """The replica run: repetition k's sealed state for this rank, in a shared buffer."""
+        from speedrun.referee.shared import SharedBuffer
+
+        plan = (self.referee.replica_plan or {}).get(msg["k"], {}).get(self.st.rank)
+        if plan is None or self.replica_run is not None:
+            raise SpeedrunError(f"no sealed state of repetition {msg['k']} to check on rank {self.st.rank}")
+        path, training = plan[0]
+        raw = Path(path).read_bytes()
+        if self._state_buf is not None:  # the last repetition's: read by now
+            self._state_buf.close()
+        buf = self._state_buf = SharedBuffer.create(len(raw), self.referee.shared_place)
+        memoryview(buf._map)[:len(raw)] = raw
+        return {"buf": buf.path, "nbytes": len(raw), "training": training}
+
+    def _replica_next(self, msg: dict, t: float) -> dict:
+        """The replica run: the last batch's logits -> the next batch of cut copies, or {"done": true} once
+        repetition k's positions are all scored (their sums go to the referee)."""
+        from speedrun.referee import replica
+
+        k = msg["k"]
+        if msg["error"] is not None:
+            self.referee.replica_errors.append(f"rank {self.st.rank}: {msg['error']}"[:1000])
+            self.replica_run = None
+            return {"done": True}
+        if self.replica_run is None or self.replica_run[0] != k:
+            plan = (self.referee.replica_plan or {}).get(k, {}).get(self.st.rank)
+            if plan is None:
+                raise SpeedrunError(f"no positions of repetition {k} to check on rank {self.st.rank}")
+            pairs = replica.Pairs(plan[1].shape, plan[1].rows, live=dict(plan[1].live))
+            bt, sl, layout = pairs.shape
+            s = self.data.val_stream("scored", bt, sl, self.st.rank, self.world_size, layout)
+            gen = replica.batches(pairs, s.val_piece, self.data.unigram(),
+                                  lambda rows: self._make_batch(rows, layout), np.random.default_rng())
+            self.replica_run = [k, pairs, gen, None]
+        run = self.replica_run
+        if run[3] is not None:
+            if msg["logits"] is None:
+                raise SpeedrunError("no logits for the replica batch handed out")
+            from speedrun.referee import evaluation
+
+            logits = evaluation.plain_logits(self._logits(msg["logits"]))
+            with evaluation.referee_arithmetic():
+                losses = replica.losses_at(logits, run[1].shape[1], run[3])
+            run[1].replica.update({q: loss for (_, q, _, _), loss in zip(run[3], losses)})
+        try:
+            self.replica_batch, run[3] = next(run[2])
+        except StopIteration:
+            self.referee.replica_results.setdefault(k, {})[self.st.rank] = run[1].sums()
+            self.replica_run, self.replica_batch = None, None
+            return {"done": True}
+        return self._hand_inputs(self.replica_batch)
 
     # --- tensors across the boundary ------------------------------------------------------------------------
     def _make_batch(self, pieces, layout: str):

@@ -54,6 +54,7 @@ import torch.nn.functional as F
 
 from speedrun.errors import SpeedrunError
 from speedrun.judge import stats
+from speedrun.referee import replica
 from speedrun.referee.surprisal import Surprisal
 
 CHUNK_BYTES = 1 << 28            # float32 bytes per chunk of rows when computing the loss
@@ -253,6 +254,7 @@ class Measurement:
     loss_sum: float
     tokens: int
     probe: dict
+    kept: dict = field(default_factory=dict)  # piece -> (j, its loss at j): the replica check's scored side
 
 
 def _extra_rows(plan: ProbePlan, e: int, rows: int, piece, val_piece, unigram: np.ndarray | None
@@ -293,10 +295,10 @@ def measure(logits_fn: Callable, n_batches: int, rows: int, seq_len: int, flat: 
             own_piece: Callable[[int, int], int], val_piece: Callable[[int], np.ndarray],
             make_batch: Callable[[Sequence[np.ndarray]], Batch], vocab_size: int,
             plan: ProbePlan | None = None, unigram: np.ndarray | None = None, extra: int = 1,
-            surprisal: Surprisal | None = None) -> Measurement:
+            surprisal: Surprisal | None = None, keep: dict[int, int] | None = None) -> Measurement:
     """`measuring()` driven by a logits_fn in this process (the unrefereed path and the tests)."""
     steps = measuring(n_batches, rows, seq_len, flat, own_piece, val_piece, make_batch, vocab_size, plan, unigram,
-                      extra, surprisal)
+                      extra, surprisal, keep)
     logits = None
     with torch.no_grad():
         while True:
@@ -318,7 +320,7 @@ def measuring(n_batches: int, rows: int, seq_len: int, flat: bool,
               own_piece: Callable[[int, int], int], val_piece: Callable[[int], np.ndarray],
               make_batch: Callable[[Sequence[np.ndarray]], Batch], vocab_size: int,
               plan: ProbePlan | None = None, unigram: np.ndarray | None = None, extra: int = 1,
-              surprisal: Surprisal | None = None):
+              surprisal: Surprisal | None = None, keep: dict[int, int] | None = None):
     """Run one validation: this rank's canonical batches, with `extra` probe batches among them.
 
     A generator, so the agent can hand each batch's inputs to a rank and wait for the logits: it yields each
@@ -332,7 +334,10 @@ def measuring(n_batches: int, rows: int, seq_len: int, flat: bool,
     gaps' covariates (the scored validation's, the one judged on them; without it they are 0). Returns the float64
     sum of per-token losses over the canonical batches, their token count, and the measurements the launcher
     judges: how far outputs before the cuts moved, the loss on unigram-drawn continuations, and the gaps
-    between blind and canonical losses."""
+    between blind and canonical losses. `keep`: piece -> position j whose loss (on the piece's token j + 1) the
+    replica check compares later (`speedrun.referee.replica`), returned as `Measurement.kept`."""
+    keep = keep or {}
+    kept: dict[int, tuple[int, float]] = {}
     plan = plan or plan_probe(n_batches, rows, seq_len, own_piece, extra=extra)
 
     def piece(b: int, i: int) -> int:
@@ -397,6 +402,11 @@ def measuring(n_batches: int, rows: int, seq_len: int, flat: bool,
                 total += nll.double().sum().cpu()
                 tokens += nll.numel()
                 pos_sum += nll.detach().double().cpu().reshape(rows, seq_len).sum(0)
+                marks = [(i, q, keep[q], int(p[keep[q] + 1])) for i, (q, p) in enumerate(zip(ids, pieces))
+                         if q in keep]
+                if marks:
+                    kept.update({q: (j, loss) for (_, q, j, _), loss in
+                                 zip(marks, replica.losses_at(logits, seq_len, marks))})
                 for i in range(rows):
                     for p in wanted.get((b, i), ()):
                         kept_nll[p] = _row(nll, i, seq_len, flat).detach().float().cpu()
@@ -430,7 +440,7 @@ def measuring(n_batches: int, rows: int, seq_len: int, flat: bool,
              "logits_shape": shape or [], "logits_dtype": dtype or "",
              "canary_tokens": int(canary[0]), "canary_nll_sum": float(canary[1]), "canary_nll_sq": float(canary[2]),
              **stats.blind_sums(gaps, x)}
-    return Measurement(float(total), tokens, probe)
+    return Measurement(float(total), tokens, probe, kept)
 
 
 def start_loss(logits_fn: Callable, batch: Batch, vocab_size: int) -> tuple[float, int]:

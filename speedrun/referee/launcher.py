@@ -37,6 +37,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from datetime import datetime, timezone
@@ -178,6 +179,15 @@ def failure_summary(path: Path, lines: int = TAIL_LINES) -> tuple[str, str | Non
 # --- one repetition ----------------------------------------------------------------------------------------------
 
 
+REPLICA_EVENTS, REPLICA_LOG = "replica.jsonl", "replica.log"  # the replica run's events and output
+
+
+def _unchecked(k: int, why: str | None) -> dict:
+    """A repetition the replica did not check, in the manifest's `replica.repetitions`."""
+    return {"k": k, "checked": False, "why": why or "not checked", "positions": 0, "d_sum": 0.0, "d_sq": 0.0,
+            "d_max": 0.0, "live_sum": 0.0, "replica_sum": 0.0}
+
+
 class Repetition:
     """The channel server and the referee of one repetition, with the rank processes they watch.
 
@@ -185,14 +195,15 @@ class Repetition:
     `harness`: the package directory every rank must import (None for the in-process referee)."""
 
     def __init__(self, track, k: int, seed: int, nproc: int, run_dir: Path, welcome: dict, sink=None,
-                 echo=None, data_files: dict[Path, str] | None = None, harness: str | None = None):
+                 echo=None, data_files: dict[Path, str] | None = None, harness: str | None = None,
+                 events: Path | None = None):
         from speedrun.referee import channel
         from speedrun.referee import repetition
         from speedrun.referee import watch
 
         self.server = channel.Server(self._handle)  # first: a socket that cannot be opened leaves nothing behind
         self.t0 = time.monotonic()
-        self.log = rundir.EventWriter(rundir.events_path(run_dir, k))
+        self.log = rundir.EventWriter(events or rundir.events_path(run_dir, k))
         self.echo, self.sink = echo, sink
         self.referee = repetition.Referee(track, k, seed, nproc, self.log, self.t0, welcome, on_event=self._on_event,
                                        harness=harness)
@@ -432,7 +443,7 @@ class Launch:
     def __init__(self, script: Path, track, nproc: int, runs: int, out: str | Path | None, seed: int,
                  script_args: list[str], rdzv: dict, data_dir: str | None = None, timeout: float | None = None,
                  wandb: dict | None = None, stop_after_logs: int | None = None, report: Reporter = SILENT,
-                 sandbox: bool = True):
+                 sandbox: bool = True, replica: bool | None = None):
         from speedrun.data import check, streams
         from speedrun.evidence import pins
         from speedrun.referee import sandbox as sandboxes
@@ -465,6 +476,13 @@ class Launch:
                         "train_files": [str(p) for p in self.train_files], "val_files": [str(p) for p in self.val_files],
                         "no_data_level": no_data_level(track, self.val_files), "run_dir": str(self.run_dir.resolve())}
         self.stopped_reason: str | None = None
+        # the replica check (speedrun.referee.replica): sealed states go to a directory of the launcher's own,
+        # outside the sandbox (its /tmp is a tmpfs of its own); what each repetition kept waits for the end
+        replica = env.replica_default() if replica is None else replica
+        self.replica_off = None if replica else "the replica check was off (--no-replica, or SPEEDRUN_REPLICA=0)"
+        self.replica_dir = None if self.replica_off else tempfile.mkdtemp(prefix="speedrun-seal-")
+        self.replica_kept: dict[int, tuple[dict, str | None]] = {}
+        self.welcome["seal"] = self.replica_dir is not None
         rundir.write_json_atomic(self.run_dir / rundir.MANIFEST, self.manifest)
         from speedrun.referee.heartbeat import Heartbeat
 
@@ -525,6 +543,7 @@ class Launch:
                              harness=str(paths.PACKAGE_DIR))
         rep_ref.blame_unattributed = self.sandbox is None
         rep_ref.heartbeat = self.heartbeat
+        rep_ref.referee.replica_dir = self.replica_dir
         place = None
         if self.sandbox is not None:
             from speedrun.referee.shared import Place
@@ -567,6 +586,7 @@ class Launch:
                                 planned=bool(rep_ref.stopped_early))
         if place is not None:
             place.remove()
+        self.replica_kept[k] = (dict(rep_ref.referee.replica_pairs), rep_ref.referee.replica_why)
         rep = {"k": k, "status": summary["status"] if not reasons else "failed", "exit_code": code,
                "wall_s": round(wall, 3), "seed": seed}
         if rep_ref.stopped_early:
@@ -594,12 +614,100 @@ class Launch:
             sink.finish(rep["status"])
         return self._record(rep)
 
+    def replica_check(self, report: Reporter | None = None) -> dict:
+        """After the repetitions: start the script once more as a replica (`speedrun.referee.replica`), which
+        checks every repetition's sealed state on rows it has never seen; the outcome goes to the manifest
+        (`replica`) and `replica.log`. Returns that record."""
+        report = report or self.report
+        record: dict = {"status": "checked", "why": None, "seconds": None, "repetitions": []}
+        plan: dict[int, dict] = {}
+        for rep in self.manifest["repetitions"]:
+            k = rep["k"]
+            pairs, why = self.replica_kept.get(k, ({}, None))
+            if self.replica_off:
+                why = self.replica_off
+            elif rep["status"] not in ("ok", "invalid"):  # a run that finished with problems is checked too
+                why = f"repetition {k} did not finish ({rep['status']})"
+            elif len(pairs) < self.nproc * self.nnodes:
+                why = why or f"{len(pairs)} of {self.nproc * self.nnodes} ranks sealed a state and kept positions"
+            else:
+                plan[k] = pairs
+            if k not in plan:
+                record["repetitions"].append(_unchecked(k, why))
+        if not plan:
+            record.update(status="off" if self.replica_off else "none",
+                          why=self.replica_off or "no repetition to check")
+        else:
+            checked, failure, seconds = self._replica_run(plan, report)
+            record["seconds"] = seconds
+            if failure:
+                record.update(status="failed", why=failure)
+            for k in sorted(plan):
+                by_rank = checked.get(k, {})
+                if len(by_rank) < len(plan[k]):
+                    record["repetitions"].append(_unchecked(k, failure or "the replica did not answer every rank"))
+                    continue
+                sums = list(by_rank.values())
+                entry = {"k": k, "checked": True, "why": None,
+                         **{f: sum(e[f] for e in sums) for f in ("positions", "d_sum", "d_sq", "live_sum",
+                                                                 "replica_sum")},
+                         "d_max": max(e["d_max"] for e in sums)}
+                record["repetitions"].append(entry)
+        record["repetitions"].sort(key=lambda e: e["k"])
+        self.manifest["replica"] = record
+        rundir.write_json_atomic(self.run_dir / rundir.MANIFEST, self.manifest)
+        self._drop_seals()
+        return record
+
+    def _replica_run(self, plan: dict, report: Reporter) -> tuple[dict, str | None, float]:
+        """Launch the replica: (k -> rank -> sums, why it failed or None, its wallclock)."""
+        welcome = {**self.welcome, "replica": sorted(plan), "seal": False}
+        rep_ref = Repetition(self.track, 0, self.seeds[0], self.nproc, self.run_dir, welcome,
+                             harness=str(paths.PACKAGE_DIR), events=self.run_dir / REPLICA_EVENTS)
+        rep_ref.referee.replica_plan = plan
+        place = None
+        if self.sandbox is not None:
+            from speedrun.referee.shared import Place
+
+            place = Place.make()
+            rep_ref.referee.shared_place = place
+        cmd = self.sandbox.wrap(self.cmd, rep_ref.server.path, place.directory if place else None) \
+            if self.sandbox else self.cmd
+        before = descendants()
+        label = f"{self.run_dir.name} replica"
+        try:
+            with report.status(f"{label} starting") as status:
+                code, wall, reasons = run_processes(cmd, self._rank_env(rep_ref.server.path),
+                                                    self.run_dir / REPLICA_LOG, rep_ref, self.timeout,
+                                                    status_line=lambda s: status.update(f"{label}  {s}"))
+        finally:
+            with shielded():
+                kill_leftovers(before)
+                summary = rep_ref.close(None)
+                if place is not None:
+                    place.remove()
+        results = rep_ref.referee.replica_results
+        failure = None
+        if reasons or code != 0 or rep_ref.referee.replica_errors or len(results) < len(plan):
+            tail, error = failure_summary(self.run_dir / REPLICA_LOG)
+            failure = (rep_ref.referee.replica_errors[:1] or reasons[:1] or [summary.get("cause") or error
+                       or f"the replica exited with code {code}"])[0]
+        checked = sum(len(v) for v in results.values())
+        report.line(f"  {label}: " + (f"failed: {failure}" if failure else
+                                      f"{checked} rank repetition(s) checked in {wall:.1f} s"))
+        return results, failure, round(wall, 3)
+
+    def _drop_seals(self) -> None:
+        if self.replica_dir is not None:
+            shutil.rmtree(self.replica_dir, ignore_errors=True)
+
     def close(self) -> list[str]:
         """The end of the run: every repetition's evidence is still what the launcher sealed, and every pinned
         file's bytes are read again (no stat-keyed cache: a file rewritten with its old size and mtime is
         still seen). What differs is kept in the manifest (`end_check`) for the verdict."""
         from speedrun.evidence import pins
 
+        self._drop_seals()
         if self.heartbeat is not None:
             self.heartbeat.stop()
         problems = []
@@ -644,16 +752,17 @@ class Launch:
 
 def launch(script: Path, track, nproc: int, runs: int, out: str | None, seed: int, script_args: list[str],
            rdzv: dict, data_dir: str | None = None, timeout: float | None = None, wandb: dict | None = None,
-           report: Reporter = SILENT, sandbox: bool = True) -> Path:
+           report: Reporter = SILENT, sandbox: bool = True, replica: bool | None = None) -> Path:
     """Run the script `runs` times, telling `report` how it goes; returns the run directory (verification is
     separate). Ctrl-C leaves the run directory complete as far as it got and raises `Interrupted`."""
     job = Launch(script, track, nproc, runs, out, seed, script_args, rdzv, data_dir, timeout, wandb, report=report,
-                 sandbox=sandbox)
+                 sandbox=sandbox, replica=replica)
     report.line(f"speedrun run {script.name} on track {track.name}: {runs} x {nproc} proc -> {job.run_dir}")
     k = 0
     try:
         for k in range(1, runs + 1):
             job.repetition(k)
+        job.replica_check()
     except KeyboardInterrupt as exc:
         with shielded():
             job.interrupted(max(k, 1), exc)

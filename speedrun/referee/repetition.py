@@ -92,6 +92,15 @@ class Referee:
         self.no_data_level = float(welcome["no_data_level"])
         self.harness = harness  # the package directory the ranks must import
         self.shared_place = None  # where the agents put their shared buffers (a sandboxed run's: bound into it)
+        # the replica check (speedrun.referee.replica): where sealed states go (None: the check is off); what
+        # the scored validation kept (rank -> (state file, Pairs)); in the replica run, what to check
+        # (k -> rank -> (state file, Pairs)), what the replica gave (k -> rank -> sums) and its ranks' errors
+        self.replica_dir: str | None = None
+        self.replica_pairs: dict = {}
+        self.replica_plan: dict | None = None
+        self.replica_results: dict = {}
+        self.replica_errors: list[str] = []
+        self.replica_why: str | None = None   # why this repetition kept nothing to check, when the agents know
         self.require_exit = harness is not None  # launched by `speedrun run`: every rank's bootstrap reports
         self.world_size: int | None = None
         self.ranks: dict[int, RankState] = {}

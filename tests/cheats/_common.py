@@ -10,6 +10,7 @@ A cheat spec is a module of constants that tests/test_adversarial.py reads (it i
                    (kinds are defined in test_adversarial.judge_effect)
     TRACK_EDITS    launch with a same-named copy of the track file, edited by these (regex, replacement)
     HARNESS_COPY   run the ranks on a scratch copy of the installed harness (for the cheat that edits it)
+    LAUNCH_EXTRA   more `speedrun run` options (e.g. --replica: the suite runs without the replica check)
 
 Cheats that write files (the track, the data, the harness, the evidence) first check for a
 `.adversarial-scratch` marker in a parent folder, which the test puts in its temporary tree: pointed at a

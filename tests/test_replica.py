@@ -1,0 +1,167 @@
+"""The replica check (`speedrun.referee.replica`): scored losses against the same model loaded afresh, shown nothing
+after each checked position. Its launcher path (seal, replica run, verdict) is exercised by the honest run of
+tests/test_referee.py and by tests/cheats/peek_small.py."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from speedrun.errors import SpeedrunError
+from speedrun.judge import integrity, stats
+from speedrun.ledger import compare
+from speedrun.referee import evaluation, replica
+
+V, T, ROWS, BATCHES = 64, 32, 8, 16
+
+
+class Bigram(torch.nn.Module):
+    """A causal model: the logits at t depend on token t alone. Seeded, so two instances are one sealed state."""
+
+    def __init__(self):
+        super().__init__()
+        self.table = torch.nn.Parameter(torch.randn(V, V, generator=torch.Generator().manual_seed(1)))
+
+    def forward(self, x):
+        return self.table[x]
+
+
+class RemembersPeek:
+    """The scored side of a cheat: a small bonus for the next input token, each prefix answered as the first time
+    (so every pair of copy and original agrees)."""
+
+    def __init__(self, bonus: float):
+        self.model, self.kept, self.bonus = Bigram(), {}, bonus
+
+    def __call__(self, x):
+        out = self.model(x).detach().clone()
+        for b, row in enumerate(x.tolist()):
+            for t in range(len(row)):
+                key = tuple(row[:t + 1])
+                if key not in self.kept:
+                    z = out[b, t].clone()
+                    if t + 1 < len(row):
+                        z[row[t + 1]] += self.bonus
+                    self.kept[key] = z
+                out[b, t] = self.kept[key]
+        return out
+
+
+def _tokens(seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, V, BATCHES * ROWS * T + T + 1).astype(np.uint16)
+
+
+def _piece(tokens):
+    return lambda i: tokens[i * T:(i + 1) * T + 1]
+
+
+def _make(pieces):
+    rows = np.stack(pieces).astype(np.int64)
+    return evaluation.Batch(torch.from_numpy(rows[:, :-1]), torch.from_numpy(rows[:, 1:]))
+
+
+def _check(scored_fn, replica_fn, tokens) -> replica.Pairs:
+    """One rank's replica check end to end: the scored validation keeps the chosen positions, the replica
+    answers the cut copies."""
+    pairs = replica.Pairs((ROWS * T, T, "rows"), ROWS)
+    keep = replica.choose(range(BATCHES * ROWS), T, world_size=1, rows=ROWS, rng=random.Random(3))
+    m = evaluation.measure(scored_fn, BATCHES, ROWS, T, False, lambda b, i: b * ROWS + i, _piece(tokens), _make, V,
+                           unigram=np.full(V, 1 / V), keep=keep)
+    pairs.live = dict(m.kept)
+    assert set(pairs.live) == set(keep) and all(pairs.live[q][0] == j for q, j in keep.items())
+    with torch.no_grad():
+        for batch, marks in replica.batches(pairs, _piece(tokens), np.full(V, 1 / V), _make,
+                                            np.random.default_rng(0)):
+            # nothing of a checked piece after its position reaches the replica
+            for i, q, j, _ in marks:
+                assert torch.equal(batch.inputs[i, :j + 1], torch.from_numpy(_piece(tokens)(q)[:j + 1].astype(np.int64)))
+            pairs.replica.update({q: loss for (_, q, _, _), loss in
+                                  zip(marks, replica.losses_at(replica_fn(batch.inputs), T, marks))})
+    return pairs
+
+
+def test_choose_draws_distinct_pieces_in_whole_batches():
+    keep = replica.choose(range(5000), 64, world_size=8, rows=48, rng=random.Random(0))
+    assert len(keep) == 144 and all(0 <= j < 64 for j in keep.values())  # 1024 / 8 = 128 -> 3 batches of 48
+    assert len(replica.choose(range(40), 64, world_size=1, rows=48)) == 40   # never more than there are
+
+
+def test_a_causal_model_loaded_afresh_repeats_its_scored_losses_exactly():
+    tokens = _tokens()
+    pairs = _check(Bigram(), Bigram(), tokens)
+    sums = pairs.sums()
+    assert sums["positions"] == len(pairs.live) == BATCHES * ROWS  # 1024 wanted, 128 pieces: all of them
+    assert sums["d_sum"] == 0.0 and sums["d_max"] == 0.0 and sums["live_sum"] == sums["replica_sum"]
+    test = stats.replica_gap([sums])
+    assert not test.reads and not test.differs and test.bar == stats.REPLICA_MIN_GAP
+    # the kept losses are the scored rows' own per-token losses at those positions
+    with torch.no_grad():
+        nll = torch.nn.functional.cross_entropy(Bigram()(torch.from_numpy(tokens[:-1].astype(np.int64))),
+                                                torch.from_numpy(tokens[1:].astype(np.int64)), reduction="none")
+    for q, (j, loss) in list(pairs.live.items())[:20]:
+        assert loss == pytest.approx(float(nll[q * T + j]), abs=1e-5)
+
+
+def test_a_remembering_peek_too_small_for_the_blind_positions_is_caught_at_every_position():
+    """The scored process never sees the copies and the replica never sees what follows: memory helps neither."""
+    tokens = _tokens()
+    scored = RemembersPeek(bonus=0.05)
+    pairs = _check(scored, Bigram(), tokens)
+    sums = pairs.sums()
+    gain = sums["d_sum"] / sums["positions"]
+    assert 0.01 < gain < 0.05                       # a few hundredths of a nat at every position
+    test = stats.replica_gap([sums])
+    assert test.reads and not test.differs and "read the tokens that follow" in integrity.replica_words(test)[0]
+    d = np.array([pairs.replica[q] - pairs.live[q][1] for q in pairs.replica])
+    assert (d > 0).mean() > 0.95                   # not on average: at nearly every checked position
+
+
+def test_logits_that_are_not_the_sealed_model_are_a_problem_either_way():
+    tokens = _tokens()
+    noisy = _check(lambda x: Bigram()(x) + 0.5 * torch.randn(x.shape + (V,)), Bigram(), tokens).sums()
+    test = stats.replica_gap([noisy])
+    assert test.differs and "not the model finish() sealed" in " ".join(integrity.replica_words(test))
+
+
+def _manifest(entries, status="checked"):
+    return {"replica": {"status": status, "why": None, "seconds": 1.0, "repetitions": entries}}
+
+
+def _entry(k, d=0.0, n=1024, checked=True, why=None):
+    return {"k": k, "checked": checked, "why": why, "positions": n, "d_sum": d * n, "d_sq": d * d * n,
+            "d_max": abs(d), "live_sum": 3.0 * n, "replica_sum": (3.0 + d) * n}
+
+
+def test_the_verdict_judges_checked_repetitions_and_says_why_others_were_not():
+    replica_field, problems = integrity.replica_status(_manifest([_entry(1), _entry(2)]), [1, 2])
+    assert replica_field["checked"] and not problems and replica_field["test"]["positions"] == 2048
+    # one repetition peeked: named; a repetition not checked: no problem, but not `checked` (never a record)
+    replica_field, problems = integrity.replica_status(
+        _manifest([_entry(1, d=0.01), _entry(2, checked=False, why="finish() sealed no model state")]), [1, 2])
+    assert problems == [f"replica check failed in repetition 1: {integrity.replica_words(stats.replica_gap([_entry(1, d=0.01)]))[0]}"]
+    assert not replica_field["checked"] and replica_field["unchecked"] == {"2": "finish() sealed no model state"}
+    # under each repetition's bar, over it pooled
+    small = [_entry(k, d=0.0035) for k in (1, 2, 3)]
+    for e in small:
+        e["d_sq"] = (0.04 ** 2 + 0.0035 ** 2) * e["positions"]  # a spread of 0.04: bar 0.005 alone, 0.0029 pooled
+    _, problems = integrity.replica_status(_manifest(small), [1, 2, 3])
+    assert problems and problems[0].startswith("replica check failed over repetitions 1, 2, 3 pooled")
+    # a malformed entry is a problem, not a crash; a run without the check says so
+    _, problems = integrity.replica_status(_manifest([{"k": 1, "checked": True}]), [1])
+    assert problems and "lacks field" in problems[0]
+    replica_field, problems = integrity.replica_status({"harness_version": "0.3.0"}, [1])
+    assert not replica_field["checked"] and not problems and "not recorded" in replica_field["unchecked"]["1"]
+    # a bad repetition's finding counts too
+    _, problems = integrity.replica_status(_manifest([_entry(1, d=0.5)]), [])
+    assert problems and "repetition 1" in problems[0]
+
+
+def test_record_add_refuses_a_run_the_replica_did_not_check(tmp_path):
+    with pytest.raises(SpeedrunError, match="not re-checked by the replica .*repetition 2: no model"):
+        compare.refuse_unchecked(tmp_path, {"replica": {"checked": False, "unchecked": {"2": "no model"}}})
+    with pytest.raises(SpeedrunError, match="not recorded"):
+        compare.refuse_unchecked(tmp_path, {})
+    compare.refuse_unchecked(tmp_path, {"replica": {"checked": True}})
