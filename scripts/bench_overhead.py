@@ -14,7 +14,8 @@ own process, as for any run) and prints what the submission measured:
    `F.cross_entropy` on the same model, in alternating pairs; the median of the pairs' ratios is printed
    (target <= 1.10), and how much of each side was the model's forward.
 3. Start-up: seconds from the launch to the rank's `init()` and to `start()` (the launcher's own clock), and
-   the launch's whole wallclock.
+   the launch's whole wallclock; the seconds between `finish()` and the scored validation (the model's state
+   sealed for the replica check, charged as timed) and the replica check's own launch after the run.
 
     python scripts/bench_overhead.py [--track tiny] [--steps 120] [--val-pairs 5] [--batch-tokens 4096] [--seq-len 128]
 """
@@ -61,14 +62,21 @@ def drive(args: argparse.Namespace) -> int:
     measured = [line[len("bench:"):].strip() for line in (run_dir / "run-1.log").read_text().splitlines()
                 if line.startswith("bench:")]
     print("\n".join(measured))
-    events = {}
+    events, scored = {}, []
     for line in (run_dir / "run-1.jsonl").read_text().splitlines():
         event = json.loads(line)
         events.setdefault(event.get("event"), event)
+        if event.get("event") == "val" and event.get("split") == "scored":
+            scored.append(event)
     manifest = json.loads((run_dir / "manifest.json").read_text())
     if "init" in events and "start" in events:
         print(f"start-up: launch to init() {events['init']['t']:.2f} s, to start() {events['start']['t']:.2f} s; "
-              f"whole launch {wall:.2f} s; sandbox {manifest.get('sandbox')}")
+              f"whole launch {wall:.2f} s (the replica check included); sandbox {manifest.get('sandbox')}")
+    if scored:  # finish() seals the model's state before the scored rows: that gap is on the clock
+        print(f"finish() to the scored validation (the state sealed), charged as timed: {scored[-1]['charged_s']:.3f} s")
+    replica = manifest.get("replica") or {}
+    print(f"replica check: {replica.get('status')}, its launch {replica.get('seconds')} s after the repetition "
+          f"(untimed)" + (f": {replica['why']}" if replica.get("why") else ""))
     if len(measured) < 5:
         print(f"bench_overhead: the submission did not finish its measurements; see {run_dir / 'run-1.log'}",
               file=sys.stderr)

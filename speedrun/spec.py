@@ -34,6 +34,15 @@ accumulation (`speedrun.data.streams`). Validation takes the same `batch_tokens`
 (default: one micro-batch of the loader); they must tile the track's val tokens exactly, in at least 512 rows
 (tiny: rows of at most 512 tokens; gpt2-small: 20,480).
 
+The replica check. `finish()`, after the clock stops and before the scored rows, hands the referee the state
+(`state_dict()`) of the model given to `warmup()`, and its train/eval mode. After the repetitions the launcher
+starts the script once more, in a fresh sandbox: it runs from its first line to `start()`, which loads each
+repetition's state into the model given to `warmup()`, calls the `logits_fn` given to `start()` (else that
+model) on scored rows cut after positions the script was never told, and ends the process there. The scored
+losses at those positions must be what that model gives from the prefix alone (exactly, up to rounding): so
+`logits_fn` may depend on that model's state and its inputs only, and the script must reach `start()` again
+as it did (no state from outside its process). A run without the check (`--no-replica`) is never a record.
+
 API 1 scripts keep running unchanged: `run.validate(loss_fn, step=..., logits_fn=...)` (the loss_fn is no
 longer called), `run.start()` without arguments (the start check then calls the model given to `warmup()`).
 

@@ -79,7 +79,10 @@ def print_verdict(verdict: dict) -> None:
                       f"afresh and shown nothing after each position ({test['positions']:,} positions, rms "
                       f"{test['rms']:.2g}; refused below -{test['bar']:.4f})", markup=False, soft_wrap=True)
     if replica and not replica.get("checked") and not verdict["self_reported"]:
-        why = "; ".join(f"repetition {k}: {w}" for k, w in (replica.get("unchecked") or {}).items())
+        unchecked = replica.get("unchecked") or {}
+        why = "; ".join(f"repetition {k}: {w}" for k, w in unchecked.items())
+        if len(set(unchecked.values())) == 1 and len(unchecked) > 1:  # one reason for all: said once
+            why = f"repetitions {', '.join(unchecked)}: {next(iter(unchecked.values()))}"
         console.print(f"replica check: not every repetition checked ({why or replica.get('status')}): this run can "
                       f"never be a record", style="yellow", markup=False, soft_wrap=True)
     if verdict.get("sandbox") and not verdict.get("sandboxed") and not verdict["self_reported"]:

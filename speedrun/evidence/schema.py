@@ -45,9 +45,10 @@ MESSAGES: dict[str, dict[str, Any]] = {
     "finish": {"inductor": list},               # the clock stops -> {score: true, shape} when the scored
                                                 # validation is still to come (a track with a monitor split)
     "seal_buffer": {"nbytes": int},             # after finish(), before the scored rows: a shared buffer for the
-    "sealed": {"nbytes": int, "training": bool},  # model's state (torch.save bytes), then: it is written (and
-                                                # the model's train/eval mode, which the replica sets again)
-    "replica_state": {"k": int},                # the replica run: repetition k's sealed state -> {buf, nbytes}
+    "sealed": {"nbytes": int, "training": bool, "tensors": list},  # model's state, then: it is written (its
+                                                # tensors' [name, dtype, shape, offset] and the train/eval mode)
+    "replica_state": {"k": int},                # the replica run: repetition k's sealed state -> {buf, nbytes,
+                                                # tensors, training}
     "replica_next": {"k": int, "logits": OPT_DICT, "error": OPT_STR},  # -> the next cut copies, or {done}
     # reports
     "model": {"params": int, "embedding_params": int, "flops_per_token": NUM, "flops_source": str},

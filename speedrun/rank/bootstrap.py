@@ -271,28 +271,31 @@ class Session:
 
     # --- the replica check (speedrun.referee.replica) ------------------------------------------------------
     def seal(self, model) -> None:
-        """Hand the agent the model's state (`torch.save` bytes through a shared buffer): after the clock stopped,
-        before the scored rows."""
-        import io
-
-        import numpy as np
+        """Hand the agent the model's state: each tensor of `state_dict()` copied straight into a shared buffer
+        (no pickling; one device-to-host copy), after the clock stopped and before the scored rows. The seconds
+        this takes are on the clock, so it is kept to a copy."""
         from speedrun.referee.shared import SharedBuffer
 
-        data = io.BytesIO()
-        self._torch.save(model.state_dict(), data)
-        raw = data.getbuffer()
-        buf = SharedBuffer(self.request("seal_buffer", nbytes=len(raw))["buf"])
+        torch = self._torch
+        state = model.state_dict()
+        tensors, offset = [], 0
+        for name, t in state.items():
+            if not isinstance(t, torch.Tensor):
+                raise SpeedrunError(f"the model's state_dict() holds {name!r}, a {type(t).__name__}: the replica "
+                                    f"check seals tensors only")
+            tensors.append([name, str(t.dtype).removeprefix("torch."), list(t.shape), offset])
+            offset += -(-t.numel() * t.element_size() // 64) * 64
+        buf = SharedBuffer(self.request("seal_buffer", nbytes=max(offset, 1))["buf"])
         try:
-            buf.tensor(self._torch.uint8, (len(raw),)).numpy()[:] = np.frombuffer(raw, dtype=np.uint8)
+            for (_, _, shape, at), t in zip(tensors, state.values()):
+                buf.tensor(t.dtype, tuple(shape), at).copy_(t.detach())
         finally:
             buf.close()
-        self.request("sealed", nbytes=len(raw), training=bool(getattr(model, "training", False)))
+        self.request("sealed", nbytes=offset, training=bool(getattr(model, "training", False)), tensors=tensors)
 
     def run_replica(self, model, logits_fn) -> None:
         """The replica run's start(): load each repetition's sealed state into the model given to warmup() and
         answer the agent's cut copies with `logits_fn`, as a validation does."""
-        import io
-
         from speedrun.referee.shared import SharedBuffer
 
         torch = self._torch
@@ -300,10 +303,11 @@ class Session:
             a = self.request("replica_state", k=k)
             buf = SharedBuffer(a["buf"])
             try:
-                raw = bytes(buf.tensor(torch.uint8, (a["nbytes"],)).numpy())
+                state = {name: buf.tensor(getattr(torch, dtype), tuple(shape), at).to(self.device, copy=True)
+                         for name, dtype, shape, at in a["tensors"]}
             finally:
                 buf.close()
-            model.load_state_dict(torch.load(io.BytesIO(raw), map_location=self.device, weights_only=True))
+            model.load_state_dict(state)
             model.train(bool(a["training"]))  # the mode it was scored in
             meta = None
             while True:

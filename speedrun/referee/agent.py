@@ -217,8 +217,7 @@ class Agent:
         self.last_val: tuple | None = None  # (batch_tokens, seq_len, layout) of the last validation
         self.score_pending = False
         self.start_batch = None
-        self.sealed: tuple | None = None  # this repetition's sealed model state (a file outside the sandbox, and
-                                          # whether the model was in train mode)
+        self.sealed: dict | None = None   # this repetition's sealed model state: its bytes, tensors and mode
         self.pairs = None                 # replica.Pairs of the scored validation in progress
         self.replica_run = None           # the replica run: (k, Pairs, batches generator, marks in hand)
         self.replica_batch = None
@@ -515,14 +514,15 @@ class Agent:
         return {"buf": self._seal.path}
 
     def _sealed(self, msg: dict, t: float) -> dict:
+        """The state is written: its bytes are copied out at once (the rank may still hold the buffer mapped),
+        into the launcher's memory; the launcher files them after the repetition (`Launch.replica_kept`)."""
         buf = self._seal
-        if buf is None or self.sealed or self.val is not None or msg["nbytes"] > buf.size:
+        if buf is None or self.sealed or self.val is not None or not 0 <= msg["nbytes"] <= buf.size:
             raise SpeedrunError("no sealed state was asked for")
-        path = Path(self.referee.replica_dir) / f"state-{self.referee.k}-{self.st.rank}.pt"
-        with open(path, "wb") as f:
-            f.write(memoryview(buf._map)[:msg["nbytes"]])
+        data = bytes(memoryview(buf._map)[:msg["nbytes"]])
         buf.close()
-        self._seal, self.sealed = None, (path, bool(msg["training"]))
+        self._seal = None
+        self.sealed = {"data": data, "training": bool(msg["training"]), "tensors": msg["tensors"]}
         return {"ok": True}
 
     def _replica_state(self, msg: dict, t: float) -> dict:
@@ -532,13 +532,13 @@ class Agent:
         plan = (self.referee.replica_plan or {}).get(msg["k"], {}).get(self.st.rank)
         if plan is None or self.replica_run is not None:
             raise SpeedrunError(f"no sealed state of repetition {msg['k']} to check on rank {self.st.rank}")
-        path, training = plan[0]
-        raw = Path(path).read_bytes()
+        sealed = plan[0]
+        raw = Path(sealed["path"]).read_bytes()
         if self._state_buf is not None:  # the last repetition's: read by now
             self._state_buf.close()
-        buf = self._state_buf = SharedBuffer.create(len(raw), self.referee.shared_place)
+        buf = self._state_buf = SharedBuffer.create(max(1, len(raw)), self.referee.shared_place)
         memoryview(buf._map)[:len(raw)] = raw
-        return {"buf": buf.path, "nbytes": len(raw), "training": training}
+        return {"buf": buf.path, "nbytes": len(raw), "training": sealed["training"], "tensors": sealed["tensors"]}
 
     def _replica_next(self, msg: dict, t: float) -> dict:
         """The replica run: the last batch's logits -> the next batch of cut copies, or {"done": true} once

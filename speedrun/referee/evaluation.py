@@ -30,7 +30,10 @@ The submission hands the referee a function from inputs to logits; everything el
     pooled). Pairs can be kept consistent by a script that remembers every row it was shown and answers a
     row's copy and original alike; the blind gap cannot be argued away that way. Its reach is statistical:
     `BLIND_ROWS` copies (a row copied twice at most, at a later cut the second time) bound what a peek can
-    hide to a few standard errors of a per-token loss over their number.
+    hide to a few standard errors of a per-token loss over their number. What a single process cannot do,
+    the replica check does after the run (`speedrun.referee.replica`, fed by `keep`): the same model loaded
+    afresh in a second process that never sees the rows' rest must repeat the scored losses at secret
+    positions, exactly, so a peek there shows at every position it touches, not as a mean against noise.
   The launcher judges them. The extra batches are real val text up to each cut, have the canonical shape and
   arrive through the same call; their places and contents are drawn from the operating system's randomness,
   not from the run's seed.

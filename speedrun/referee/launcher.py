@@ -586,7 +586,7 @@ class Launch:
                                 planned=bool(rep_ref.stopped_early))
         if place is not None:
             place.remove()
-        self.replica_kept[k] = (dict(rep_ref.referee.replica_pairs), rep_ref.referee.replica_why)
+        self.replica_kept[k] = (self._file_seals(rep_ref.referee.replica_pairs), rep_ref.referee.replica_why)
         rep = {"k": k, "status": summary["status"] if not reasons else "failed", "exit_code": code,
                "wall_s": round(wall, 3), "seed": seed}
         if rep_ref.stopped_early:
@@ -696,6 +696,20 @@ class Launch:
         report.line(f"  {label}: " + (f"failed: {failure}" if failure else
                                       f"{checked} rank repetition(s) checked in {wall:.1f} s"))
         return results, failure, round(wall, 3)
+
+    def _file_seals(self, kept: dict) -> dict:
+        """Move what a repetition's ranks sealed from memory into the launcher's seal directory, one file per
+        distinct state (ranks that trained in step seal the same bytes): rank -> (state, Pairs)."""
+        import hashlib
+
+        filed = {}
+        for rank, (sealed, pairs) in kept.items():
+            path = Path(self.replica_dir) / f"{hashlib.sha256(sealed['data']).hexdigest()}.state"
+            if not path.exists():
+                path.write_bytes(sealed["data"])
+            filed[rank] = ({"path": str(path), "training": sealed["training"], "tensors": sealed["tensors"]}, pairs)
+        kept.clear()
+        return filed
 
     def _drop_seals(self) -> None:
         if self.replica_dir is not None:
