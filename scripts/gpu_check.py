@@ -620,6 +620,9 @@ def part_record(part: str, state: dict) -> dict:
         "memory_source": ("nvidia-smi memory.used, whole device, sampled every 0.5 s" if memory.peak is not None
                           else "max RSS of the largest process under the launcher (getrusage, host memory)"),
         "problems": verdict.get("problems"), "warnings": verdict.get("warnings"),
+        # the replica check on this device: does a CUDA model repeat its scored losses in a second process
+        # (rms and largest |d|; 0 means bit for bit), and what its launch costs
+        "replica": verdict.get("replica"),
     }
     if code != 0 or rep.get("status") != "ok":
         result["error"] = f"speedrun run exit {code}, repetition {rep.get('status')}: {rep.get('error')}"

@@ -32,7 +32,7 @@ from speedrun.evidence import rundir
 def run_point(script: Path, params: dict, out: Path, track: str = "tiny", nproc: int = 1, seed: int = 0) -> dict:
     """One refereed run of `script` with `params` as script flags; returns what its evidence says."""
     cmd = [sys.executable, "-m", "speedrun.cli", "run", str(script), "--track", track, "--nproc", str(nproc),
-           "--runs", "1", "--seed", str(seed), "--out", str(out), "--no-verify", "--"]
+           "--runs", "1", "--seed", str(seed), "--out", str(out), "--no-verify", "--no-replica", "--"]
     for key, value in params.items():
         cmd += [f"--{key.replace('_', '-')}", str(value)]
     proc = subprocess.run(cmd, capture_output=True, text=True)

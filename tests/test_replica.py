@@ -4,12 +4,16 @@ tests/test_referee.py and by tests/cheats/peek_small.py."""
 
 from __future__ import annotations
 
+import json
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
+import synthetic
 import torch
 
+from speedrun.cli import main
 from speedrun.errors import SpeedrunError
 from speedrun.judge import integrity, stats
 from speedrun.ledger import compare
@@ -165,3 +169,32 @@ def test_record_add_refuses_a_run_the_replica_did_not_check(tmp_path):
     with pytest.raises(SpeedrunError, match="not recorded"):
         compare.refuse_unchecked(tmp_path, {})
     compare.refuse_unchecked(tmp_path, {"replica": {"checked": True}})
+
+
+BASELINE = Path(__file__).resolve().parent / "fixtures" / "api1_adamw_baseline.py"
+FAST = ["--", "--steps", "6", "--warmup-steps", "2", "--dim", "32", "--layers", "1", "--heads", "2"]
+
+
+def test_a_replica_that_fails_is_said_and_keeps_the_run_from_the_ledger(tmp_path, monkeypatch):
+    """The replica runs the script's own code up to start(): a script that fails there (or refuses to be checked)
+    gets its verdict, which says why the check is missing, and is never a record."""
+    for k, v in synthetic.make_track(tmp_path / "track").items():
+        monkeypatch.setenv(k, v)
+    text = BASELINE.read_text()
+    assert text.count("run.start()\n") == 1
+    script = tmp_path / "no_replica.py"
+    script.write_text(text.replace("run.start()\n", "if run.repetition == 0:  # only the replica has no repetition\n"
+                                   "    raise RuntimeError('no replica here')\nrun.start()\n"))
+    out = tmp_path / "run"
+    main(["run", str(script), "--track", "smoke", "--nproc", "2", "--runs", "1", "--out", str(out), "--replica",
+          *FAST])
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["repetitions"][0]["status"] == "ok"
+    replica_record = manifest["replica"]
+    assert replica_record["status"] == "failed" and "no replica here" in replica_record["why"]
+    assert replica_record["repetitions"][0]["checked"] is False
+    verdict = json.loads((out / "verdict.json").read_text())
+    assert not verdict["replica"]["checked"] and "no replica here" in verdict["replica"]["unchecked"]["1"]
+    assert not any("replica" in p for p in verdict["problems"])  # no finding: nothing was compared
+    with pytest.raises(SpeedrunError, match="not re-checked by the replica"):
+        compare.refuse_unchecked(out, verdict)

@@ -75,9 +75,10 @@ def print_verdict(verdict: dict) -> None:
     replica = verdict.get("replica")
     if replica and replica.get("test"):
         test = replica["test"]
-        console.print(f"replica check: the scored losses are {-test['gap']:+.4f} nats from the same model's, loaded "
-                      f"afresh and shown nothing after each position ({test['positions']:,} positions, rms "
-                      f"{test['rms']:.2g}; refused below -{test['bar']:.4f})", markup=False, soft_wrap=True)
+        console.print(f"replica check: the scored losses sit {test['gap']:+.4f} nats below the same model's, loaded "
+                      f"afresh and shown nothing after each position ({test['positions']:,} positions, all "
+                      f"repetitions; root mean square of the differences {test['rms']:.2g}; refused above "
+                      f"{test['bar']:+.4f})", markup=False, soft_wrap=True)
     if replica and not replica.get("checked") and not verdict["self_reported"]:
         unchecked = replica.get("unchecked") or {}
         why = "; ".join(f"repetition {k}: {w}" for k, w in unchecked.items())

@@ -15,6 +15,9 @@ repetition's events as the launcher wrote them, and checks that
 - no two repetitions are identical (that would mean the seed had no effect);
 - the blind positions of all repetitions' scored validations, pooled, show no model reading its targets (the
   referee judged each repetition alone; pooled, the bar is sqrt(n) lower: `integrity.blind_pooled`);
+- the replica check (the sealed model loaded afresh after the run, shown nothing after each checked position)
+  repeats the scored losses: no mean gap over its bar, no logits other than the sealed model's
+  (`integrity.replica_status`; a run it did not check is no problem here, and never a record);
 - the script's sha256 matches its copy; the track's source rules hold (comments do not count);
 - the final losses (or the losses at a declared judging step, `--step`) meet the target by the track's rule.
 It writes `verdict.json` (`speedrun.cli.verify` prints it), and `qualifies` is true only when all of that holds.

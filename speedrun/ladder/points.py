@@ -92,7 +92,7 @@ def command(spec: LadderSpec, root: Path, point: Point, python: str | None = Non
     """The point's `speedrun run`, one repetition with the point's seed, into its own directory."""
     cmd = [python or sys.executable, "-m", "speedrun.cli", "run", str(spec.methods[point.method].script),
            "--track", spec.track, "--nproc", str(spec.nproc), "--runs", "1", "--seed", str(point.seed),
-           "--out", str(point_dir(root, point)), "--no-verify"]
+           "--out", str(point_dir(root, point)), "--no-verify", "--no-replica"]  # research points, not records
     if spec.timeout:
         cmd += ["--timeout", str(spec.timeout)]
     return cmd + ["--", *script_args(spec, point)]
