@@ -67,23 +67,32 @@ def _make(pieces):
     return evaluation.Batch(torch.from_numpy(rows[:, :-1]), torch.from_numpy(rows[:, 1:]))
 
 
-def _check(scored_fn, replica_fn, tokens) -> replica.Pairs:
+def _make_flat(pieces):
+    batch = _make(pieces)  # one cu_seqlens piece per row (the models here look at one token only)
+    cu = torch.arange(0, batch.inputs.numel() + 1, T, dtype=torch.int32)
+    return evaluation.Batch(batch.inputs.reshape(-1), batch.targets.reshape(-1), cu)
+
+
+def _check(scored_fn, replica_fn, tokens, flat: bool = False) -> replica.Pairs:
     """One rank's replica check end to end: the scored validation keeps the chosen positions, the replica
     answers the cut copies."""
-    pairs = replica.Pairs((ROWS * T, T, "rows"), ROWS)
+    pairs = replica.Pairs((ROWS * T, T, "flat" if flat else "rows"), ROWS)
     keep = replica.choose(range(BATCHES * ROWS), T, world_size=1, rows=ROWS, rng=random.Random(3))
-    m = evaluation.measure(scored_fn, BATCHES, ROWS, T, False, lambda b, i: b * ROWS + i, _piece(tokens), _make, V,
-                           unigram=np.full(V, 1 / V), keep=keep)
+    make = _make_flat if flat else _make
+    call = (lambda fn: (lambda inputs, cu_seqlens: fn(inputs))) if flat else (lambda fn: fn)
+    m = evaluation.measure(call(scored_fn), BATCHES, ROWS, T, flat, lambda b, i: b * ROWS + i, _piece(tokens), make,
+                           V, unigram=np.full(V, 1 / V), keep=keep)
     pairs.live = dict(m.kept)
     assert set(pairs.live) == set(keep) and all(pairs.live[q][0] == j for q, j in keep.items())
     with torch.no_grad():
-        for batch, marks in replica.batches(pairs, _piece(tokens), np.full(V, 1 / V), _make,
+        for batch, marks in replica.batches(pairs, _piece(tokens), np.full(V, 1 / V), make,
                                             np.random.default_rng(0)):
+            rows = batch.inputs.reshape(ROWS, T)
             # nothing of a checked piece after its position reaches the replica
             for i, q, j, _ in marks:
-                assert torch.equal(batch.inputs[i, :j + 1], torch.from_numpy(_piece(tokens)(q)[:j + 1].astype(np.int64)))
-            pairs.replica.update({q: loss for (_, q, _, _), loss in
-                                  zip(marks, replica.losses_at(replica_fn(batch.inputs), T, marks))})
+                assert torch.equal(rows[i, :j + 1], torch.from_numpy(_piece(tokens)(q)[:j + 1].astype(np.int64)))
+            logits = batch.call(call(replica_fn))
+            pairs.replica.update({q: loss for (_, q, _, _), loss in zip(marks, replica.losses_at(logits, T, marks))})
     return pairs
 
 
@@ -121,6 +130,14 @@ def test_a_remembering_peek_too_small_for_the_blind_positions_is_caught_at_every
     assert test.reads and not test.differs and "read the tokens that follow" in integrity.replica_words(test)[0]
     d = np.array([pairs.replica[q] - pairs.live[q][1] for q in pairs.replica])
     assert (d > 0).mean() > 0.95                   # not on average: at nearly every checked position
+
+
+def test_the_flat_layout_is_checked_at_the_same_positions():
+    tokens = _tokens(1)
+    honest = _check(Bigram(), Bigram(), tokens, flat=True).sums()
+    assert honest["positions"] == BATCHES * ROWS and honest["d_max"] == 0.0
+    flat_peek = lambda x: RemembersPeek(0.05)(x[None])[0]  # noqa: E731  ([n] tokens -> [n, V])
+    assert stats.replica_gap([_check(flat_peek, Bigram(), tokens, flat=True).sums()]).reads
 
 
 def test_logits_that_are_not_the_sealed_model_are_a_problem_either_way():
