@@ -3,7 +3,7 @@
 The whole command runs once at micro size (`--cpu-smoke`: fp32, gloo, one rank per run, the plain-text rich
 stand-in the device falls back to) and every part's figures are checked for content, not just the exit status.
 Then the driver's safety nets: a part that fails or runs past its cap is recorded and the summary is still
-whole. The GPU profile's arithmetic (val set tiling, enough train tokens, caps within 8 minutes) is checked
+whole. The GPU profile's arithmetic (val set tiling, enough train tokens, caps within 8.5 minutes) is checked
 without running it.
 """
 
@@ -170,7 +170,7 @@ def test_track_copy_is_a_valid_gpt2_small_track():
 def test_gpu_profile_fits():
     gc = load_script()
     gpu = gc.PROFILES["gpu"]
-    assert sum(gpu["timeouts"].values()) <= gpu["budget_s"] <= 480      # the whole run within 8 minutes
+    assert sum(gpu["timeouts"].values()) <= gpu["budget_s"] <= 510      # the whole run within 8.5 minutes
     val = gpu["val_tokens"]
     assert val % 524288 == 0                          # 002 validates in its loader's shape (524,288 tokens)
     assert val % 32768 == 0 and val % 2048 == 0       # 003: 32,768-token validation batches of 2048-token pieces
