@@ -180,6 +180,7 @@ def failure_summary(path: Path, lines: int = TAIL_LINES) -> tuple[str, str | Non
 
 
 REPLICA_EVENTS, REPLICA_LOG = "replica.jsonl", "replica.log"  # the replica run's events and output
+REPLICA_TIMEOUT_S = 600.0      # the least a replica run is given before it is stopped (without --timeout)
 
 
 def _unchecked(k: int, why: str | None) -> dict:
@@ -675,10 +676,14 @@ class Launch:
             if self.sandbox else self.cmd
         before = descendants()
         label = f"{self.run_dir.name} replica"
+        # a replica that hangs (it runs the script's own code) must not hold the run: it gets --timeout, else
+        # twice the longest repetition and at least REPLICA_TIMEOUT_S
+        walls = [r.get("wall_s") or 0.0 for r in self.manifest["repetitions"]]
+        timeout = self.timeout or max(REPLICA_TIMEOUT_S, 2.0 * max(walls, default=0.0))
         try:
             with report.status(f"{label} starting") as status:
                 code, wall, reasons = run_processes(cmd, self._rank_env(rep_ref.server.path),
-                                                    self.run_dir / REPLICA_LOG, rep_ref, self.timeout,
+                                                    self.run_dir / REPLICA_LOG, rep_ref, timeout,
                                                     status_line=lambda s: status.update(f"{label}  {s}"))
         finally:
             with shielded():
