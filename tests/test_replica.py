@@ -18,6 +18,7 @@ from speedrun.errors import SpeedrunError
 from speedrun.judge import integrity, stats
 from speedrun.ledger import compare
 from speedrun.referee import evaluation, replica
+from test_referee_parts import Remembers
 
 V, T, ROWS, BATCHES = 64, 32, 8, 16
 
@@ -33,25 +34,10 @@ class Bigram(torch.nn.Module):
         return self.table[x]
 
 
-class RemembersPeek:
+def RemembersPeek(bonus: float) -> Remembers:
     """The scored side of a cheat: a small bonus for the next input token, each prefix answered as the first time
     (so every pair of copy and original agrees)."""
-
-    def __init__(self, bonus: float):
-        self.model, self.kept, self.bonus = Bigram(), {}, bonus
-
-    def __call__(self, x):
-        out = self.model(x).detach().clone()
-        for b, row in enumerate(x.tolist()):
-            for t in range(len(row)):
-                key = tuple(row[:t + 1])
-                if key not in self.kept:
-                    z = out[b, t].clone()
-                    if t + 1 < len(row):
-                        z[row[t + 1]] += self.bonus
-                    self.kept[key] = z
-                out[b, t] = self.kept[key]
-        return out
+    return Remembers(bonus=bonus, model=Bigram())
 
 
 def _tokens(seed: int = 0) -> np.ndarray:

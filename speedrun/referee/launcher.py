@@ -502,6 +502,17 @@ class Launch:
         env["PYTHONSAFEPATH"] = "1"
         return env
 
+    def _command(self, rep_ref: Repetition):
+        """(the shared-buffer place, the command) of one launch: in the sandbox, with a place of its own bound
+        in, or bare (no place: the buffers go to /dev/shm)."""
+        if self.sandbox is None:
+            return None, self.cmd
+        from speedrun.referee.shared import Place
+
+        place = Place.make()
+        rep_ref.referee.shared_place = place
+        return place, self.sandbox.wrap(self.cmd, rep_ref.server.path, place.directory)
+
     def repetition(self, k: int, report: Reporter | None = None) -> dict:
         """Run repetition k (1-based); record its exit code, wallclock and status in the manifest. Its progress
         (a line per validation, problem and warning, a status line, the outcome) goes to `report` (default:
@@ -545,14 +556,7 @@ class Launch:
         rep_ref.blame_unattributed = self.sandbox is None
         rep_ref.heartbeat = self.heartbeat
         rep_ref.referee.replica_dir = self.replica_dir
-        place = None
-        if self.sandbox is not None:
-            from speedrun.referee.shared import Place
-
-            place = Place.make()
-            rep_ref.referee.shared_place = place
-        cmd = self.sandbox.wrap(self.cmd, rep_ref.server.path, place.directory if place else None) \
-            if self.sandbox else self.cmd
+        place, cmd = self._command(rep_ref)
         before = descendants()
         began = time.perf_counter()
         try:
@@ -666,14 +670,7 @@ class Launch:
         rep_ref = Repetition(self.track, 0, self.seeds[0], self.nproc, self.run_dir, welcome,
                              harness=str(paths.PACKAGE_DIR), events=self.run_dir / REPLICA_EVENTS)
         rep_ref.referee.replica_plan = plan
-        place = None
-        if self.sandbox is not None:
-            from speedrun.referee.shared import Place
-
-            place = Place.make()
-            rep_ref.referee.shared_place = place
-        cmd = self.sandbox.wrap(self.cmd, rep_ref.server.path, place.directory if place else None) \
-            if self.sandbox else self.cmd
+        place, cmd = self._command(rep_ref)
         before = descendants()
         label = f"{self.run_dir.name} replica"
         # a replica that hangs (it runs the script's own code) must not hold the run: it gets --timeout, else
