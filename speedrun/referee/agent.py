@@ -48,7 +48,8 @@ from speedrun.errors import SpeedrunError
 MONITOR_MIN = 16               # a default monitor split holds at least val_tokens // MONITOR_MIN tokens
 START_CHECK_PIECES = 8         # val pieces (rows) of the start check, at most: a few thousand tokens per rank
 RING = 4                        # train micro-batch slots per rank: the rank waits for a slot's copy RING-1 later
-SEAL_MAX_BYTES = 1 << 36       # a sealed model state larger than this (64 GiB a rank) is refused
+SEAL_MAX_BYTES = 1 << 34       # a sealed model state larger than this (16 GiB a rank) is refused: the launcher
+                               # holds each rank's copy in memory until the repetition ends
 LOGIT_DTYPES = {"torch.float32", "torch.bfloat16", "torch.float16", "torch.float64"}
 REFUSALS = {"val": "during a validation", "scoring": "after finish()", "finished": "after finish()",
             "exited": "after the script ended"}
