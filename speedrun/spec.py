@@ -41,7 +41,9 @@ repetition's state into the model given to `warmup()`, calls the `logits_fn` giv
 model) on scored rows cut after positions the script was never told, and ends the process there. The scored
 losses at those positions must be what that model gives from the prefix alone (exactly, up to rounding): so
 `logits_fn` may depend on that model's state and its inputs only, and the script must reach `start()` again
-as it did (no state from outside its process). A run without the check (`--no-replica`) is never a record.
+as it did (no state from outside its process). A run without the check (`--no-replica`) is never a record. An
+API 1 script's `start()` has no `logits_fn`, so its replica calls the model itself: where that differs from the
+scored `logits_fn` (autocast, say) the run is left unchecked, not accused; give `start()` the `logits_fn`.
 
 API 1 scripts keep running unchanged: `run.validate(loss_fn, step=..., logits_fn=...)` (the loss_fn is no
 longer called), `run.start()` without arguments (the start check then calls the model given to `warmup()`).

@@ -183,6 +183,7 @@ def test_honest_submission_qualifies_and_leaves_complete_evidence(env, tmp_path,
     replica = manifest["replica"]
     assert replica["status"] == "checked" and [e["k"] for e in replica["repetitions"]] == [1, 2]
     assert all(e["checked"] and e["positions"] > 0 and e["d_max"] == 0.0 for e in replica["repetitions"])
+    assert all(e["bare"] for e in replica["repetitions"])  # API 1: start() had no logits_fn, the model was called
     assert verdict["replica"]["checked"] and verdict["replica"]["test"]["gap"] == 0.0
     assert (out / "replica.log").is_file()
     # the blind positions of both repetitions, pooled by the verdict

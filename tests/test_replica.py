@@ -161,6 +161,12 @@ def test_the_verdict_judges_checked_repetitions_and_says_why_others_were_not():
     assert problems and "lacks field" in problems[0]
     replica_field, problems = integrity.replica_status({"harness_version": "0.3.0"}, [1])
     assert not replica_field["checked"] and not problems and "not recorded" in replica_field["unchecked"]["1"]
+    # an API 1 script (start() without a logits_fn: the replica calls the bare model, which may differ honestly
+    # from the scored logits_fn) is not accused: it is left unchecked, and so never a record
+    replica_field, problems = integrity.replica_status(_manifest([{**_entry(1, d=0.01), "bare": True}]), [1])
+    assert not problems and "start() was given no logits_fn" in replica_field["unchecked"]["1"]
+    replica_field, problems = integrity.replica_status(_manifest([{**_entry(1), "bare": True}]), [1])
+    assert not problems and replica_field["checked"]
     # a bad repetition's finding counts too
     _, problems = integrity.replica_status(_manifest([_entry(1, d=0.5)]), [])
     assert problems and "repetition 1" in problems[0]

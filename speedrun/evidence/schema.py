@@ -47,8 +47,8 @@ MESSAGES: dict[str, dict[str, Any]] = {
     "seal_buffer": {"nbytes": int},             # after finish(), before the scored rows: a shared buffer for the
     "sealed": {"nbytes": int, "training": bool, "tensors": list},  # model's state, then: it is written (its
                                                 # tensors' [name, dtype, shape, offset] and the train/eval mode)
-    "replica_state": {"k": int},                # the replica run: repetition k's sealed state -> {buf, nbytes,
-                                                # tensors, training}
+    "replica_state": {"k": int, "bare": bool},  # the replica run: repetition k's sealed state -> {buf, nbytes,
+                                                # tensors, training}; bare: start() had no logits_fn (API 1)
     "replica_next": {"k": int, "logits": OPT_DICT, "error": OPT_STR},  # -> the next cut copies, or {done}
     # reports
     "model": {"params": int, "embedding_params": int, "flops_per_token": NUM, "flops_source": str},
@@ -130,9 +130,11 @@ MANIFEST_FIELDS = {
 MANIFEST_OPTIONAL = {"interrupted": str, "replica": dict}
 # one repetition's replica check: checked (every rank's positions scored), why not, and over all ranks the
 # count of positions, the sum and sum of squares of d = replica loss - scored loss, its largest size, and the
-# sums of the scored and the replica losses
+# sums of the scored and the replica losses; optional: bare (the replica called the model given to warmup()
+# itself, start() having no logits_fn: an API 1 script, whose scored logits_fn may differ from it honestly)
 REPLICA = {"k": int, "checked": bool, "why": OPT_STR, "positions": int, "d_sum": NUM, "d_sq": NUM, "d_max": NUM,
-           "live_sum": NUM, "replica_sum": NUM}
+           "live_sum": NUM, "replica_sum": NUM, "bare": bool}
+REPLICA_OPTIONAL = {"bare"}
 # status: "ok" (exit 0, the referee saw finish() and found no problem), "invalid" (exit 0 and finished, with
 # problems), "failed" (non-zero exit, or the launcher stopped it: timeout, a rank gone), "unfinished" (exit 0
 # without finish()), "interrupted" (the launcher was interrupted while it ran), "stopped" (not run: an earlier

@@ -293,14 +293,15 @@ class Session:
             buf.close()
         self.request("sealed", nbytes=offset, training=bool(getattr(model, "training", False)), tensors=tensors)
 
-    def run_replica(self, model, logits_fn) -> None:
+    def run_replica(self, model, logits_fn, bare: bool) -> None:
         """The replica run's start(): load each repetition's sealed state into the model given to warmup() and
-        answer the agent's cut copies with `logits_fn`, as a validation does."""
+        answer the agent's cut copies with `logits_fn`, as a validation does. `bare`: start() was given no
+        logits_fn, so `logits_fn` calls that model itself (API 1)."""
         from speedrun.referee.shared import SharedBuffer
 
         torch = self._torch
         for k in self.replica:
-            a = self.request("replica_state", k=k)
+            a = self.request("replica_state", k=k, bare=bare)
             buf = SharedBuffer(a["buf"])
             try:
                 state = {name: buf.tensor(getattr(torch, dtype), tuple(shape), at).to(self.device, copy=True)

@@ -269,7 +269,7 @@ class Run:
             check_logits_fn(logits_fn, layout or (self._loader.layout if self._loader else "rows"), "start()")
         fn = logits_fn or (self._model_logits() if self._model is not None else None)
         if self._session.replica is not None:  # the replica run: it ends here (speedrun.referee.replica)
-            self._replica(fn)
+            self._replica(fn, bare=logits_fn is None)
         which = "logits_fn given to start()" if logits_fn else "model given to warmup()"
         logits, detail = None, "ok"
         if fn is None:
@@ -288,13 +288,13 @@ class Run:
         self._phase = "timed"
         self.clock.started = time.perf_counter()
 
-    def _replica(self, fn) -> None:
+    def _replica(self, fn, bare: bool) -> None:
         """The replica run (the script started once more after the repetitions): check each repetition's sealed
         state with `fn` on rows this process has never seen, then end the process; the script goes no further."""
         if self._model is None or fn is None:
             raise SpeedrunError("the replica check loads the sealed state into the model given to warmup(): "
                                 "this script gave none")
-        self._session.run_replica(self._model, fn)
+        self._session.run_replica(self._model, fn, bare)
         self._session.barrier(self.device)
         sys.stdout.flush()
         sys.stderr.flush()

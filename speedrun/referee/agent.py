@@ -222,6 +222,7 @@ class Agent:
         self.pairs = None                 # replica.Pairs of the scored validation in progress
         self.replica_run = None           # the replica run: (k, Pairs, batches generator, marks in hand)
         self.replica_batch = None
+        self.replica_bare = False         # the replica's start() had no logits_fn: it calls the warm-up model
         self._seal = self._state_buf = None  # shared buffers of the state going out / coming back in
 
     # --- dispatch -----------------------------------------------------------------------------------------
@@ -533,6 +534,7 @@ class Agent:
         plan = (self.referee.replica_plan or {}).get(msg["k"], {}).get(self.st.rank)
         if plan is None or self.replica_run is not None:
             raise SpeedrunError(f"no sealed state of repetition {msg['k']} to check on rank {self.st.rank}")
+        self.replica_bare = bool(msg["bare"])
         sealed = plan[0]
         raw = Path(sealed["path"]).read_bytes()
         if self._state_buf is not None:  # the last repetition's: read by now
@@ -574,7 +576,7 @@ class Agent:
         try:
             self.replica_batch, run[3] = next(run[2])
         except StopIteration:
-            self.referee.replica_results.setdefault(k, {})[self.st.rank] = run[1].sums()
+            self.referee.replica_results.setdefault(k, {})[self.st.rank] = {**run[1].sums(), "bare": self.replica_bare}
             self.replica_run, self.replica_batch = None, None
             return {"done": True}
         return self._hand_inputs(self.replica_batch)

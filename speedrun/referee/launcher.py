@@ -656,7 +656,7 @@ class Launch:
                 entry = {"k": k, "checked": True, "why": None,
                          **{f: sum(e[f] for e in sums) for f in ("positions", "d_sum", "d_sq", "live_sum",
                                                                  "replica_sum")},
-                         "d_max": max(e["d_max"] for e in sums)}
+                         "d_max": max(e["d_max"] for e in sums), "bare": any(e["bare"] for e in sums)}
                 record["repetitions"].append(entry)
         record["repetitions"].sort(key=lambda e: e["k"])
         self.manifest["replica"] = record
