@@ -248,18 +248,23 @@ class Session:
     def validate(self, logits_fn, step, batch_tokens: int, seq_len: int, layout: str) -> float:
         """One validation, run by the agent: this rank only turns the inputs it is handed into logits."""
         self.request("val_begin", step=step, batch_tokens=batch_tokens, seq_len=seq_len, layout=layout)
+        return float(self._answer("val_next", logits_fn)["loss"])
+
+    def _answer(self, kind: str, logits_fn, **fields) -> dict:
+        """Answer the agent's batches with `logits_fn` until it says done (a validation's `val_next`, the
+        replica's `replica_next`); returns that last answer. A failing `logits_fn` is reported, then raised."""
         meta = None
         while True:
-            a = self.request("val_next", timeout=VAL_TIMEOUT_S, logits=meta, error=None)
+            a = self.request(kind, timeout=VAL_TIMEOUT_S, logits=meta, error=None, **fields)
             if a.get("done"):
                 self._held = None
-                return float(a["loss"])
+                return a
             try:
                 meta = self._call(logits_fn, a)
             except BaseException as exc:
                 text = f"{type(exc).__name__}: {exc}"[:1000]
                 try:
-                    self.request("val_next", logits=None, error=text)
+                    self.request(kind, logits=None, error=text, **fields)
                 except SpeedrunError:
                     pass
                 raise
@@ -310,21 +315,7 @@ class Session:
                 buf.close()
             model.load_state_dict(state)
             model.train(bool(a["training"]))  # the mode it was scored in
-            meta = None
-            while True:
-                a = self.request("replica_next", timeout=VAL_TIMEOUT_S, k=k, logits=meta, error=None)
-                if a.get("done"):
-                    self._held = None
-                    break
-                try:
-                    meta = self._call(logits_fn, a)
-                except BaseException as exc:
-                    text = f"{type(exc).__name__}: {exc}"[:1000]
-                    try:
-                        self.request("replica_next", k=k, logits=None, error=text)
-                    except SpeedrunError:
-                        pass
-                    raise
+            self._answer("replica_next", logits_fn, k=k)
 
     # --- torch.distributed and the device, through references taken before the script ran ---------------------
     def capture(self) -> None:

@@ -458,8 +458,8 @@ class Agent:
         self.referee._on_val_end(self.st, report, t)
         if v.split == "scored":
             self.score_pending = False
-            if m is not None and self.pairs is not None and self.st.phase != "timed":
-                self.pairs.live = dict(m.kept)
+            if m is not None and self.pairs is not None:
+                self.pairs.live = m.kept
                 self.referee.replica_pairs[self.st.rank] = (self.sealed, self.pairs)
         if error is not None:
             return {"done": True, "error": error}
@@ -557,7 +557,7 @@ class Agent:
             plan = (self.referee.replica_plan or {}).get(k, {}).get(self.st.rank)
             if plan is None:
                 raise SpeedrunError(f"no positions of repetition {k} to check on rank {self.st.rank}")
-            pairs = replica.Pairs(plan[1].shape, plan[1].rows, live=dict(plan[1].live))
+            pairs = plan[1]  # the scored side's positions; the replica's losses join them
             bt, sl, layout = pairs.shape
             s = self.data.val_stream("scored", bt, sl, self.st.rank, self.world_size, layout)
             gen = replica.batches(pairs, s.val_piece, self.data.unigram(),

@@ -691,7 +691,7 @@ class Launch:
         results = rep_ref.referee.replica_results
         failure = None
         if reasons or code != 0 or rep_ref.referee.replica_errors or len(results) < len(plan):
-            tail, error = failure_summary(self.run_dir / REPLICA_LOG)
+            _, error = failure_summary(self.run_dir / REPLICA_LOG)
             failure = (rep_ref.referee.replica_errors[:1] or reasons[:1] or [summary.get("cause") or error
                        or f"the replica exited with code {code}"])[0]
         checked = sum(len(v) for v in results.values())
