@@ -207,3 +207,33 @@ def test_a_replica_that_fails_is_said_and_keeps_the_run_from_the_ledger(tmp_path
     assert not any("replica" in p for p in verdict["problems"])  # no finding: nothing was compared
     with pytest.raises(SpeedrunError, match="not re-checked by the replica"):
         compare.refuse_unchecked(out, verdict)
+
+
+def test_the_seal_is_taken_once_before_the_scored_rows_and_copied_out_at_once(tmp_path):
+    """The rank only asks: no seal before finish() or once the scored rows have begun, one seal a repetition, and
+    the bytes the agent keeps are copied when the rank says it wrote them (a mapping it keeps changes nothing)."""
+    from test_referee_parts import Judge, uniform
+
+    j = Judge(tmp_path)
+    j.ref.replica_dir = str(tmp_path)
+    j.started(2)
+    assert "error" in j.say(0, "seal_buffer", 2.5, nbytes=64)  # before finish()
+    j.validate({0: 3.0, 1: 3.0}, {0: 4.0, 1: 4.0}, step=2)
+    answers = j.everyone("finish", 5.0, inductor=[])
+    assert all(a["score"] for a in answers)
+    buf = j.buffer(j.say(0, "seal_buffer", 5.1, nbytes=64)["buf"])
+    buf.tensor(torch.uint8, (64,)).fill_(7)
+    assert j.say(0, "sealed", 5.2, nbytes=64, training=False, tensors=[["w", "uint8", [64], 0]]) == {"ok": True}
+    buf.tensor(torch.uint8, (64,)).fill_(9)  # written after the seal, through the mapping the rank kept
+    assert j.ref.ranks[0].agent.sealed["data"] == bytes([7] * 64)
+    assert "error" in j.say(0, "seal_buffer", 5.3, nbytes=64)  # once
+    shape = {k: answers[0][k] for k in ("batch_tokens", "seq_len", "layout")}
+    assert j.say(1, "val_begin", 6.0, step=None, **shape)["ok"]
+    assert "error" in j.say(1, "seal_buffer", 6.1, nbytes=64)  # the scored validation has begun
+    a = j.say(1, "val_next", 6.2, logits=None, error=None)
+    while a is not None and not a.get("done"):
+        a = j.say(1, "val_next", 6.3, logits=j.logits(1, 6.3, uniform(j.inputs(a))), error=None)
+    j.validate({0: 7.0}, {0: 8.0}, None, uniform, shape)
+    # rank 0's scored validation kept its secret positions; rank 1, which sealed nothing, none (and why)
+    assert set(j.ref.replica_pairs) == {0} and len(j.ref.replica_pairs[0][1].live) > 0
+    assert "sealed no model state" in j.ref.replica_why
