@@ -129,8 +129,11 @@ def test_honest_submission_qualifies_and_leaves_complete_evidence(env, tmp_path,
     # what repetition 1 left in /tmp and $HOME
     assert manifest["sandbox"].startswith("bwrap ") and manifest["sandbox_uid"] == 65534
     first, second = probes(out / "run-1.log"), probes(out / "run-2.log")
-    for seen in (first, second):
+    # the replica runs the script to start() in a sandbox of its own, as the repetitions do; nor do any of them
+    # see the launcher's sealed states (its /tmp holds them while they run)
+    for seen in (first, second, probes(out / "replica.log")):
         for r in (0, 1):
+            assert "speedrun-seal" not in seen[f"rank{r} tmp_before"]
             assert seen[f"rank{r} kill"] == "ProcessLookupError" and seen[f"rank{r} launcher_in_proc"] == "False"
             assert seen[f"rank{r} run_dir"] == "['api1_adamw_baseline.py']", seen
             assert seen[f"rank{r} records"] in ("[]", "absent") and seen[f"rank{r} harness"] == "OSError"
